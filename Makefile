@@ -1,0 +1,46 @@
+# The README's commands. Each sets itself up on a fresh machine: a .venv (unless a virtualenv is active),
+# torch 2.13.0 first (the CPU wheel; a looser spec pulls a multi-GB CUDA build), then this package, editable.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+STAMP := $(VIRTUAL_ENV)/.colbert-retriever-installed
+else
+PY := .venv/bin/python
+STAMP := .venv/.colbert-retriever-installed
+endif
+TORCH := torch==2.13.0
+EXTRAS := default-model,langchain,llama-index,triton,bench,dev
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-all bench bench-scale clean
+
+$(PY):
+	python3 -m venv .venv
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m colbert_retriever.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "not gpu"
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+bench-scale: setup
+	$(PY) benchmarks/scale.py
+
+clean:
+	rm -rf .demo_index build *.egg-info

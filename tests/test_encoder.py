@@ -1,0 +1,100 @@
+import logging
+
+import pytest
+import torch
+
+from colbert_retriever import CheckpointError, ColBERT, InvalidArgument, InvalidType
+from colbert_retriever.encoder import DEFAULT_MODEL_NAME
+
+
+def test_query_token_ids_colbert_ai_layout(tiny_model):
+    b = tiny_model.tokenizer.queries(["hello world"])
+    # [CLS] [unused0] hello world [SEP] then [MASK] padding to query_maxlen=16
+    assert b.input_ids[0].tolist() == [101, 1, 7592, 2088, 102] + [103] * 11
+    assert b.attention_mask[0].tolist() == [1] * 5 + [0] * 11  # attend_to_mask_tokens=False
+    assert b.keep.all()
+
+
+def test_document_token_ids_and_skiplist(tiny_model):
+    b, truncated = tiny_model.tokenizer.documents(["hello, world!", "hi"])
+    assert truncated == 0
+    assert b.input_ids[0].tolist() == [101, 2, 7592, 1010, 2088, 999, 102]
+    assert b.keep[0].tolist() == [True, True, True, False, True, False, True]  # ',' and '!' dropped
+    assert b.input_ids[1].tolist() == [101, 2, 7632, 102, 0, 0, 0]
+    assert b.keep[1].tolist() == [True] * 4 + [False] * 3
+
+
+def test_pylate_prefix_tokens(pylate_ckpt):
+    m = ColBERT.from_pretrained(pylate_ckpt, dtype="float32")
+    q = m.tokenizer.queries(["hello"])
+    qid = m.hf_tokenizer.convert_tokens_to_ids("[Q] ")
+    assert qid >= 30522
+    assert q.input_ids[0, :4].tolist() == [101, qid, 7592, 102]
+    assert q.input_ids[0, 4:].tolist() == [103] * 12
+    d, _ = m.tokenizer.documents(["hello"])
+    assert d.input_ids[0].tolist() == [101, m.hf_tokenizer.convert_tokens_to_ids("[D] "), 7592, 102]
+
+
+def test_shapes_and_normalisation(tiny_model):
+    Q = tiny_model.encode_queries(["a query", "another query here"])
+    assert Q.shape == (2, 16, 32) and Q.dtype == torch.float32
+    assert torch.allclose(Q.norm(dim=-1), torch.ones(2, 16), atol=1e-5)
+    D = tiny_model.encode_documents(["one two three", "four, five."])
+    assert [d.shape for d in D] == [(6, 32), (5, 32)]  # CLS, marker, words, SEP; punctuation dropped
+    assert torch.allclose(D[0].norm(dim=-1), torch.ones(6), atol=1e-5)
+
+
+def test_batching_and_sorting_do_not_change_embeddings(tiny_model):
+    docs = ["short", "a much longer document with many more words in it", "medium length text"]
+    one_by_one = [tiny_model.encode_documents([d])[0] for d in docs]
+    batched = tiny_model.encode_documents(docs, batch_size=2)
+    for a, b in zip(one_by_one, batched):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_truncation_single_summary_warning(tiny_model, caplog):
+    long = " ".join(["word"] * 100)
+    with caplog.at_level(logging.WARNING):
+        D = tiny_model.encode_documents([long, long, "short"])
+    assert D[0].shape[0] == 24  # doc_maxlen
+    msgs = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(msgs) == 1 and msgs[0].startswith("2 of 3 documents")
+
+
+@pytest.mark.parametrize("bad,exc", [([], InvalidArgument), ([""], InvalidArgument), (["  "], InvalidArgument),
+                                     ([1, "a"], InvalidType), (None, InvalidType)])
+def test_bad_texts(tiny_model, bad, exc):
+    with pytest.raises(exc):
+        tiny_model.encode_documents(bad)
+    with pytest.raises(exc):
+        tiny_model.encode_queries(bad)
+
+
+def test_rerank(tiny_model):
+    texts = ["python compiler kernel", "music guitar piano", "python kernel"]
+    hits = tiny_model.rerank("python kernel", texts, ids=["a", "b", "c"], k=2)
+    assert [h.rank for h in hits] == [1, 2]
+    assert hits[0].score >= hits[1].score
+    all_hits = tiny_model.rerank("python kernel", texts)
+    assert sorted(h.id for h in all_hits) == ["0", "1", "2"]
+    # scores equal exact MaxSim
+    Q = tiny_model.encode_queries(["python kernel"])[0]
+    D = tiny_model.encode_documents(texts)
+    exact = [float((Q @ d.T).max(1).values.sum()) for d in D]
+    for h in all_hits:
+        assert h.score == pytest.approx(exact[int(h.id)], abs=1e-4)
+        assert h.text == texts[int(h.id)]
+    with pytest.raises(InvalidArgument):
+        tiny_model.rerank("q", texts, k=0)
+
+
+def test_default_model_offline(default_model):
+    assert default_model.name == DEFAULT_MODEL_NAME
+    assert default_model.config.dim == 128 and not default_model.config.mask_augmentation
+    Q = default_model.encode_queries(["how do I parse JSON"])
+    assert Q.shape == (1, 32, 128)
+    real = Q[0].norm(dim=-1) > 0
+    assert 3 <= int(real.sum()) < 32  # only the real tokens are kept without query augmentation
+    hits = default_model.rerank("how do I parse JSON", ["Deserialize a JSON document to a Python object.",
+                                                        "Return the sum of the numbers in a list."])
+    assert hits[0].id == "0"

@@ -1,0 +1,2 @@
+"""Triton kernels (GPU hot loops). A leaf package: imports triton and torch only. Imported lazily by
+``colbert_retriever._kernels``; importing ``colbert_retriever`` never imports triton."""
