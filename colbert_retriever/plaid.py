@@ -93,9 +93,9 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
-    if pids.numel() > cfg.ndocs:
+    if pids.numel() > max(cfg.ndocs, k):
         pruned = Sc.masked_fill((Sc.amax(1) < cfg.centroid_score_threshold)[:, None], 0.0)
-        pids, _ = _topk(pids, centroid_interaction(pruned, arrays, pids), cfg.ndocs)
+        pids, _ = _topk(pids, centroid_interaction(pruned, arrays, pids), max(cfg.ndocs, k))
     keep = max(cfg.ndocs // 4, k)
     if pids.numel() > keep:
         pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), keep)

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from colbert_retriever import CodecConfig, Index, InvalidArgument, InvalidType
+
+from .conftest import make_corpus
+
+
+def ids_of(hits):
+    return [h.id for h in hits]
+
+
+def test_plaid_equals_exhaustive_when_candidates_cover_all(built_index, corpus_200):
+    for q in corpus_200[:10]:
+        plaid = built_index.search(q, k=10, ncells=64, ndocs=10_000, centroid_score_threshold=-10.0)
+        exh = built_index.search(q, k=10, exhaustive=True)
+        assert ids_of(plaid) == ids_of(exh)
+        assert [h.score for h in plaid] == pytest.approx([h.score for h in exh], abs=1e-5)
+
+
+def test_exhaustive_equals_reference_maxsim(built_index, tiny_model, corpus_200):
+    """Exhaustive index search scores = MaxSim over decompressed embeddings, ranking close to uncompressed MaxSim."""
+    q = corpus_200[3]
+    hits = built_index.search(q, k=200, exhaustive=True)
+    exact = {h.id: h.score for h in tiny_model.rerank(q, corpus_200, ids=[f"d{i}" for i in range(200)])}
+    top_exact = sorted(exact, key=exact.get, reverse=True)[:10]
+    # the random tiny model scores documents within a few percent of each other, so allow some reordering
+    assert len(set(top_exact) & set(ids_of(hits[:10]))) >= 6
+    for h in hits[:10]:
+        assert h.score == pytest.approx(exact[h.id], rel=0.05)
+
+
+def test_agreement_on_generated_corpus(tmp_path, tiny_model):
+    texts = make_corpus(1500, seed=11)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False,
+                      codec_config=CodecConfig(nbits=2, num_centroids=256))
+    queries = make_corpus(30, seed=12, min_words=2, max_words=5)
+    agree = 0
+    for q in queries:
+        agree += len(set(ids_of(idx.search(q, k=10))) & set(ids_of(idx.search(q, k=10, exhaustive=True))))
+    assert agree / (10 * len(queries)) >= 0.95
+
+
+def test_batch_queries_equal_single(built_index, corpus_200):
+    qs = corpus_200[:4]
+    many = built_index.search(qs, k=5)
+    assert len(many) == 4
+    for q, hits in zip(qs, many):
+        assert ids_of(hits) == ids_of(built_index.search(q, k=5))
+
+
+def test_filters(built_index):
+    hits = built_index.search("python", k=100, filter={"group": 1})
+    assert len(hits) == 50 and all(h.metadata["group"] == 1 for h in hits)
+    hits = built_index.search("python", k=100, filter={"group": {"$in": [0, 3]}, "even": True})
+    assert len(hits) == 50 and all(h.metadata["group"] == 0 for h in hits)
+    hits = built_index.search("python", k=5, filter={"$or": [{"name": "doc7"}, {"name": "doc9"}]})
+    assert sorted(ids_of(hits)) == ["d7", "d9"]
+    hits = built_index.search("python", k=500, filter={"group": {"$gte": 2, "$lt": 3}})
+    assert len(hits) == 50 and {h.metadata["group"] for h in hits} == {2}
+    assert built_index.search("python", k=5, filter={"missing_field": 1}) == []
+    assert len(built_index.search("python", k=500, filter={"group": {"$ne": 1}})) == 150
+    assert len(built_index.search("python", k=500, filter={"$not": {"group": 1}})) == 150
+    hits = built_index.search("python", k=3, ids=["d1", "d2", "d3", "d4"])
+    assert len(hits) == 3 and set(ids_of(hits)) <= {"d1", "d2", "d3", "d4"}
+
+
+def test_selective_filter_returns_k(built_index):
+    """A filter matching few documents still returns k of them even if PLAID's candidates miss them."""
+    hits = built_index.search("music guitar", k=4, filter={"name": {"$in": ["doc1", "doc50", "doc99", "doc150"]}},
+                              ncells=1, ndocs=4)
+    assert sorted(ids_of(hits)) == ["d1", "d150", "d50", "d99"]
+
+
+def test_widen_when_candidates_short(built_index):
+    hits = built_index.search("alpha", k=150, ncells=1, ndocs=8)
+    assert len(hits) == 150 and len(set(ids_of(hits))) == 150
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"queries": "", "k": 3}, InvalidArgument, "empty"),
+    ({"queries": "   ", "k": 3}, InvalidArgument, "empty"),
+    ({"queries": "q", "k": 0}, InvalidArgument, "k must be > 0"),
+    ({"queries": "q", "k": 2.5}, InvalidType, "k must be an int"),
+    ({"queries": "q", "k": 3, "filter": {"a": {"$regex": "x"}}}, InvalidArgument, "unknown filter operator"),
+    ({"queries": "q", "k": 3, "filter": {"$nope": []}}, InvalidArgument, "unknown filter operator"),
+    ({"queries": "q", "k": 3, "filter": {"bad field!": 1}}, InvalidArgument, "not a valid metadata key"),
+    ({"queries": "q", "k": 3, "filter": ["x"]}, InvalidType, "filter must be a dict"),
+    ({"queries": [], "k": 3}, InvalidArgument, "empty"),
+])
+def test_bad_search_input(built_index, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        built_index.search(**kwargs)
+
+
+def test_deleted_only_index_returns_empty(tmp_path, tiny_model):
+    idx = Index.build(tmp_path / "i", ["a b c", "d e f"], ids=["a", "b"], model=tiny_model, show_progress=False)
+    idx.delete(["a", "b"])
+    assert idx.search("a b", k=5) == [] and idx.search(["x", "y"], k=2) == [[], []]
+    assert len(idx) == 0
+
+
+def test_knobs_do_not_leak(built_index, corpus_200):
+    q = corpus_200[0]
+    a = built_index.search(q, k=10)
+    built_index.search(q, k=10, ncells=1, ndocs=8, centroid_score_threshold=0.9)
+    assert ids_of(built_index.search(q, k=10)) == ids_of(a)
+
+
+def test_search_embeddings_shape_error(built_index):
+    with pytest.raises(InvalidArgument, match="expected"):
+        built_index.search_embeddings(torch.zeros(2, 4, 7), k=3)
