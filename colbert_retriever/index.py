@@ -57,7 +57,7 @@ class Index:
     @classmethod
     def build(cls, path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
               metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None, nbits: int = 2, *,
-              codec_config: Optional[CodecConfig] = None, batch_size: int = 32, chunk_docs: int = 4096,
+              codec_config: Optional[CodecConfig] = None, batch_size: int = 32, chunk_docs: int = 1024,
               show_progress: bool = True, overwrite: bool = False, provenance: Optional[dict] = None) -> "Index":
         """Encode, compress and write ``texts`` as a new index at ``path``.
 

@@ -15,7 +15,7 @@ import torch
 
 from .codec import ResidualCodec
 from .config import SearchConfig
-from .scoring import maxsim_packed, padded_index
+from .scoring import maxsim_packed
 from .strided import gather_rows
 
 
@@ -42,23 +42,44 @@ def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.
 
 
 def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor,
-                         chunk_docs: int = 4096) -> torch.Tensor:
-    """Approximate MaxSim of each pid using its tokens' centroid scores. Sc: (num_centroids, q_len)."""
-    out = torch.empty(pids.numel(), dtype=torch.float32)
-    for s in range(0, pids.numel(), chunk_docs):
-        p = pids[s : s + chunk_docs]
-        idx, sub = gather_rows(arrays.doc_offsets, p)
-        pidx, valid = padded_index(sub)
-        codes = arrays.codes[idx][pidx]  # (n, max_len)
-        sc = Sc[codes]  # (n, max_len, q_len)
-        sc = sc.masked_fill(~valid[..., None], float("-inf")).amax(1)
-        out[s : s + chunk_docs] = sc.sum(-1)
+                         chunk_tokens: int = 1 << 18) -> torch.Tensor:
+    """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
+    pids: sorted unique int64. Returns (len(pids),) float32."""
+    out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
+    lengths = arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]
+    bounds = torch.cumsum(lengths, 0)
+    s = 0
+    while s < pids.numel():
+        base = int(bounds[s - 1]) if s else 0
+        e = int(torch.searchsorted(bounds, base + chunk_tokens, right=True))
+        e = min(max(e, s + 1), pids.numel())
+        idx, sub = gather_rows(arrays.doc_offsets, pids[s:e])
+        tok = Sc.index_select(0, arrays.codes[idx])  # (tokens, q_len)
+        out[s:e] = torch.segment_reduce(tok, "max", lengths=sub[1:] - sub[:-1], axis=0).sum(-1)
+        s = e
     return out
+
+
+def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, threshold: float) -> torch.Tensor:
+    """PLAID's pruned centroid interaction, computed from the inverted file: only centroids whose best score over
+    the query tokens reaches ``threshold`` contribute; a query token none of a document's kept centroids serves
+    counts 0. pids: sorted unique int64. Returns (len(pids),) float32."""
+    kept = (Sc.amax(1) >= threshold).nonzero().flatten()
+    scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
+    if kept.numel():
+        idx, sub = gather_rows(arrays.ivf_offsets, kept)
+        pair_pids = arrays.ivf_pids[idx]
+        pos = torch.searchsorted(pids, pair_pids).clamp(max=pids.numel() - 1)
+        hit = pids[pos] == pair_pids
+        cents = torch.repeat_interleave(kept, sub[1:] - sub[:-1])[hit]
+        pos = pos[hit]
+        scores.scatter_reduce_(0, pos[:, None].expand(-1, Sc.shape[1]), Sc.index_select(0, cents), "amax")
+    return scores.sum(-1)
 
 
 def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, chunk_docs: int = 8192) -> torch.Tensor:
     """Decompress the documents ``pids`` and score them with exact MaxSim. Q: (q_len, dim)."""
-    out = torch.empty(pids.numel(), dtype=torch.float32)
+    out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)
@@ -94,8 +115,8 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
     if pids.numel() > max(cfg.ndocs, k):
-        pruned = Sc.masked_fill((Sc.amax(1) < cfg.centroid_score_threshold)[:, None], 0.0)
-        pids, _ = _topk(pids, centroid_interaction(pruned, arrays, pids), max(cfg.ndocs, k))
+        pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, cfg.centroid_score_threshold), max(cfg.ndocs, k))
+        pids = pids.sort().values
     keep = max(cfg.ndocs // 4, k)
     if pids.numel() > keep:
         pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), keep)
