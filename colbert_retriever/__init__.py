@@ -19,11 +19,12 @@ from .errors import (  # noqa: E402
     InvalidType,
 )
 from .hits import Hit  # noqa: E402
+from ._kernels import kernel_backend  # noqa: E402
 from .encoder import ColBERT  # noqa: E402
 from .index import Index  # noqa: E402
 
 __all__ = [
     "ColBERT", "Index", "Hit", "EncoderConfig", "CodecConfig", "SearchConfig", "ColbertRetrieverError",
     "InvalidArgument", "InvalidType", "IndexNotFoundError", "IndexFormatError", "IncompatibleModelError",
-    "CheckpointError", "IndexLockedError", "__version__",
+    "CheckpointError", "IndexLockedError", "kernel_backend", "__version__",
 ]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import _kernels
 from ._device import cpu_supports_bf16
 from .config import CodecConfig
 from .errors import IndexFormatError, InvalidArgument
@@ -101,6 +102,9 @@ class ResidualCodec:
         """embs: (n, dim) float. Returns codes (n,) int64 and packed residuals (n, dim*nbits/8) uint8."""
         if embs.dim() != 2 or embs.shape[1] != self.dim:
             raise InvalidArgument(f"embeddings of shape {tuple(embs.shape)}; expected (n, {self.dim})")
+        if _kernels.use_triton(embs):
+            return _kernels.compress(embs, self.centroids.to(embs.device), self.bucket_cutoffs.to(embs.device),
+                                     self.nbits)
         codes = self.assign(embs, batch)
         packed = torch.empty(embs.shape[0], self.packed_dim, dtype=torch.uint8, device=embs.device)
         C = self.centroids.to(embs.device)
@@ -116,6 +120,9 @@ class ResidualCodec:
 
     def decompress(self, codes: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         """codes (n,) int, packed (n, dim*nbits/8) uint8 -> (n, dim) float32, rows L2-normalised."""
+        if _kernels.use_triton(packed):
+            return _kernels.decompress(codes, packed, self.centroids.to(packed.device),
+                                       self.bucket_weights.to(packed.device), self.nbits)
         n = packed.shape[0]
         lut = self._lut if self._lut.device == packed.device else self._lut.to(packed.device)
         res = lut.index_select(0, packed.reshape(-1).to(torch.int32)).view(n, self.dim)

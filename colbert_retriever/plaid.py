@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from . import _kernels
 from .codec import ResidualCodec
 from .config import SearchConfig
 from .scoring import maxsim_packed
@@ -45,6 +46,8 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
                          chunk_tokens: int = 1 << 18) -> torch.Tensor:
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
     pids: sorted unique int64. Returns (len(pids),) float32."""
+    if _kernels.use_triton(Sc):
+        return _kernels.centroid_interaction(Sc, arrays.codes, arrays.doc_offsets, pids)
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     lengths = arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]
     bounds = torch.cumsum(lengths, 0)
@@ -64,6 +67,8 @@ def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor
     """PLAID's pruned centroid interaction, computed from the inverted file: only centroids whose best score over
     the query tokens reaches ``threshold`` contribute; a query token none of a document's kept centroids serves
     counts 0. pids: sorted unique int64. Returns (len(pids),) float32."""
+    if _kernels.use_triton(Sc):
+        return _kernels.centroid_interaction(Sc, arrays.codes, arrays.doc_offsets, pids, threshold)
     kept = (Sc.amax(1) >= threshold).nonzero().flatten()
     scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
     if kept.numel():
@@ -83,6 +88,11 @@ def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, chunk
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)
+        if _kernels.use_triton(Q):
+            c = arrays.codec
+            out[s : s + chunk_docs] = _kernels.maxsim_compressed(Q, arrays.codes[idx], arrays.residuals[idx],
+                                                                 c.centroids, c.bucket_weights, c.nbits, sub)
+            continue
         embs = arrays.codec.decompress(arrays.codes[idx], arrays.residuals[idx])
         out[s : s + chunk_docs] = maxsim_packed(Q, embs, sub)
     return out

@@ -1,0 +1,103 @@
+"""Fused MaxSim over variable-length documents in a packed layout with offsets.
+
+``maxsim``: document embeddings already decompressed. ``maxsim_compressed``: decompression fused into scoring
+(the PLAID/WARP idea), so decompressed embeddings never reach global memory. One program per document: it walks
+the document's tokens in blocks, keeps a running max per query token, and sums at the end.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _maxsim_kernel(q_ptr, emb_ptr, offsets_ptr, out_ptr, n_q,
+                   DIM: tl.constexpr, DIM_P2: tl.constexpr, LQ_P2: tl.constexpr, BLOCK_T: tl.constexpr):
+    doc = tl.program_id(0)
+    start = tl.load(offsets_ptr + doc)
+    end = tl.load(offsets_ptr + doc + 1)
+    qi = tl.arange(0, LQ_P2)
+    dims = tl.arange(0, DIM_P2)
+    q = tl.load(q_ptr + qi[:, None] * DIM + dims[None, :], mask=(qi[:, None] < n_q) & (dims[None, :] < DIM),
+                other=0.0).to(tl.float32)
+    best = tl.full((LQ_P2,), float("-inf"), tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        rmask = rows < end
+        e = tl.load(emb_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :],
+                    mask=rmask[:, None] & (dims[None, :] < DIM), other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(e))  # (LQ_P2, BLOCK_T)
+        s = tl.where(rmask[None, :], s, float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=1))
+    best = tl.where((qi < n_q) & (best > float("-inf")), best, 0.0)
+    tl.store(out_ptr + doc, tl.sum(best, axis=0))
+
+
+@triton.jit
+def _maxsim_compressed_kernel(q_ptr, codes_ptr, packed_ptr, centroids_ptr, weights_ptr, offsets_ptr, out_ptr, n_q,
+                              DIM: tl.constexpr, DIM_P2: tl.constexpr, NBITS: tl.constexpr, LQ_P2: tl.constexpr,
+                              BLOCK_T: tl.constexpr):
+    doc = tl.program_id(0)
+    PER: tl.constexpr = 8 // NBITS
+    PACKED: tl.constexpr = DIM * NBITS // 8
+    start = tl.load(offsets_ptr + doc)
+    end = tl.load(offsets_ptr + doc + 1)
+    qi = tl.arange(0, LQ_P2)
+    dims = tl.arange(0, DIM_P2)
+    dmask = dims < DIM
+    q = tl.load(q_ptr + qi[:, None] * DIM + dims[None, :], mask=(qi[:, None] < n_q) & dmask[None, :],
+                other=0.0).to(tl.float32)
+    best = tl.full((LQ_P2,), float("-inf"), tl.float32)
+    for t0 in range(start, end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        rmask = rows < end
+        m2 = rmask[:, None] & dmask[None, :]
+        code = tl.load(codes_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        byte = tl.load(packed_ptr + rows[:, None].to(tl.int64) * PACKED + (dims // PER)[None, :], mask=m2, other=0)
+        bucket = (byte.to(tl.int32) >> ((dims % PER) * NBITS)[None, :]) & ((1 << NBITS) - 1)
+        x = tl.load(weights_ptr + bucket, mask=m2, other=0.0)
+        x += tl.load(centroids_ptr + code[:, None] * DIM + dims[None, :], mask=m2, other=0.0).to(tl.float32)
+        x = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
+        s = tl.dot(q, tl.trans(x))
+        s = tl.where(rmask[None, :], s, float("-inf"))
+        best = tl.maximum(best, tl.max(s, axis=1))
+    best = tl.where((qi < n_q) & (best > float("-inf")), best, 0.0)
+    tl.store(out_ptr + doc, tl.sum(best, axis=0))
+
+
+def _q(Q: torch.Tensor) -> tuple[torch.Tensor, int]:
+    if Q.dim() != 2:
+        raise ValueError(f"Q must be (q_len, dim), got shape {tuple(Q.shape)}")
+    return Q.float().contiguous(), max(16, triton.next_power_of_2(Q.shape[0]))
+
+
+def maxsim(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, block_t: int = 32) -> torch.Tensor:
+    """Q (q_len, dim); embs (n_tokens, dim); offsets (n_docs + 1,) int64. Returns (n_docs,) float32."""
+    Qc, lq = _q(Q)
+    n_docs = offsets.numel() - 1
+    out = torch.zeros(n_docs, dtype=torch.float32, device=embs.device)
+    if n_docs == 0:
+        return out
+    dim = embs.shape[1]
+    _maxsim_kernel[(n_docs,)](Qc, embs.contiguous(), offsets.contiguous(), out, Q.shape[0], DIM=dim,
+                              DIM_P2=triton.next_power_of_2(dim), LQ_P2=lq, BLOCK_T=block_t)
+    return out
+
+
+def maxsim_compressed(Q: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor,
+                      bucket_weights: torch.Tensor, nbits: int, offsets: torch.Tensor, block_t: int = 32) -> torch.Tensor:
+    """MaxSim of Q against documents stored compressed (codes, packed residuals) with ``offsets``; decompression
+    happens in registers. Returns (n_docs,) float32."""
+    Qc, lq = _q(Q)
+    n_docs = offsets.numel() - 1
+    out = torch.zeros(n_docs, dtype=torch.float32, device=packed.device)
+    if n_docs == 0:
+        return out
+    dim = centroids.shape[1]
+    _maxsim_compressed_kernel[(n_docs,)](Qc, codes.contiguous(), packed.contiguous(), centroids.contiguous(),
+                                         bucket_weights.float().contiguous(), offsets.contiguous(), out, Q.shape[0],
+                                         DIM=dim, DIM_P2=triton.next_power_of_2(dim), NBITS=nbits, LQ_P2=lq,
+                                         BLOCK_T=block_t)
+    return out
