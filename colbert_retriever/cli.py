@@ -14,12 +14,9 @@ def _cmd_index(args) -> int:
     from .evaluation import TITLE_JOIN, load_corpus
 
     ids, texts, metas = load_corpus(Path(args.data), limit=args.limit)
-    model = ColBERT.from_pretrained(args.model) if args.model != "default" else ColBERT.default()
+    model = ColBERT.from_pretrained(args.model, dtype=args.dtype)
     if args.doc_maxlen:
-        from .encoder import ColBERT as _C
-
-        model.config = model.config.replace(doc_maxlen=args.doc_maxlen)
-        model.tokenizer.config = model.config
+        model.set_config(model.config.replace(doc_maxlen=args.doc_maxlen))
     idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
                       codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet,
                       overwrite=args.overwrite, provenance={"data": str(args.data), "title_join": TITLE_JOIN})
@@ -83,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="default")
     s.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2)
     s.add_argument("--doc-maxlen", type=int, default=None)
+    s.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
     s.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
@@ -124,6 +123,7 @@ def _cmd_train(args) -> int:
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, save_every=args.save_every)
     out = train(args.model, args.data, args.out, cfg, show_progress=not args.quiet)
+    out.pop("model")
     print(json.dumps(out))
     return 0
 

@@ -116,6 +116,19 @@ class ColBERT(nn.Module):
             raise InvalidArgument("this model's projection has a bias, which the colbert-ai layout cannot hold")
         write_colbert_ai(Path(path), self.backbone, self.hf_tokenizer, self.linear, self.config)
 
+    def set_config(self, config: EncoderConfig) -> "ColBERT":
+        """Use another encoder config (lengths, markers, augmentation) with the same weights. Returns self."""
+        if config.dim != self.linear.out_features:
+            raise InvalidArgument(f"config dim={config.dim} does not match the projection ({self.linear.out_features})")
+        self.config = config
+        self.tokenizer = ColBERTTokenizer(self.hf_tokenizer, config)
+        return self
+
+    def refresh_identity(self) -> str:
+        """Recompute the weights hash after the weights changed (training does this)."""
+        self.identity = weights_hash([self.backbone, self.linear])
+        return self.identity
+
     # ------------------------------------------------------------------ forward
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))

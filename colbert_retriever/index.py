@@ -58,18 +58,19 @@ class Index:
     def build(cls, path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
               metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None, nbits: int = 2, *,
               codec_config: Optional[CodecConfig] = None, batch_size: int = 32, chunk_docs: int = 1024,
-              show_progress: bool = True, overwrite: bool = False, provenance: Optional[dict] = None) -> "Index":
+              show_progress: bool = True, overwrite: bool = False, provenance: Optional[dict] = None,
+              codec: Optional[ResidualCodec] = None) -> "Index":
         """Encode, compress and write ``texts`` as a new index at ``path``.
 
         ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: default
         ``ColBERT.default()``; nbits: residual bits per dimension (1, 2 or 4). An existing index at ``path`` is
-        replaced only with ``overwrite=True``, and stays readable until the new one is committed.
+        replaced only with ``overwrite=True``, and stays readable until the new one is committed. ``codec``: an
+        already trained ``ResidualCodec`` to use instead of training one (shards of one collection share it).
         """
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
         metadatas = _validate.metadata_list(metadatas, len(texts))
-        codec_config = (codec_config or CodecConfig()).replace(nbits=nbits) if codec_config is None or \
-            codec_config.nbits != nbits else codec_config
+        codec_config = (codec_config or CodecConfig()).replace(nbits=nbits)  # nbits wins over codec_config
         model = model if model is not None else ColBERT.default()
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -85,11 +86,17 @@ class Index:
                 except IndexFormatError:
                     old = None
             times = StageTimes()
-            cache, sample_tokens = encode_sample(model, texts, codec_config, batch_size, show_progress, times)
-            t0 = time.perf_counter()
-            est = int(sample_tokens / max(1, len(cache)) * len(texts))
-            codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), codec_config, est)
-            times.kmeans_s = time.perf_counter() - t0
+            if codec is None:
+                cache, sample_tokens = encode_sample(model, texts, codec_config, batch_size, show_progress, times)
+                t0 = time.perf_counter()
+                est = int(sample_tokens / max(1, len(cache)) * len(texts))
+                codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), codec_config, est)
+                times.kmeans_s = time.perf_counter() - t0
+            else:
+                if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
+                    raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
+                                          f"nbits={codec_config.nbits}, dim={model.config.dim}")
+                cache, est = {}, 0
             writer = SegmentWriter(path, codec)
             try:
                 encode_and_compress(model, codec, texts, writer, cache, batch_size, chunk_docs, show_progress, times)
@@ -115,7 +122,7 @@ class Index:
                 "model": _model_meta(model),
                 "codec": {"config": codec_config.to_dict(), "num_centroids": codec.num_centroids,
                           "avg_residual": codec.avg_residual, "files": codec_files,
-                          "embeddings_at_training": est},
+                          "embeddings_at_training": est or seg["num_embeddings"]},
                 "segments": [seg],
                 "ivf": ivf,
                 "docstore": docstore_name,
@@ -139,6 +146,8 @@ class Index:
         if model is None:
             try:
                 model = ColBERT.from_pretrained(m["name"], device=device)
+                # the index says how its documents were encoded (e.g. a doc_maxlen chosen at build time)
+                model.set_config(EncoderConfig.from_dict(m["encoder_config"]))
             except Exception as e:
                 raise IncompatibleModelError(
                     f"the index at {path} was built with model {m['name']!r}, which cannot be loaded here ({e}); "

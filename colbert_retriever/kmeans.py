@@ -13,17 +13,20 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MIN_POINTS_PER_CENTROID = 16
+MIN_POINTS_PER_CENTROID = 39
+"""faiss' own minimum of training points per centroid (below it faiss warns that the clustering is unreliable)."""
+SMALL_K = 256
 
 
 def num_centroids(num_embeddings_estimate: int, num_sample: int, requested: int | None = None) -> int:
-    """ColBERTv2's heuristic ``2**floor(log2(16 * sqrt(num_embeddings)))``, clamped so that every centroid has at
-    least ``MIN_POINTS_PER_CENTROID`` sample points (and never more centroids than points)."""
+    """ColBERTv2's heuristic ``2**floor(log2(16 * sqrt(num_embeddings)))``, clamped to what the k-means sample
+    supports: at least ``MIN_POINTS_PER_CENTROID`` points per centroid, except that up to ``SMALL_K`` centroids are
+    always allowed (cheap, and small collections then keep their reconstruction quality), never more than points."""
     if requested is not None:
         k = requested
     else:
         k = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(1, num_embeddings_estimate)))))
-        k = min(k, max(1, num_sample // MIN_POINTS_PER_CENTROID))
+        k = min(k, max(num_sample // MIN_POINTS_PER_CENTROID, SMALL_K))
     return max(1, min(k, num_sample))
 
 

@@ -112,17 +112,18 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
     documents that may be returned (live and matching the filter) or None for all; n_allowed: its count.
     Always returns min(k, n_allowed) documents.
     """
+    dev = arrays.doc_offsets.device
     if n_allowed == 0:
-        return torch.empty(0, dtype=torch.long), torch.empty(0)
+        return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     cfg = cfg.for_k(k)
     if cfg.exhaustive or n_allowed <= max(cfg.ndocs // 4, k):
-        pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs)
+        pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
     pids = candidate_pids(Sc, arrays, cfg.ncells)
     if allowed is not None:
         pids = pids[allowed[pids]]
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
-        pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs)
+        pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
     if pids.numel() > max(cfg.ndocs, k):
         pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, cfg.centroid_score_threshold), max(cfg.ndocs, k))

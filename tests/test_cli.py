@@ -54,3 +54,13 @@ def test_bad_input_exit_2(tmp_path, capsys, beir):
     assert main(["search", str(idx), "   "]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(["search", str(idx), "q", "-k", "0"]) == 2
+
+
+def test_doc_maxlen_is_restored_on_open(beir, tmp_path, capsys):
+    idx = tmp_path / "short"
+    assert main(["index", str(beir), str(idx), "--quiet", "--doc-maxlen", "8", "--dtype", "float32"]) == 0
+    meta = json.loads((idx / "metadata.json").read_text())
+    assert meta["model"]["encoder_config"]["doc_maxlen"] == 8
+    capsys.readouterr()
+    assert main(["search", str(idx), "capital of france", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["id"] == "a"

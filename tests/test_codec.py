@@ -58,8 +58,9 @@ def test_tiny_samples_clamp_centroids():
 
 def test_num_centroids_heuristic():
     assert num_centroids(1_000_000, 10**9) == 8192  # 2**floor(log2(16*1000 = 16000))
-    assert num_centroids(1_000_000, 65536) == 4096  # clamped: >= 16 points per centroid
-    assert num_centroids(10, 10) == 1
+    assert num_centroids(1_000_000, 65536) == 65536 // 39  # clamped: >= 39 points per centroid (faiss' minimum)
+    assert num_centroids(10, 10) == 10  # 2**floor(log2(16*sqrt(10))) = 32, clamped to the 10 points
+    assert num_centroids(50, 50) == 50 and num_centroids(1000, 1000) == 256
     assert code_dtype(256) == np.uint8 and code_dtype(257) == np.uint16 and code_dtype(70000) == np.int32
 
 

@@ -1,0 +1,101 @@
+"""Helpers shared by the benchmark scripts (not collected by pytest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = Path(os.environ.get("BENCH_WORKDIR", ROOT / "benchmarks" / "work"))
+
+
+def machine_info() -> dict:
+    import torch
+
+    import colbert_retriever
+
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import transformers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "colbert_retriever": colbert_retriever.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+class PeakRSS:
+    """Polls a process's RSS (its own by default) in a thread; ``peak_mb`` after the ``with`` block."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process(pid or os.getpid())
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                rss = self.proc.memory_info().rss
+                for c in self.proc.children(recursive=True):
+                    rss += c.memory_info().rss
+            except Exception:
+                break
+            self.peak = max(self.peak, rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def run_with_peak(cmd: list[str]) -> tuple[str, float, float]:
+    """Run a command; return (stdout, seconds, peak RSS MB of the child)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PeakRSS(p.pid) as peak:
+        out, err = p.communicate()
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
+    return out, time.perf_counter() - t, peak.peak_mb
+
+
+def percentiles(ms: list[float]) -> dict:
+    return {"p50": round(float(np.percentile(ms, 50)), 2), "p95": round(float(np.percentile(ms, 95)), 2)}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(data, indent=1))
+    return path

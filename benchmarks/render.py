@@ -1,0 +1,149 @@
+"""Render benchmarks/results/*.json into BENCHMARKS.md (called by run.py and scale.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, ROOT  # noqa: E402
+
+
+def _f(x, nd=3):
+    return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def quality_table(b: dict) -> list[str]:
+    cols = [("BM25", lambda r: r.get("bm25")), ("single-vector", lambda r: r.get("single_vector")),
+            ("ColBERT PLAID 2b", lambda r: (r.get("colbert_nbits2") or {}).get("plaid")),
+            ("ColBERT exhaustive 2b", lambda r: (r.get("colbert_nbits2") or {}).get("exhaustive")),
+            ("PLAID 1b", lambda r: (r.get("colbert_nbits1") or {}).get("plaid")),
+            ("PLAID 4b", lambda r: (r.get("colbert_nbits4") or {}).get("plaid"))]
+    out = []
+    for metric in ("ndcg@10", "mrr@10", "recall@100"):
+        out += [f"\n**{metric}**\n", "| dataset | " + " | ".join(c for c, _ in cols) + " |",
+                "|---|" + "---:|" * len(cols)]
+        sums = [[] for _ in cols]
+        for name, r in b["datasets"].items():
+            vals = [(g(r) or {}).get(metric) for _, g in cols]
+            for s, v in zip(sums, vals):
+                if v is not None:
+                    s.append(v)
+            out.append(f"| {name} | " + " | ".join(_f(v) for v in vals) + " |")
+        out.append("| **mean** | " + " | ".join(_f(sum(s) / len(s)) if s else "–" for s in sums) + " |")
+    return out
+
+
+def speed_table(b: dict) -> list[str]:
+    out = ["| dataset | method | build s | docs/s | index MB | B/token | peak RSS build MB | peak RSS serving MB | "
+           "p50/p95 ms k=10 excl. enc | p50/p95 ms k=100 excl. enc | query enc p50 ms |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in b["datasets"].items():
+        if "bm25" in r:
+            x = r["bm25"]
+            out.append(f"| {name} | BM25 (bm25s) | {x['build_s']} | | | | | | | {x['latency_ms']['p50']}/"
+                       f"{x['latency_ms']['p95']} (incl. tokenising) | |")
+        if "single_vector" in r:
+            x = r["single_vector"]
+            out.append(f"| {name} | single-vector | {x['build_s']} | {x['docs_per_s']} | {x['index_bytes'] / 2**20:.1f} "
+                       f"| | | | | {x['latency_ms_excl_encoding']['p50']}/{x['latency_ms_excl_encoding']['p95']} | "
+                       f"{round(x['latency_ms']['p50'] - x['latency_ms_excl_encoding']['p50'], 2)} |")
+        for nb in (2, 1, 4):
+            x = r.get(f"colbert_nbits{nb}")
+            if not x:
+                continue
+            for mode in ("plaid", "exhaustive"):
+                if mode not in x:
+                    continue
+                m = x[mode]
+                first = mode == "plaid"
+                build = f"{x['build_wall_s']}{'*' if x.get('encoding_reused') else ''}" if first else ""
+                out.append(
+                    f"| {name} | ColBERT {mode} {nb}b | {build} | {x['docs_per_s'] if first and not x.get('encoding_reused') else ''} | "
+                    f"{x['index_bytes'] / 2**20:.1f} | {x['bytes_per_token_codes_residuals']} | "
+                    f"{x.get('peak_rss_mb_build_process', '') if first else ''} | "
+                    f"{x.get('peak_rss_mb_serving_process', '') if first else ''} | "
+                    f"{m['latency_ms_excl_encoding_k10']['p50']}/{m['latency_ms_excl_encoding_k10']['p95']} | "
+                    f"{m['latency_ms_excl_encoding_k100']['p50']}/{m['latency_ms_excl_encoding_k100']['p95']} | "
+                    f"{x['query_encoding_ms']['p50']} |")
+    out.append("\n\\* nbits 1 and 4 reuse the cached encoding of the same run: build time is compression + writing only.")
+    return out
+
+
+def detail_table(b: dict) -> list[str]:
+    out = ["| dataset | nbits | centroids | embeddings | reconstruction cosine | PLAID top-10 agreement | build stages s "
+           "(encode / k-means / compress / write) | batch-32 ms/query |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for name, r in b["datasets"].items():
+        for nb in (1, 2, 4):
+            x = r.get(f"colbert_nbits{nb}")
+            if not x:
+                continue
+            st = x["build_stages_s"]
+            out.append(f"| {name} | {nb} | {x['num_centroids']} | {x['embeddings']} | {_f(x.get('reconstruction_cosine'), 4)} | "
+                       f"{_f(x.get('plaid_top10_agreement'), 4)} | {st['encode_s']} / {st['kmeans_s']} / "
+                       f"{st['compress_s']} / {st['write_s']} | {x['batch32_ms_per_query_excl_encoding']} |")
+    return out
+
+
+def scale_tables(s: dict) -> list[str]:
+    out = ["| passages | embeddings | build s | docs/s | index MB | B/token | peak RSS build MB | "
+           "k=10 p50/p95 ms | k=100 p50/p95 ms | k=1000 p50/p95 ms | batch-32 ms/query (k=10) | agreement@10 |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in s["sizes"]:
+        lat = row["latency_ms_excl_encoding"]
+        out.append(f"| {row['passages']} | {row['embeddings']} | {row['build_s']} | {row['docs_per_s']} | "
+                   f"{row['index_bytes'] / 2**20:.1f} | {row['bytes_per_token']} | {row['peak_rss_mb_build']} | "
+                   + " | ".join(f"{lat[k]['p50']}/{lat[k]['p95']}" for k in ("10", "100", "1000"))
+                   + f" | {row['batch32_ms_per_query']} | {row['agreement_at_10']} |")
+    if s.get("curve"):
+        out += ["", f"Latency vs agreement at k=10 on {s['curve_passages']} passages (PLAID knobs):", "",
+                "| ncells | threshold | ndocs | agreement@10 | p50 ms |", "|---:|---:|---:|---:|---:|"]
+        for c in s["curve"]:
+            out.append(f"| {c['ncells']} | {c['threshold']} | {c['ndocs']} | {c['agreement']} | {c['p50_ms']} |")
+    return out
+
+
+def render() -> Path:
+    lines = ["# Benchmarks", "",
+             "Generated by `make bench` (benchmarks/run.py) and `make bench-scale` (benchmarks/scale.py); raw numbers in "
+             "benchmarks/results/*.json. Re-running overwrites this file. All numbers are from one run on the machine "
+             "below; latencies are per single query unless noted.", ""]
+    bench = RESULTS / "bench.json"
+    if bench.exists():
+        b = json.loads(bench.read_text())
+        m = b["machine"]
+        lines += [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+                  f"transformers {m['transformers']}, colbert-retriever {m['colbert_retriever']}, encoder dtype "
+                  f"{m.get('encoder_dtype')}, {m['date']}.", "",
+                  "## Quality (default model)", "",
+                  "nDCG@10 with linear gains, MRR@10, Recall@100; a retrieved id equal to the query id is dropped (BEIR). "
+                  "BM25: bm25s (k1=0.9, b=0.4, lowercase, bm25s English stopwords). Single-vector: mean-pooled "
+                  "all-MiniLM-L6-v2, faiss IndexFlatIP. ColBERT: the default model (same backbone + 128-d head).",
+                  *quality_table(b), "", "## Speed, size, memory", "", *speed_table(b), "", "## Index details", "",
+                  *detail_table(b), ""]
+    scale = RESULTS / "scale.json"
+    if scale.exists():
+        s = json.loads(scale.read_text())
+        lines += ["## Scale (WordNet glosses, unjudged)", "",
+                  "Agreement@10 = share of exhaustive top-10 ids that PLAID returns (default knobs). Latency excludes "
+                  "query encoding.", "", *scale_tables(s), "",
+                  "![latency vs collection size](benchmarks/results/latency_vs_size.png)",
+                  "![latency vs agreement](benchmarks/results/latency_vs_agreement.png)", ""]
+    gpu = RESULTS / "gpu.json"
+    if gpu.exists():
+        g = json.loads(gpu.read_text())
+        lines += ["## GPU kernels", "", "```", json.dumps(g, indent=1), "```", ""]
+    else:
+        lines += ["## GPU kernels", "", "Not run yet: no GPU was available to the session that wrote this file. "
+                  "`python benchmarks/gpu.py` on a CUDA machine writes benchmarks/results/gpu.json and this section.", ""]
+    extra = ROOT / "benchmarks" / "NOTES.md"
+    if extra.exists():
+        lines += [extra.read_text()]
+    path = ROOT / "BENCHMARKS.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(render())

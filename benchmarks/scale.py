@@ -1,0 +1,136 @@
+"""``make bench-scale``: index 10k, 30k and 100k WordNet glosses (../shared/data/wordnet-glosses, unjudged) and
+report build time, index size and search latency at each size, plus a latency-vs-agreement curve over PLAID knobs
+on the largest index. Writes benchmarks/results/scale.json, two PNG plots and BENCHMARKS.md.
+
+    python benchmarks/scale.py [--sizes 10000 30000 100000] [--queries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED, WORK, PeakRSS, folder_bytes, machine_info, percentiles, write_json  # noqa: E402
+
+from colbert_retriever import ColBERT, Index, SearchConfig  # noqa: E402
+from colbert_retriever.evaluation import load_corpus  # noqa: E402
+
+CURVE = [(1, 0.5, 64), (1, 0.5, 128), (1, 0.5, 256), (2, 0.45, 128), (2, 0.45, 256), (2, 0.45, 512), (4, 0.4, 256),
+         (4, 0.4, 512), (4, 0.4, 1024), (8, 0.35, 1024)]
+
+
+def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
+    agree, lat = [], []
+    for i in range(Q.shape[0]):
+        t = time.perf_counter()
+        got = {h.id for h in index.search_embeddings(Q[i : i + 1], 10, config=cfg)[0]}
+        lat.append((time.perf_counter() - t) * 1000)
+        agree.append(len(got & ref[i]) / max(1, len(ref[i])))
+    return round(float(np.mean(agree)), 4), round(float(np.percentile(lat, 50)), 2)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", nargs="*", type=int, default=[10000, 30000, 100000])
+    ap.add_argument("--queries", type=int, default=200)
+    args = ap.parse_args(argv)
+    ids, texts, metas = load_corpus(SHARED / "wordnet-glosses")
+    rng = random.Random(0)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    queries = [metas[i]["title"].split(",")[0].replace("_", " ") for i in rng.sample(range(len(texts)), args.queries)]
+    model = ColBERT.default()
+    Q = model.encode_queries(queries)
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = {"machine": machine_info(), "sizes": [], "queries": len(queries)}
+    index = None
+    for n in args.sizes:
+        sel = order[:n]
+        path = WORK / f"wordnet-{n}"
+        shutil.rmtree(path, ignore_errors=True)
+        index = None
+        gc.collect()
+        with PeakRSS() as peak:
+            t = time.perf_counter()
+            index = Index.build(path, [texts[i] for i in sel], ids=[ids[i] for i in sel], model=model,
+                                show_progress=False)
+            build = time.perf_counter() - t
+        meta = index.metadata
+        lat = {}
+        for k in (10, 100, 1000):
+            ms = []
+            for i in range(Q.shape[0]):
+                t = time.perf_counter()
+                index.search_embeddings(Q[i : i + 1], k)
+                ms.append((time.perf_counter() - t) * 1000)
+            lat[str(k)] = percentiles(ms)
+        t = time.perf_counter()
+        for s in range(0, Q.shape[0], 32):
+            index.search_embeddings(Q[s : s + 32], 10)
+        batch = (time.perf_counter() - t) * 1000 / Q.shape[0]
+        ref = [{h.id for h in index.search_embeddings(Q[i : i + 1], 10, config=SearchConfig(exhaustive=True))[0]}
+               for i in range(min(100, Q.shape[0]))]
+        agree, _ = agreement(index, Q[: len(ref)], SearchConfig(), ref)
+        seg = sum((path / f"{s['name']}.{p}.npy").stat().st_size - 128 for s in meta["segments"]
+                  for p in ("codes", "residuals"))
+        row = {"passages": n, "embeddings": meta["counts"]["embeddings"], "build_s": round(build, 2),
+               "docs_per_s": round(n / build, 1), "build_stages_s": meta["provenance"]["stages"],
+               "num_centroids": meta["codec"]["num_centroids"], "index_bytes": folder_bytes(path),
+               "bytes_per_token": round(seg / meta["counts"]["embeddings"], 2), "peak_rss_mb_build": peak.peak_mb,
+               "latency_ms_excl_encoding": lat, "batch32_ms_per_query": round(batch, 2), "agreement_at_10": agree}
+        out["sizes"].append(row)
+        print(row, flush=True)
+    # latency-vs-agreement curve on the largest index
+    ref = [{h.id for h in index.search_embeddings(Q[i : i + 1], 10, config=SearchConfig(exhaustive=True))[0]}
+           for i in range(min(100, Q.shape[0]))]
+    out["curve_passages"] = args.sizes[-1]
+    out["curve"] = []
+    for nc, thr, nd in CURVE:
+        a, p50 = agreement(index, Q[: len(ref)], SearchConfig(nc, thr, nd), ref)
+        out["curve"].append({"ncells": nc, "threshold": thr, "ndocs": nd, "agreement": a, "p50_ms": p50})
+        print(out["curve"][-1], flush=True)
+    write_json("scale.json", out)
+    plot(out)
+    from render import render
+
+    render()
+
+
+def plot(out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sizes = [r["passages"] for r in out["sizes"]]
+    for k in ("10", "100", "1000"):
+        ax.plot(sizes, [r["latency_ms_excl_encoding"][k]["p50"] for r in out["sizes"]], "o-", label=f"k={k}")
+    ax.set_xscale("log")
+    ax.set_xlabel("passages")
+    ax.set_ylabel("p50 latency, ms (excl. encoding)")
+    ax.legend()
+    ax.set_title("PLAID latency vs collection size")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "latency_vs_size.png", dpi=110)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([c["p50_ms"] for c in out["curve"]], [c["agreement"] for c in out["curve"]], "o")
+    for c in out["curve"]:
+        ax.annotate(f"{c['ncells']}/{c['threshold']}/{c['ndocs']}", (c["p50_ms"], c["agreement"]), fontsize=6)
+    ax.set_xlabel("p50 latency, ms (excl. encoding)")
+    ax.set_ylabel("top-10 agreement with exhaustive")
+    ax.set_title(f"latency vs agreement, {out['curve_passages']} passages")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "latency_vs_agreement.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
