@@ -20,13 +20,14 @@ SMALL_K = 256
 
 def num_centroids(num_embeddings_estimate: int, num_sample: int, requested: int | None = None) -> int:
     """ColBERTv2's heuristic ``2**floor(log2(16 * sqrt(num_embeddings)))``, clamped to what the k-means sample
-    supports: at least ``MIN_POINTS_PER_CENTROID`` points per centroid, except that up to ``SMALL_K`` centroids are
-    always allowed (cheap, and small collections then keep their reconstruction quality), never more than points."""
+    supports: at least ``MIN_POINTS_PER_CENTROID`` points per centroid, except that up to ``SMALL_K`` centroids with
+    at least 4 points each are always allowed (cheap; small collections keep their reconstruction quality, and the
+    residual distribution stays informative for documents added later)."""
     if requested is not None:
         k = requested
     else:
         k = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(1, num_embeddings_estimate)))))
-        k = min(k, max(num_sample // MIN_POINTS_PER_CENTROID, SMALL_K))
+        k = min(k, max(num_sample // MIN_POINTS_PER_CENTROID, min(SMALL_K, num_sample // 4)))
     return max(1, min(k, num_sample))
 
 

@@ -53,14 +53,15 @@ def test_tiny_samples_clamp_centroids():
         codec = ResidualCodec.fit(x, CodecConfig(nbits=2), n)
         assert 1 <= codec.num_centroids <= n
         codes, packed = codec.compress(x)
-        assert (codec.decompress(codes, packed) * x).sum(-1).min() > 0.8
+        cos = (codec.decompress(codes, packed) * x).sum(-1)
+        assert cos.mean() > 0.9 and cos.min() > 0.6
 
 
 def test_num_centroids_heuristic():
     assert num_centroids(1_000_000, 10**9) == 8192  # 2**floor(log2(16*1000 = 16000))
     assert num_centroids(1_000_000, 65536) == 65536 // 39  # clamped: >= 39 points per centroid (faiss' minimum)
-    assert num_centroids(10, 10) == 10  # 2**floor(log2(16*sqrt(10))) = 32, clamped to the 10 points
-    assert num_centroids(50, 50) == 50 and num_centroids(1000, 1000) == 256
+    assert num_centroids(10, 10) == 2  # small samples: at least 4 points per centroid
+    assert num_centroids(50, 50) == 12 and num_centroids(1000, 1000) == 250 and num_centroids(3, 3) == 1
     assert code_dtype(256) == np.uint8 and code_dtype(257) == np.uint16 and code_dtype(70000) == np.int32
 
 
