@@ -106,7 +106,7 @@ class SearchConfig(_Config):
         latency-vs-agreement curve on scifact (BENCHMARKS.md) so that PLAID's top-k agrees with exhaustive search
         on >= 99% of ids."""
         if k <= 10:
-            d = (2, 0.45, 256)
+            d = (2, 0.45, 512)
         elif k <= 100:
             d = (4, 0.4, 2048)
         else:
