@@ -130,6 +130,17 @@ def render() -> Path:
                   "query encoding.", "", *scale_tables(s), "",
                   "![latency vs collection size](benchmarks/results/latency_vs_size.png)",
                   "![latency vs agreement](benchmarks/results/latency_vs_agreement.png)", ""]
+    dist = RESULTS / "distributed.json"
+    if dist.exists():
+        d = json.loads(dist.read_text())
+        lines += ["## Distributed build and sharded search (local Ray, 2 CPUs)", "",
+                  f"{d['passages']} WordNet glosses, 2 shards. Build: 1 worker {d['build_s_1_workers']} s, 2 workers "
+                  f"{d['build_s_2_workers']} s (each worker 2 // workers torch threads; the driver trains the codec "
+                  f"first); single in-process index {d['build_s_single_index_in_process']} s. Search k=10 incl. "
+                  f"encoding: single index p50/p95 {d['search_ms_incl_encoding_single']['p50']}/"
+                  f"{d['search_ms_incl_encoding_single']['p95']} ms, 2 shards {d['search_ms_incl_encoding_2_shards']['p50']}/"
+                  f"{d['search_ms_incl_encoding_2_shards']['p95']} ms; top-10 overlap sharded vs single "
+                  f"{d['top10_overlap_sharded_vs_single']} (different centroids: the single index trains its own).", ""]
     gpu = RESULTS / "gpu.json"
     if gpu.exists():
         g = json.loads(gpu.read_text())
