@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -133,11 +133,3 @@ def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], write
         times.write_s += t3 - t2
         bar.update(len(idx))
     bar.close()
-
-
-def compress_embeddings(codec: ResidualCodec, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                        writer: SegmentWriter) -> None:
-    """Compress already-computed (embs, doclens) chunks into ``writer`` (used by compact with re-clustering)."""
-    for embs, doclens in chunks:
-        codes, packed = codec.compress(embs)
-        writer.append(codes, packed, doclens)

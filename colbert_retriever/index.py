@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import __version__, _validate, storage
-from .builder import SegmentWriter, StageTimes, compress_embeddings, encode_and_compress, encode_sample
+from .builder import SegmentWriter, StageTimes, encode_and_compress, encode_sample
 from .codec import ResidualCodec
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .docstore import DocStore
@@ -24,7 +24,7 @@ from .encoder import DEFAULT_MODEL_NAME, ColBERT
 from .errors import IncompatibleModelError, IndexFormatError, IndexNotFoundError, InvalidArgument, InvalidType
 from .hits import Hit
 from .plaid import IndexArrays, search_one
-from .strided import inverted_file, offsets_from_lengths
+from .strided import gather_rows, inverted_file, offsets_from_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ class Index:
                 ds.insert(0, ids, texts, metadatas)
             finally:
                 ds.close()
-            codec_files = {name: storage.save_array(path, f"codec-{uuid.uuid4().hex[:8]}.{name}.npy", arr)
-                           for name, arr in codec.arrays().items()}
+            codec_files = cls._write_codec(path, codec)
             ivf = cls._write_ivf(path, [seg], codec.num_centroids)
             times.write_s += time.perf_counter() - t0
             meta = {
@@ -164,6 +163,11 @@ class Index:
         return cls(path, model, model.device)
 
     # ================================================================ loading
+    @staticmethod
+    def _write_codec(path: Path, codec: ResidualCodec) -> dict:
+        return {name: storage.save_array(path, f"codec-{uuid.uuid4().hex[:8]}.{name}.npy", arr)
+                for name, arr in codec.arrays().items()}
+
     @staticmethod
     def _write_ivf(path: Path, segments: list[dict], num_centroids: int) -> dict:
         codes = np.concatenate([storage.load_array(path, f"{s['name']}.codes.npy") for s in segments])
@@ -399,42 +403,30 @@ class Index:
         """Rewrite the index without deleted documents, in one segment. ``recluster=None`` re-trains the centroids
         (from the decompressed embeddings) when more than ``RECLUSTER_RATIO`` of the embeddings were added after
         the centroids were trained; True/False forces it. Atomic."""
-        from .codec import ResidualCodec as _Codec
-
         with storage.write_lock(self.path):
             meta = self._begin_write()
             self._load()
             arrays, n, gen = self._arrays, meta["counts"]["documents"], meta["generation"]
+            offsets = arrays.doc_offsets.cpu()
             live = self._live.nonzero().flatten().cpu()
             c = meta["codec"]
             if recluster is None:
                 recluster = c.get("embeddings_added", 0) > RECLUSTER_RATIO * max(1, c["embeddings_at_training"])
             codec = arrays.codec
             if recluster and len(live):
-                from .strided import gather_rows
-
-                idx, _ = gather_rows(arrays.doc_offsets.cpu(), live)
+                idx, _ = gather_rows(offsets, live)
                 sample = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))]
                 sample = sample[: CodecConfig.from_dict(c["config"]).kmeans_sample_tokens]
                 embs = codec.decompress(arrays.codes[sample], arrays.residuals[sample])
-                codec = _Codec.fit(embs, CodecConfig.from_dict(c["config"]), int(idx.numel()))
+                codec = ResidualCodec.fit(embs, CodecConfig.from_dict(c["config"]), int(idx.numel()))
             writer = SegmentWriter(self.path, codec)
             try:
-                def chunks():
-                    from .strided import gather_rows
-
-                    for s in range(0, live.numel(), 8192):
-                        p = live[s : s + 8192]
-                        idx, sub = gather_rows(arrays.doc_offsets.cpu(), p)
-                        if recluster:
-                            yield arrays.codec.decompress(arrays.codes[idx], arrays.residuals[idx]), sub[1:] - sub[:-1]
-                        else:
-                            writer.append(arrays.codes[idx], arrays.residuals[idx], sub[1:] - sub[:-1])
-                if recluster:
-                    compress_embeddings(codec, chunks(), writer)
-                else:
-                    for _ in chunks():
-                        pass
+                for s in range(0, live.numel(), 8192):
+                    idx, sub = gather_rows(offsets, live[s : s + 8192])
+                    codes, residuals = arrays.codes[idx], arrays.residuals[idx]
+                    if recluster:  # re-compress the decompressed embeddings against the new centroids
+                        codes, residuals = codec.compress(arrays.codec.decompress(codes, residuals))
+                    writer.append(codes, residuals, sub[1:] - sub[:-1])
                 seg = writer.finish()
             except BaseException:
                 writer.abort()
@@ -449,8 +441,7 @@ class Index:
             finally:
                 new_ds.close()
             if recluster:
-                c["files"] = {name: storage.save_array(self.path, f"codec-{uuid.uuid4().hex[:8]}.{name}.npy", arr)
-                              for name, arr in codec.arrays().items()}
+                c["files"] = self._write_codec(self.path, codec)
                 c["num_centroids"], c["avg_residual"] = codec.num_centroids, codec.avg_residual
                 c["embeddings_at_training"] = seg["num_embeddings"]
                 c["embeddings_added"] = 0

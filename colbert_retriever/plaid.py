@@ -116,15 +116,18 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
     if n_allowed == 0:
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     cfg = cfg.for_k(k)
-    if cfg.exhaustive or n_allowed <= max(cfg.ndocs // 4, k):
+
+    def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
+
+    if cfg.exhaustive or n_allowed <= max(cfg.ndocs // 4, k):
+        return score_all_allowed()
     pids = candidate_pids(Sc, arrays, cfg.ncells)
     if allowed is not None:
         pids = pids[allowed[pids]]
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
-        pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
-        return _topk(pids, exact_scores(Q, arrays, pids), k)
+        return score_all_allowed()
     if pids.numel() > max(cfg.ndocs, k):
         pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, cfg.centroid_score_threshold), max(cfg.ndocs, k))
         pids = pids.sort().values
