@@ -12,25 +12,32 @@ import triton.language as tl
 
 
 @triton.jit
-def _decompress_kernel(codes_ptr, packed_ptr, centroids_ptr, weights_ptr, out_ptr, n_tokens,
-                       DIM: tl.constexpr, DIM_P2: tl.constexpr, NBITS: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid = tl.program_id(0)
+def decompress_rows(codes_ptr, packed_ptr, centroids_ptr, weights_ptr, rows, rmask, dims, dmask,
+                    DIM: tl.constexpr, NBITS: tl.constexpr):
+    """(BLOCK_T, DIM_P2) float32 L2-normalised embeddings of ``rows`` (masked rows/dims are zero). Shared by the
+    decompression kernel and the fused MaxSim kernel."""
     PER: tl.constexpr = 8 // NBITS
     PACKED: tl.constexpr = DIM * NBITS // 8
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    dims = tl.arange(0, DIM_P2)
-    rmask = rows < n_tokens
-    dmask = dims < DIM
     m2 = rmask[:, None] & dmask[None, :]
     code = tl.load(codes_ptr + rows, mask=rmask, other=0).to(tl.int64)
     byte = tl.load(packed_ptr + rows[:, None].to(tl.int64) * PACKED + (dims // PER)[None, :], mask=m2, other=0)
     bucket = (byte.to(tl.int32) >> ((dims % PER) * NBITS)[None, :]) & ((1 << NBITS) - 1)
-    res = tl.load(weights_ptr + bucket, mask=m2, other=0.0)
-    cent = tl.load(centroids_ptr + code[:, None] * DIM + dims[None, :], mask=m2, other=0.0).to(tl.float32)
-    x = cent + res
-    norm = tl.sqrt(tl.sum(x * x, axis=1))
-    x = x / tl.maximum(norm, 1e-12)[:, None]
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], x.to(out_ptr.dtype.element_ty), mask=m2)
+    x = tl.load(weights_ptr + bucket, mask=m2, other=0.0)
+    x += tl.load(centroids_ptr + code[:, None] * DIM + dims[None, :], mask=m2, other=0.0).to(tl.float32)
+    return x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
+
+
+@triton.jit
+def _decompress_kernel(codes_ptr, packed_ptr, centroids_ptr, weights_ptr, out_ptr, n_tokens,
+                       DIM: tl.constexpr, DIM_P2: tl.constexpr, NBITS: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    dims = tl.arange(0, DIM_P2)
+    rmask = rows < n_tokens
+    dmask = dims < DIM
+    x = decompress_rows(codes_ptr, packed_ptr, centroids_ptr, weights_ptr, rows, rmask, dims, dmask, DIM, NBITS)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * DIM + dims[None, :], x.to(out_ptr.dtype.element_ty),
+             mask=rmask[:, None] & dmask[None, :])
 
 
 def decompress(codes: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor, bucket_weights: torch.Tensor,

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .decompress import decompress_rows
+
 
 @triton.jit
 def _maxsim_kernel(q_ptr, emb_ptr, offsets_ptr, out_ptr, n_q,
@@ -40,8 +42,6 @@ def _maxsim_compressed_kernel(q_ptr, codes_ptr, packed_ptr, centroids_ptr, weigh
                               DIM: tl.constexpr, DIM_P2: tl.constexpr, NBITS: tl.constexpr, LQ_P2: tl.constexpr,
                               BLOCK_T: tl.constexpr):
     doc = tl.program_id(0)
-    PER: tl.constexpr = 8 // NBITS
-    PACKED: tl.constexpr = DIM * NBITS // 8
     start = tl.load(offsets_ptr + doc)
     end = tl.load(offsets_ptr + doc + 1)
     qi = tl.arange(0, LQ_P2)
@@ -53,13 +53,7 @@ def _maxsim_compressed_kernel(q_ptr, codes_ptr, packed_ptr, centroids_ptr, weigh
     for t0 in range(start, end, BLOCK_T):
         rows = t0 + tl.arange(0, BLOCK_T)
         rmask = rows < end
-        m2 = rmask[:, None] & dmask[None, :]
-        code = tl.load(codes_ptr + rows, mask=rmask, other=0).to(tl.int64)
-        byte = tl.load(packed_ptr + rows[:, None].to(tl.int64) * PACKED + (dims // PER)[None, :], mask=m2, other=0)
-        bucket = (byte.to(tl.int32) >> ((dims % PER) * NBITS)[None, :]) & ((1 << NBITS) - 1)
-        x = tl.load(weights_ptr + bucket, mask=m2, other=0.0)
-        x += tl.load(centroids_ptr + code[:, None] * DIM + dims[None, :], mask=m2, other=0.0).to(tl.float32)
-        x = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), 1e-12)[:, None]
+        x = decompress_rows(codes_ptr, packed_ptr, centroids_ptr, weights_ptr, rows, rmask, dims, dmask, DIM, NBITS)
         s = tl.dot(q, tl.trans(x))
         s = tl.where(rmask[None, :], s, float("-inf"))
         best = tl.maximum(best, tl.max(s, axis=1))
