@@ -23,8 +23,9 @@ from common import RESULTS, SHARED, WORK, PeakRSS, folder_bytes, machine_info, p
 from colbert_retriever import ColBERT, Index, SearchConfig  # noqa: E402
 from colbert_retriever.evaluation import load_corpus  # noqa: E402
 
-CURVE = [(1, 0.5, 64), (1, 0.5, 128), (1, 0.5, 256), (2, 0.45, 128), (2, 0.45, 256), (2, 0.45, 512), (4, 0.4, 256),
-         (4, 0.4, 512), (4, 0.4, 1024), (8, 0.35, 1024)]
+CURVE = [(None, None, None), (1, 0.5, 256), (2, 0.45, 512), (4, 0.4, 1024), (8, 0.4, 2048), (12, 0.4, 2048),
+         (12, 0.4, 4096), (16, 0.4, 4096), (16, 0.4, 8192)]
+"""(ncells, centroid_score_threshold, ndocs); None: the adaptive default (SearchConfig.plan)."""
 
 
 def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
@@ -95,7 +96,8 @@ def main(argv=None):
     out["curve"] = []
     for nc, thr, nd in CURVE:
         a, p50 = agreement(index, Q[: len(ref)], SearchConfig(nc, thr, nd), ref)
-        out["curve"].append({"ncells": nc, "threshold": thr, "ndocs": nd, "agreement": a, "p50_ms": p50})
+        out["curve"].append({"ncells": nc or "default", "threshold": thr or "default", "ndocs": nd or "default",
+                             "agreement": a, "p50_ms": p50})
         print(out["curve"][-1], flush=True)
     write_json("scale.json", out)
     plot(out)
@@ -124,7 +126,8 @@ def plot(out):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([c["p50_ms"] for c in out["curve"]], [c["agreement"] for c in out["curve"]], "o")
     for c in out["curve"]:
-        ax.annotate(f"{c['ncells']}/{c['threshold']}/{c['ndocs']}", (c["p50_ms"], c["agreement"]), fontsize=6)
+        label = "default" if c["ncells"] == "default" else f"{c['ncells']}/{c['threshold']}/{c['ndocs']}"
+        ax.annotate(label, (c["p50_ms"], c["agreement"]), fontsize=6)
     ax.set_xlabel("p50 latency, ms (excl. encoding)")
     ax.set_ylabel("top-10 agreement with exhaustive")
     ax.set_title(f"latency vs agreement, {out['curve_passages']} passages")

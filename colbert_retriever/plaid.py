@@ -3,7 +3,8 @@
 1. candidate generation: the top ``ncells`` centroids of each query token -> their inverted lists -> pids;
 2. centroid interaction with pruning (centroids scoring below ``centroid_score_threshold`` for every query token
    count 0) keeps ``ndocs`` candidates; 3. centroid interaction without pruning keeps ``max(ndocs // 4, k)``;
-4. those are decompressed and scored exactly with MaxSim. ``exhaustive`` skips 1-3 and scores every allowed document.
+4. those are scored exactly with MaxSim over their decompressed embeddings. Unset knobs adapt to the query and
+   the index (``SearchConfig.plan``). ``exhaustive`` skips 1-3 and scores every allowed document.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from . import _kernels
 from .codec import ResidualCodec
 from .config import SearchConfig
-from .scoring import maxsim_packed
+from .scoring import segment_maxsim
 from .strided import gather_rows
 
 
@@ -28,6 +29,14 @@ class IndexArrays:
     doc_offsets: torch.Tensor  # (n_docs + 1,) int64
     ivf_pids: torch.Tensor  # (total,) int64
     ivf_offsets: torch.Tensor  # (num_centroids + 1,) int64
+    inv_norms: Optional[torch.Tensor] = None  # (n_embeddings,) float32, filled on first use (see inverse_norms)
+
+    def inverse_norms(self) -> torch.Tensor:
+        """1 / ||centroid + residual|| of every embedding, computed once (a pass over the index: ~0.1 us per
+        embedding on CPU) and kept (4 bytes per embedding) for compressed-domain exact scoring."""
+        if self.inv_norms is None:
+            self.inv_norms = self.codec.inverse_norms(self.codes, self.residuals)
+        return self.inv_norms
 
     @property
     def num_docs(self) -> int:
@@ -57,19 +66,24 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
         e = int(torch.searchsorted(bounds, base + chunk_tokens, right=True))
         e = min(max(e, s + 1), pids.numel())
         idx, sub = gather_rows(arrays.doc_offsets, pids[s:e])
-        tok = Sc.index_select(0, arrays.codes[idx])  # (tokens, q_len)
-        out[s:e] = torch.segment_reduce(tok, "max", lengths=sub[1:] - sub[:-1], axis=0).sum(-1)
+        out[s:e] = segment_maxsim(Sc.index_select(0, arrays.codes[idx]), sub)
         s = e
     return out
 
 
 def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, threshold: float) -> torch.Tensor:
-    """PLAID's pruned centroid interaction, computed from the inverted file: only centroids whose best score over
-    the query tokens reaches ``threshold`` contribute; a query token none of a document's kept centroids serves
-    counts 0. pids: sorted unique int64. Returns (len(pids),) float32."""
+    """PLAID's pruned centroid interaction: only centroids whose best score over the query tokens reaches
+    ``threshold`` contribute; a query token none of a document's kept centroids serves counts 0. Computed whichever
+    way touches fewer entries: from the inverted lists of the kept centroids, or from the candidates' own tokens
+    (short documents and low thresholds favour the latter). pids: sorted unique int64. Returns (len(pids),) float32."""
     if _kernels.use_triton(Sc):
         return _kernels.centroid_interaction(Sc, arrays.codes, arrays.doc_offsets, pids, threshold)
-    kept = (Sc.amax(1) >= threshold).nonzero().flatten()
+    keep = Sc.amax(1) >= threshold
+    kept = keep.nonzero().flatten()
+    ivf_cost = int((arrays.ivf_offsets[kept + 1] - arrays.ivf_offsets[kept]).sum())
+    token_cost = int((arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]).sum())
+    if token_cost <= ivf_cost:
+        return centroid_interaction(Sc.clamp_min(0.0) * keep[:, None], arrays, pids)
     scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
     if kept.numel():
         idx, sub = gather_rows(arrays.ivf_offsets, kept)
@@ -83,18 +97,22 @@ def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor
 
 
 def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, chunk_docs: int = 8192) -> torch.Tensor:
-    """Decompress the documents ``pids`` and score them with exact MaxSim. Q: (q_len, dim)."""
+    """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
+    computed in the compressed domain, see ``ResidualCodec.token_scores``)."""
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
+    c = arrays.codec
+    triton = _kernels.use_triton(Q)
+    if not triton:
+        Sc, lut_q, inv = c.centroids @ Q.float().T, c.query_lut(Q), arrays.inverse_norms()
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)
-        if _kernels.use_triton(Q):
-            c = arrays.codec
+        if triton:
             out[s : s + chunk_docs] = _kernels.maxsim_compressed(Q, arrays.codes[idx], arrays.residuals[idx],
                                                                  c.centroids, c.bucket_weights, c.nbits, sub)
-            continue
-        embs = arrays.codec.decompress(arrays.codes[idx], arrays.residuals[idx])
-        out[s : s + chunk_docs] = maxsim_packed(Q, embs, sub)
+        else:
+            sim = c.token_scores(Sc, lut_q, arrays.codes[idx], arrays.residuals[idx], inv[idx])
+            out[s : s + chunk_docs] = segment_maxsim(sim, sub)
     return out
 
 
@@ -115,23 +133,22 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
     dev = arrays.doc_offsets.device
     if n_allowed == 0:
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
-    cfg = cfg.for_k(k)
+    plan = cfg.plan(k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
 
     def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
         return _topk(pids, exact_scores(Q, arrays, pids), k)
 
-    if cfg.exhaustive or n_allowed <= max(cfg.ndocs // 4, k):
+    if plan.exhaustive or n_allowed <= plan.exact_docs:
         return score_all_allowed()
-    pids = candidate_pids(Sc, arrays, cfg.ncells)
+    pids = candidate_pids(Sc, arrays, plan.ncells)
     if allowed is not None:
         pids = pids[allowed[pids]]
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
         return score_all_allowed()
-    if pids.numel() > max(cfg.ndocs, k):
-        pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, cfg.centroid_score_threshold), max(cfg.ndocs, k))
+    if pids.numel() > plan.stage2_docs:
+        pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, plan.centroid_score_threshold), plan.stage2_docs)
         pids = pids.sort().values
-    keep = max(cfg.ndocs // 4, k)
-    if pids.numel() > keep:
-        pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), keep)
+    if pids.numel() > plan.exact_docs:
+        pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), plan.exact_docs)
     return _topk(pids, exact_scores(Q, arrays, pids), k)

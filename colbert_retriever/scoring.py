@@ -21,17 +21,18 @@ def maxsim_padded(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor) -> tor
     return best.sum(dim=-1)
 
 
-def padded_index(offsets: torch.Tensor, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For packed rows delimited by ``offsets`` (n+1,), the (n, max_len) row index matrix and its validity mask."""
+def segment_maxsim(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """MaxSim from token-level scores. sim: (n_tokens, q_len) dot products of each packed document token with each
+    query token; offsets: (n_docs + 1,). Returns (n_docs,) float32: per document, the sum over query tokens of the
+    best score over its tokens (0 for a document with no tokens). A scatter-max over a token -> document map:
+    measured faster on CPU than padding or ``torch.segment_reduce`` for both short and long documents."""
+    n_docs = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]
-    if max_len is None:
-        max_len = int(lengths.max()) if len(lengths) else 0
-    ar = torch.arange(max_len, device=offsets.device)
-    idx = offsets[:-1, None] + ar[None, :]
-    valid = ar[None, :] < lengths[:, None]
-    total = int(offsets[-1]) if len(offsets) else 0
-    idx = torch.where(valid, idx, torch.zeros_like(idx)) if total > 0 else torch.zeros_like(idx)
-    return idx, valid
+    seg = torch.repeat_interleave(torch.arange(n_docs, device=sim.device), lengths, output_size=sim.shape[0])
+    best = torch.full((n_docs, sim.shape[1]), float("-inf"), dtype=torch.float32, device=sim.device)
+    best.scatter_reduce_(0, seg[:, None].expand(-1, sim.shape[1]), sim.float(), "amax")
+    best[lengths == 0] = 0.0
+    return best.sum(-1)
 
 
 def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, chunk_tokens: int = 1 << 16) -> torch.Tensor:
@@ -47,23 +48,16 @@ def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, ch
     nq, lq, dim = Q.shape
     n_docs = offsets.numel() - 1
     out = torch.zeros(nq, n_docs, dtype=torch.float32, device=Q.device)
-    if n_docs == 0:
-        return out[0] if single else out
     Qf = Q.reshape(nq * lq, dim).float()
-    lengths = offsets[1:] - offsets[:-1]
     start = 0
     while start < n_docs:
         # grow the chunk until it holds about chunk_tokens tokens
         end = int(torch.searchsorted(offsets, offsets[start] + chunk_tokens, right=True))
         end = min(max(end - 1, start + 1), n_docs)
         lo, hi = int(offsets[start]), int(offsets[end])
-        sim = embs[lo:hi].float() @ Qf.T  # (tokens, nq*lq)
+        sim = (embs[lo:hi].float() @ Qf.T).view(hi - lo, nq, lq)  # (tokens, nq, lq)
         sub = offsets[start : end + 1] - lo
-        idx, valid = padded_index(sub, int(lengths[start:end].max()))
-        if hi > lo:
-            s = sim[idx]  # (docs, max_len, nq*lq)
-            s = s.masked_fill(~valid[..., None], float("-inf")).amax(dim=1)
-            s = torch.where(torch.isinf(s), torch.zeros_like(s), s)
-            out[:, start:end] = s.view(end - start, nq, lq).sum(-1).T
+        for qi in range(nq):
+            out[qi, start:end] = segment_maxsim(sim[:, qi], sub)
         start = end
     return out[0] if single else out

@@ -59,7 +59,7 @@ def test_tiny_samples_clamp_centroids():
 
 def test_num_centroids_heuristic():
     assert num_centroids(1_000_000, 10**9) == 8192  # 2**floor(log2(16*1000 = 16000))
-    assert num_centroids(1_000_000, 65536) == 65536 // 39  # clamped: >= 39 points per centroid (faiss' minimum)
+    assert num_centroids(1_000_000, 65536) == 65536 // 16  # clamped: >= 16 sample points per centroid
     assert num_centroids(10, 10) == 2  # small samples: at least 4 points per centroid
     assert num_centroids(50, 50) == 12 and num_centroids(1000, 1000) == 250 and num_centroids(3, 3) == 1
     assert code_dtype(256) == np.uint8 and code_dtype(257) == np.uint16 and code_dtype(70000) == np.int32
@@ -80,3 +80,52 @@ def test_arrays_roundtrip():
     c2 = ResidualCodec.from_arrays(codec.arrays(), 2)
     codes, packed = codec.compress(x)
     assert torch.allclose(codec.decompress(codes, packed), c2.decompress(codes, packed), atol=2e-3)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_compressed_domain_scores_equal_decompress_then_matmul(nbits):
+    x = clustered(n=1000, dim=64)
+    codec = ResidualCodec.fit(x, CodecConfig(nbits=nbits, num_centroids=16), x.shape[0])
+    codes, packed = codec.compress(x)
+    Q = torch.nn.functional.normalize(torch.randn(5, 64), dim=-1)
+    ref = codec.decompress(codes, packed) @ Q.T
+    Sc, lut_q, inv = codec.centroids @ Q.T, codec.query_lut(Q), codec.inverse_norms(codes, packed)
+    for chunk in (7, 1000, 4096):  # chunks that do not divide n, exactly n, larger than n
+        assert torch.allclose(codec.token_scores(Sc, lut_q, codes, packed, inv, chunk=chunk), ref, atol=1e-5)
+        assert torch.allclose(codec.decompress(codes, packed, chunk=chunk) @ Q.T, ref, atol=1e-6)
+        assert torch.allclose(codec.inverse_norms(codes, packed, chunk=chunk), inv)
+    assert codec.token_scores(Sc, lut_q, codes[:0], packed[:0], inv[:0]).shape == (0, 5)
+
+
+def test_coarse_to_fine_assignment_matches_exhaustive_argmax():
+    """With >= COARSE_ASSIGN_MIN_K centroids, CPU assignment searches near groups only; it must still find the
+    nearest centroid for almost every row and the residual is taken against whichever it picked."""
+    from colbert_retriever.codec import COARSE_ASSIGN_MIN_K
+
+    g = torch.Generator().manual_seed(5)
+    K, dim = COARSE_ASSIGN_MIN_K, 64
+    topics = torch.nn.functional.normalize(torch.randn(64, dim, generator=g), dim=-1)  # clustered, like embeddings
+    cents = torch.nn.functional.normalize(topics[torch.arange(K) % 64] + 0.08 * torch.randn(K, dim, generator=g), dim=-1)
+    x = torch.nn.functional.normalize(cents[torch.randint(0, K, (20000,), generator=g)]
+                                      + 0.04 * torch.randn(20000, dim, generator=g), dim=-1)
+    codec = ResidualCodec(cents, torch.tensor([-0.03, 0.0, 0.03]), torch.tensor([-0.05, -0.01, 0.01, 0.05]), 2)
+    got = codec.assign(x)
+    exact = (x @ cents.T).argmax(1)
+    assert (got == exact).float().mean() > 0.95  # misses are near-ties (and bf16 rounding on bf16 CPUs)
+    assert (x * cents[got]).sum(-1).mean() > (x * cents[exact]).sum(-1).mean() - 0.002
+    codes, packed = codec.compress(x)
+    assert torch.equal(codes, got)
+
+
+def test_two_level_kmeans_for_many_centroids():
+    from colbert_retriever.kmeans import TWO_LEVEL_MIN_K, train_centroids
+
+    x = clustered(n=16 * TWO_LEVEL_MIN_K, dim=16, k=512, seed=2).numpy()
+    cents = train_centroids(x, TWO_LEVEL_MIN_K, 4, 0)
+    assert abs(cents.shape[0] - TWO_LEVEL_MIN_K) <= 0.05 * TWO_LEVEL_MIN_K
+    assert np.allclose(np.linalg.norm(cents, axis=1), 1.0, atol=1e-5)
+    flat = train_centroids(x, TWO_LEVEL_MIN_K - 1, 4, 0)  # below TWO_LEVEL_MIN_K: one flat faiss k-means
+    X = torch.from_numpy(x)
+    two_level_fit = (X @ torch.from_numpy(cents).T).amax(1).mean()
+    flat_fit = (X @ torch.from_numpy(flat).T).amax(1).mean()
+    assert two_level_fit > flat_fit - 0.01

@@ -1,6 +1,6 @@
 import torch
 
-from colbert_retriever.scoring import maxsim_packed, maxsim_padded
+from colbert_retriever.scoring import maxsim_packed, maxsim_padded, segment_maxsim
 from colbert_retriever.strided import gather_rows, inverted_file, offsets_from_lengths
 
 
@@ -41,3 +41,9 @@ def test_gather_rows_and_ivf():
     pids, offsets = inverted_file(np.array([0, 1, 1, 1, 0, 2]), np.array([2, 3, 1]), 4)
     assert offsets.tolist() == [0, 2, 4, 5, 5]
     assert pids.tolist() == [0, 1, 0, 1, 2]
+
+
+def test_segment_maxsim_empty_documents_score_zero():
+    sim = torch.tensor([[0.5, -0.2], [0.1, 0.3], [-0.4, -0.6]])
+    off = offsets_from_lengths([2, 0, 1])
+    assert torch.allclose(segment_maxsim(sim, off), torch.tensor([0.8, 0.0, -1.0]))

@@ -148,3 +148,4 @@ def test_search_with_forced_triton_equals_torch(tmp_path, tiny_model):
     assert [h.id for h in got] == [h.id for h in ref]
     assert [h.score for h in got] == pytest.approx([h.score for h in ref], abs=1e-4)
     assert [h.id for h in got_exh] == [h.id for h in ref_exh]
+
