@@ -202,7 +202,7 @@ class Index:
             raise IndexFormatError(f"{p}: segments hold {doclens.numel()} documents; metadata says {n_docs}")
         arrays = IndexArrays(
             codec=codec,
-            codes=torch.from_numpy(np.concatenate(codes).astype(np.int64)).to(dev),
+            codes=torch.from_numpy(np.concatenate(codes).astype(np.int32)).to(dev),  # 4 B/token in RAM
             residuals=residuals.to(dev),
             doc_offsets=offsets_from_lengths(doclens).to(dev),
             ivf_pids=torch.from_numpy(np.asarray(ivf_pids, dtype=np.int64)).to(dev),

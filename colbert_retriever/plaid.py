@@ -24,7 +24,7 @@ from .strided import gather_rows
 @dataclass
 class IndexArrays:
     codec: ResidualCodec
-    codes: torch.Tensor  # (n_embeddings,) int64
+    codes: torch.Tensor  # (n_embeddings,) int32 (any integer type works)
     residuals: torch.Tensor  # (n_embeddings, packed_dim) uint8
     doc_offsets: torch.Tensor  # (n_docs + 1,) int64
     ivf_pids: torch.Tensor  # (total,) int64

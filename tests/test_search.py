@@ -139,3 +139,21 @@ def test_pruned_interaction_paths_agree():
             s = torch.where(keep[c][:, None], Sc[c], torch.zeros(1, 4))
             ref.append(float(torch.cat([s, torch.zeros(1, 4)]).max(0).values.sum()))
         assert torch.allclose(plaid.pruned_interaction(Sc, arrays, pids, threshold), torch.tensor(ref), atol=1e-6)
+
+
+def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
+    from colbert_retriever import SearchConfig
+
+    explicit = SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64).plan(10, q_len=3, avg_doclen=20)
+    assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.exact_docs) == \
+        (1, 0.5, 64, 16)
+    assert SearchConfig(ndocs=8).plan(10).exact_docs == 10  # never fewer than k
+    long_q = SearchConfig().plan(10, q_len=32, avg_doclen=200)  # scifact-like: PLAID's table
+    short_q = SearchConfig().plan(10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
+    assert long_q.ncells == 2 and long_q.stage2_docs == 512 and long_q.exact_docs == 128
+    assert short_q.ncells == 12  # at least CELLS_PER_QUERY cells probed in all
+    assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
+    # the exact stage's work (document tokens x query tokens) stays within the same budget
+    assert short_q.exact_docs * 20 * 4 <= 3 << 17
+    big_k = SearchConfig().plan(1000, q_len=32, avg_doclen=200)
+    assert big_k.exact_docs >= 1000 and big_k.stage2_docs >= 8000
