@@ -101,11 +101,11 @@ class ResidualCodec:
         has native bf16 (about 2x faster here); a near-tie may then pick the second-nearest centroid, which the
         residual absorbs (it is always taken against the centroid chosen). With many centroids the search is
         coarse-to-fine (see ``_CoarseAssigner``)."""
-        dtype = torch.bfloat16 if embs.device.type == "cpu" and cpu_supports_bf16() else torch.float32
         if self.num_centroids >= COARSE_ASSIGN_MIN_K and embs.device.type == "cpu":
             if self._coarse is None:
                 self._coarse = _CoarseAssigner(self.centroids.cpu())
-            return torch.cat([self._coarse.assign(x, dtype) for x in torch.split(embs, 1 << 16)])
+            return torch.cat([self._coarse.assign(x) for x in torch.split(embs, 1 << 16)])
+        dtype = torch.bfloat16 if embs.device.type == "cpu" and cpu_supports_bf16() else torch.float32
         C = self.centroids.to(embs.device, dtype)
         out = torch.empty(embs.shape[0], dtype=torch.long, device=embs.device)
         for s in range(0, embs.shape[0], batch):
@@ -215,12 +215,13 @@ class ResidualCodec:
 
 class _CoarseAssigner:
     """Approximate nearest-centroid search for many centroids: the centroids are grouped by a small k-means over
-    the centroids themselves (``groups`` ~ sqrt(K)); each centroid is listed under its ``probe`` nearest groups. A
+    the centroids themselves (2 sqrt(K) groups); each centroid is listed under its ``probe`` nearest groups. A
     row is compared with the group centres, then only with the centroids listed under its best group.
 
-    Measured on 200k MiniLM token embeddings, 16,384 centroids: 15x faster than the exhaustive argmax and the same
-    centroid for 99.8% of rows (mean cosine to the chosen centroid 0.9005 vs 0.9010). A miss costs reconstruction
-    quality only: the residual is always taken against the centroid chosen."""
+    Measured on 200k MiniLM token embeddings (100k WordNet glosses), 16,265 centroids: 0.82 s vs 9.9 s for the
+    exhaustive bf16 argmax, the same centroid as the exact fp32 argmax for 99.96% of rows (mean cosine to the
+    chosen centroid 0.8923 vs 0.8924). A miss costs reconstruction quality only: the residual is always taken
+    against the centroid chosen."""
 
     def __init__(self, centroids: torch.Tensor, probe: int = 8, seed: int = 0):
         K = centroids.shape[0]
@@ -233,12 +234,14 @@ class _CoarseAssigner:
         self.member_offsets = offsets_from_lengths(torch.bincount(flat_groups, minlength=self.centres.shape[0]))
         self.centroids = centroids
 
-    def assign(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        xd = x.to(dtype)
-        group = (xd @ self.centres.to(dtype).T).argmax(1)
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 on purpose: bf16 matmuls of many different shapes grew the build's peak RSS by ~400 MB (oneDNN
+        caches a primitive per shape), and these matmuls are small."""
+        xd = x.float()
+        group = (xd @ self.centres.T).argmax(1)
         order = torch.argsort(group)
         counts = torch.bincount(group, minlength=self.centres.shape[0]).tolist()
-        C = self.centroids.to(dtype)
+        C = self.centroids
         out = torch.empty(x.shape[0], dtype=torch.long)
         start = 0
         for g, n in enumerate(counts):
