@@ -107,6 +107,18 @@ def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: 
     return cache, tokens
 
 
+def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
+                times: StageTimes) -> tuple[ResidualCodec, dict[int, torch.Tensor], int]:
+    """Encode the k-means sample (``encode_sample``) and fit the codec on it. Returns the codec, the sample cache
+    (reusable by ``encode_and_compress``) and the estimated number of embeddings in ``texts``."""
+    cache, sample_tokens = encode_sample(model, texts, config, batch_size, show_progress, times)
+    t0 = time.perf_counter()
+    est = int(sample_tokens / max(1, len(cache)) * len(texts))
+    codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), config, est)
+    times.kmeans_s += time.perf_counter() - t0
+    return codec, cache, est
+
+
 def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], writer: SegmentWriter,
                         cache: Optional[dict[int, torch.Tensor]], batch_size: int, chunk_docs: int,
                         show_progress: bool, times: StageTimes, desc: str = "encoding + compressing") -> None:

@@ -22,9 +22,9 @@ from .strided import offsets_from_lengths
 
 
 DECODE_CHUNK = 4096
+"""Rows decoded at a time on CPU: big enough to amortise per-call overhead, small enough to stay in cache."""
 COARSE_ASSIGN_MIN_K = 4096
 """From this many centroids on, CPU assignment is coarse-to-fine."""
-"""Rows decoded at a time on CPU: big enough to amortise per-call overhead, small enough to stay in cache."""
 
 
 def code_dtype(num_centroids: int) -> np.dtype:

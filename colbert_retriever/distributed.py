@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _validate, storage
-from .builder import StageTimes, encode_sample
+from .builder import StageTimes, train_codec
 from .codec import ResidualCodec
 from .config import CodecConfig, SearchConfig
 from .encoder import ColBERT
@@ -121,11 +121,9 @@ def build_sharded(path: Union[str, Path], texts: Sequence[str], ids: Optional[Se
     codec_config = (codec_config or CodecConfig()).replace(nbits=nbits)
     t0 = time.perf_counter()
     driver_model = ColBERT.from_pretrained(model, dtype=dtype)
-    cache, tokens = encode_sample(driver_model, texts, codec_config, 32, False, StageTimes())
-    codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), codec_config,
-                              int(tokens / max(1, len(cache)) * len(texts)))
+    codec, cache, _ = train_codec(driver_model, texts, codec_config, 32, False, StageTimes())
     del cache
-    arrays = {k: v for k, v in codec.arrays().items()}
+    arrays = codec.arrays()
     t_codec = time.perf_counter() - t0
     Builder = ray.remote(max_restarts=max_retries, max_task_retries=max_retries)(_ShardBuilder)
     workers = [Builder.remote(model, dtype, threads_per_worker) for _ in range(min(num_workers, num_shards))]

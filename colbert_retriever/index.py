@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import __version__, _validate, storage
-from .builder import SegmentWriter, StageTimes, encode_and_compress, encode_sample
+from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec
 from .codec import ResidualCodec
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .docstore import DocStore
@@ -87,11 +87,7 @@ class Index:
                     old = None
             times = StageTimes()
             if codec is None:
-                cache, sample_tokens = encode_sample(model, texts, codec_config, batch_size, show_progress, times)
-                t0 = time.perf_counter()
-                est = int(sample_tokens / max(1, len(cache)) * len(texts))
-                codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), codec_config, est)
-                times.kmeans_s = time.perf_counter() - t0
+                codec, cache, est = train_codec(model, texts, codec_config, batch_size, show_progress, times)
             else:
                 if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
                     raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "

@@ -96,14 +96,17 @@ def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor
     return scores.sum(-1)
 
 
-def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, chunk_docs: int = 8192) -> torch.Tensor:
+def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: Optional[torch.Tensor] = None,
+                 chunk_docs: int = 8192) -> torch.Tensor:
     """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
-    computed in the compressed domain, see ``ResidualCodec.token_scores``)."""
+    computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T when the caller
+    already has it."""
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     c = arrays.codec
     triton = _kernels.use_triton(Q)
     if not triton:
-        Sc, lut_q, inv = c.centroids @ Q.float().T, c.query_lut(Q), arrays.inverse_norms()
+        Sc = Sc if Sc is not None else c.centroids @ Q.float().T
+        lut_q, inv = c.query_lut(Q), arrays.inverse_norms()
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)
@@ -137,7 +140,7 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
 
     def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
-        return _topk(pids, exact_scores(Q, arrays, pids), k)
+        return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
 
     if plan.exhaustive or n_allowed <= plan.exact_docs:
         return score_all_allowed()
@@ -151,4 +154,4 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
         pids = pids.sort().values
     if pids.numel() > plan.exact_docs:
         pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), plan.exact_docs)
-    return _topk(pids, exact_scores(Q, arrays, pids), k)
+    return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)

@@ -21,18 +21,25 @@ def maxsim_padded(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor) -> tor
     return best.sum(dim=-1)
 
 
-def segment_maxsim(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """MaxSim from token-level scores. sim: (n_tokens, q_len) dot products of each packed document token with each
-    query token; offsets: (n_docs + 1,). Returns (n_docs,) float32: per document, the sum over query tokens of the
-    best score over its tokens (0 for a document with no tokens). A scatter-max over a token -> document map:
-    measured faster on CPU than padding or ``torch.segment_reduce`` for both short and long documents."""
+def segment_max(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Per document and column, the best token score. sim: (n_tokens, cols) scores of packed document tokens;
+    offsets: (n_docs + 1,). Returns (n_docs, cols) float32, 0 for a document with no tokens. A scatter-max over a
+    token -> document map: measured faster on CPU than padding or ``torch.segment_reduce`` for both short and long
+    documents."""
     n_docs = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]
     seg = torch.repeat_interleave(torch.arange(n_docs, device=sim.device), lengths, output_size=sim.shape[0])
     best = torch.full((n_docs, sim.shape[1]), float("-inf"), dtype=torch.float32, device=sim.device)
     best.scatter_reduce_(0, seg[:, None].expand(-1, sim.shape[1]), sim.float(), "amax")
     best[lengths == 0] = 0.0
-    return best.sum(-1)
+    return best
+
+
+def segment_maxsim(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """MaxSim from token-level scores. sim: (n_tokens, q_len) dot products of each packed document token with each
+    query token; offsets: (n_docs + 1,). Returns (n_docs,) float32: per document, the sum over query tokens of the
+    best score over its tokens (0 for a document with no tokens)."""
+    return segment_max(sim, offsets).sum(-1)
 
 
 def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, chunk_tokens: int = 1 << 16) -> torch.Tensor:
@@ -55,9 +62,7 @@ def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, ch
         end = int(torch.searchsorted(offsets, offsets[start] + chunk_tokens, right=True))
         end = min(max(end - 1, start + 1), n_docs)
         lo, hi = int(offsets[start]), int(offsets[end])
-        sim = (embs[lo:hi].float() @ Qf.T).view(hi - lo, nq, lq)  # (tokens, nq, lq)
-        sub = offsets[start : end + 1] - lo
-        for qi in range(nq):
-            out[qi, start:end] = segment_maxsim(sim[:, qi], sub)
+        best = segment_max(embs[lo:hi].float() @ Qf.T, offsets[start : end + 1] - lo)  # (docs, nq * lq)
+        out[:, start:end] = best.view(end - start, nq, lq).sum(-1).T
         start = end
     return out[0] if single else out

@@ -61,21 +61,21 @@ def _maxsim_compressed_kernel(q_ptr, codes_ptr, packed_ptr, centroids_ptr, weigh
     tl.store(out_ptr + doc, tl.sum(best, axis=0))
 
 
-def _q(Q: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _prepare(Q: torch.Tensor, offsets: torch.Tensor, device) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Q as contiguous float32, its padded length (tl.dot needs >= 16 rows), and the zeroed (n_docs,) output."""
     if Q.dim() != 2:
         raise ValueError(f"Q must be (q_len, dim), got shape {tuple(Q.shape)}")
-    return Q.float().contiguous(), max(16, triton.next_power_of_2(Q.shape[0]))
+    out = torch.zeros(offsets.numel() - 1, dtype=torch.float32, device=device)
+    return Q.float().contiguous(), max(16, triton.next_power_of_2(Q.shape[0])), out
 
 
 def maxsim(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, block_t: int = 32) -> torch.Tensor:
     """Q (q_len, dim); embs (n_tokens, dim); offsets (n_docs + 1,) int64. Returns (n_docs,) float32."""
-    Qc, lq = _q(Q)
-    n_docs = offsets.numel() - 1
-    out = torch.zeros(n_docs, dtype=torch.float32, device=embs.device)
-    if n_docs == 0:
+    Qc, lq, out = _prepare(Q, offsets, embs.device)
+    if out.numel() == 0:
         return out
     dim = embs.shape[1]
-    _maxsim_kernel[(n_docs,)](Qc, embs.contiguous(), offsets.contiguous(), out, Q.shape[0], DIM=dim,
+    _maxsim_kernel[(out.numel(),)](Qc, embs.contiguous(), offsets.contiguous(), out, Q.shape[0], DIM=dim,
                               DIM_P2=triton.next_power_of_2(dim), LQ_P2=lq, BLOCK_T=block_t)
     return out
 
@@ -84,13 +84,11 @@ def maxsim_compressed(Q: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor
                       bucket_weights: torch.Tensor, nbits: int, offsets: torch.Tensor, block_t: int = 32) -> torch.Tensor:
     """MaxSim of Q against documents stored compressed (codes, packed residuals) with ``offsets``; decompression
     happens in registers. Returns (n_docs,) float32."""
-    Qc, lq = _q(Q)
-    n_docs = offsets.numel() - 1
-    out = torch.zeros(n_docs, dtype=torch.float32, device=packed.device)
-    if n_docs == 0:
+    Qc, lq, out = _prepare(Q, offsets, packed.device)
+    if out.numel() == 0:
         return out
     dim = centroids.shape[1]
-    _maxsim_compressed_kernel[(n_docs,)](Qc, codes.contiguous(), packed.contiguous(), centroids.contiguous(),
+    _maxsim_compressed_kernel[(out.numel(),)](Qc, codes.contiguous(), packed.contiguous(), centroids.contiguous(),
                                          bucket_weights.float().contiguous(), offsets.contiguous(), out, Q.shape[0],
                                          DIM=dim, DIM_P2=triton.next_power_of_2(dim), NBITS=nbits, LQ_P2=lq,
                                          BLOCK_T=block_t)
