@@ -56,7 +56,7 @@ def main(argv=None):
         codes, packed = codec.compress(xd)
     lengths = torch.full((args.docs,), args.doclen)
     ivf_p, ivf_o = inverted_file(codes.cpu().numpy(), lengths.numpy(), codec.num_centroids)
-    arrays = IndexArrays(codec, codes, packed, offsets_from_lengths(lengths).to(dev),
+    arrays = IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths).to(dev),
                          torch.from_numpy(ivf_p).long().to(dev), torch.from_numpy(ivf_o).to(dev))
     Q = torch.nn.functional.normalize(torch.randn(32, 128, device=dev), dim=-1)
     Sc = codec.centroids @ Q.T

@@ -12,6 +12,7 @@ from .errors import (  # noqa: E402
     CheckpointError,
     ColbertRetrieverError,
     IncompatibleModelError,
+    IndexClosedError,
     IndexFormatError,
     IndexLockedError,
     IndexNotFoundError,
@@ -26,5 +27,5 @@ from .index import Index  # noqa: E402
 __all__ = [
     "ColBERT", "Index", "Hit", "EncoderConfig", "CodecConfig", "SearchConfig", "ColbertRetrieverError",
     "InvalidArgument", "InvalidType", "IndexNotFoundError", "IndexFormatError", "IncompatibleModelError",
-    "CheckpointError", "IndexLockedError", "kernel_backend", "__version__",
+    "CheckpointError", "IndexLockedError", "IndexClosedError", "kernel_backend", "__version__",
 ]

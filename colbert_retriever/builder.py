@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import layout, storage
 from .codec import ResidualCodec, code_dtype
 from .config import CodecConfig
+from .strided import inverted_file
 
 
 @dataclass
@@ -33,53 +35,92 @@ class StageTimes:
 
 
 class SegmentWriter:
-    """Appends compressed chunks; ``finish`` turns them into ``{name}.codes/residuals/doclens.npy``."""
+    """Appends compressed chunks; ``finish`` turns them into the segment's files (``layout.SEGMENT_PARTS``): codes,
+    residuals, doclens and inverse norms streamed to disk as they come, then the segment's own inverted file.
+    Every file is fsynced and checksummed. Memory stays at one chunk."""
 
     def __init__(self, folder: Path, codec: ResidualCodec, name: Optional[str] = None):
-        self.folder = folder
-        self.name = name or f"seg-{uuid.uuid4().hex[:12]}"
+        self.folder = Path(folder)
+        self.codec = codec
+        self.name = name or layout.new_segment_name()
         self.codes_dtype = code_dtype(codec.num_centroids)
         self.packed_dim = codec.packed_dim
-        self.parts = {p: folder / f".{self.name}.{p}.raw" for p in ("codes", "residuals", "doclens")}
-        self.files = {p: open(path, "wb") for p, path in self.parts.items()}
+        self.parts = {p: self.folder / f".{self.name}.{p}.raw" for p in ("codes", "residuals", "doclens", "invnorms")}
+        self.files = {}
+        try:
+            for p, path in self.parts.items():
+                self.files[p] = open(path, "wb")
+        except BaseException:
+            self.abort()
+            raise
         self.num_docs = 0
         self.num_embeddings = 0
 
-    def append(self, codes: torch.Tensor, packed: torch.Tensor, doclens: torch.Tensor) -> None:
+    def append(self, codes: torch.Tensor, packed: torch.Tensor, doclens: torch.Tensor,
+               inv_norms: Optional[torch.Tensor] = None) -> None:
+        """Append documents: codes (n,), packed residuals (n, packed_dim), doclens (docs,), and (when the caller
+        already has them, e.g. copying a segment) their inverse norms (n,)."""
+        if inv_norms is None:
+            inv_norms = self.codec.inverse_norms(codes, packed)
         self.files["codes"].write(codes.cpu().numpy().astype(self.codes_dtype).tobytes())
         self.files["residuals"].write(packed.cpu().numpy().tobytes())
         self.files["doclens"].write(doclens.cpu().numpy().astype(np.int32).tobytes())
+        self.files["invnorms"].write(inv_norms.cpu().numpy().astype(np.float32).tobytes())
         self.num_docs += int(doclens.numel())
         self.num_embeddings += int(codes.numel())
 
-    def finish(self) -> dict:
+    def finish(self) -> layout.SegmentMeta:
         shapes = {"codes": ((self.num_embeddings,), self.codes_dtype),
                   "residuals": ((self.num_embeddings, self.packed_dim), np.dtype(np.uint8)),
-                  "doclens": ((self.num_docs,), np.dtype(np.int32))}
+                  "doclens": ((self.num_docs,), np.dtype(np.int32)),
+                  "invnorms": ((self.num_embeddings,), np.dtype(np.float32))}
+        sums = {}
         for part, f in self.files.items():
             f.close()
             shape, dtype = shapes[part]
-            final = self.folder / f"{self.name}.{part}.npy"
+            final = self.folder / layout.segment_file(self.name, part)
             tmp = self.folder / f".{self.name}.{part}.npy.tmp"
             with open(tmp, "wb") as out, open(self.parts[part], "rb") as raw:
-                np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                           "fortran_order": False, "shape": shape})
+                w = storage._Crc32Writer(out)
+                np.lib.format.write_array_header_1_0(w, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                         "fortran_order": False, "shape": shape})
                 while True:
                     block = raw.read(1 << 24)
                     if not block:
                         break
-                    out.write(block)
+                    w.write(block)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, final)
             os.unlink(self.parts[part])
-        return {"name": self.name, "num_docs": self.num_docs, "num_embeddings": self.num_embeddings}
+            sums[final.name] = storage.crc_hex(w.crc)
+        codes = np.load(self.folder / layout.segment_file(self.name, "codes"), mmap_mode="r")
+        doclens = np.load(self.folder / layout.segment_file(self.name, "doclens"), mmap_mode="r")
+        pids, offsets = inverted_file(codes, doclens, self.codec.num_centroids)
+        for part, arr in (("ivfpids", pids), ("ivfoffsets", offsets)):
+            name = layout.segment_file(self.name, part)
+            sums[name] = storage.save_array(self.folder, name, arr)
+        return layout.SegmentMeta(self.name, self.num_docs, self.num_embeddings, sums)
 
     def abort(self) -> None:
         for part, f in self.files.items():
             f.close()
-            if self.parts[part].exists():
-                os.unlink(self.parts[part])
+        for path in self.parts.values():
+            if path.exists():
+                os.unlink(path)
+
+
+def write_segment(folder: Path, codec: ResidualCodec, chunks) -> layout.SegmentMeta:
+    """Write one segment from an iterable of ``SegmentWriter.append`` argument tuples; nothing is left behind on
+    error."""
+    writer = SegmentWriter(folder, codec)
+    try:
+        for args in chunks:
+            writer.append(*args)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
@@ -115,6 +156,8 @@ def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: in
     t0 = time.perf_counter()
     est = int(sample_tokens / max(1, len(cache)) * len(texts))
     codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), config, est)
+    # compress against exactly what is stored (fp16 centroids), so stored inverse norms match search time
+    codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=codec.centroids.device)
     times.kmeans_s += time.perf_counter() - t0
     return codec, cache, est
 

@@ -8,9 +8,12 @@ no reader sees, and the next writer rolls them back (``rollback_uncommitted``).
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -36,42 +39,79 @@ FILTER_OPERATORS = sorted(list(_OPS) + ["$in", "$nin", "$and", "$or", "$not", "$
 
 
 class DocStore:
-    def __init__(self, path: Path, create: bool = False):
+    """One SQLite file. Writers hold the index's writer lock; any number of readers (threads share one
+    connection, serialised by a lock). ``read_only``: open without ever writing (a read-only folder or mount);
+    chosen automatically when the folder cannot be written."""
+
+    def __init__(self, path: Path, create: bool = False, read_only: bool = False):
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if not create and not self.path.is_file():
             raise IndexFormatError(f"document store {self.path} is missing")
         self._lock = threading.RLock()
+        self.conn = None
+        if not create and not read_only and not os.access(self.path.parent, os.W_OK):
+            read_only = True
+        self.read_only = read_only
         try:
-            self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=FULL")
-            if create:
-                self.conn.executescript(_SCHEMA)
-            self.conn.execute("SELECT pid FROM docs LIMIT 1").fetchall()
+            if read_only:
+                # immutable: no -shm/-wal needed; writers checkpoint the WAL into the main file at every commit
+                uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro&immutable=1"
+                self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            else:
+                self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                self.conn.execute("PRAGMA busy_timeout=10000")
+                if create:
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                    self.conn.executescript(_SCHEMA)
+            self.conn.execute("SELECT pid, id, text, metadata, deleted_gen FROM docs LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
+            if self.conn is not None:
+                self.conn.close()
             raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
 
     def close(self):
         with self._lock:
             self.conn.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _query(self, sql: str, params: Sequence[Any] = ()):
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.ProgrammingError as e:
+                raise IndexFormatError(f"document store {self.path} is closed: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
 
     def _write(self, statements: Iterable[tuple[str, Any]]):
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    if isinstance(params, list) and params and isinstance(params[0], tuple):
-                        self.conn.executemany(sql, params)
-                    else:
-                        self.conn.execute(sql, params)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        if isinstance(params, list) and params and isinstance(params[0], tuple):
+                            self.conn.executemany(sql, params)
+                        else:
+                            self.conn.execute(sql, params)
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
+
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the main file (so a read-only copy of the folder sees everything)."""
+        with self._lock:
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.DatabaseError:
+                pass  # readers may hold the log; the next writer's checkpoint completes it
 
     # ---------------------------------------------------------------- writes
     def rollback_uncommitted(self, n: int, gen: int) -> None:
@@ -79,7 +119,7 @@ class DocStore:
                      ("UPDATE docs SET deleted_gen = NULL WHERE deleted_gen > ?", (gen,))])
 
     def insert(self, first_pid: int, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict]) -> None:
-        rows = [(first_pid + i, ids[i], texts[i], json.dumps(metadatas[i], ensure_ascii=False), None)
+        rows = [(first_pid + i, ids[i], texts[i], json.dumps(metadatas[i], ensure_ascii=False, allow_nan=False), None)
                 for i in range(len(ids))]
         self._write([("INSERT INTO docs (pid, id, text, metadata, deleted_gen) VALUES (?, ?, ?, ?, ?)", rows)])
 
@@ -87,6 +127,12 @@ class DocStore:
         self._write([("UPDATE docs SET deleted_gen = ? WHERE pid = ?", [(new_gen, int(p)) for p in pids])])
 
     # ---------------------------------------------------------------- reads
+    def _meta(self, text: str, pid: int) -> dict:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError):
+            raise IndexFormatError(f"document store {self.path}: the metadata of row {pid} is not valid JSON") from None
+
     def pids_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, int]:
         """Live pid of each given id that exists in the snapshot."""
         out: dict[str, int] = {}
@@ -112,7 +158,7 @@ class DocStore:
             part = pids[s : s + 500]
             q = f"SELECT pid, id, text, metadata FROM docs WHERE pid IN ({','.join('?' * len(part))})"
             for pid, id_, text, meta in self._query(q, part):
-                out[pid] = (id_, text, json.loads(meta))
+                out[pid] = (id_, text, self._meta(meta, pid))
         return out
 
     def iter_visible(self, n: int, gen: int, batch: int = 2048):
@@ -123,7 +169,7 @@ class DocStore:
                                f"ORDER BY pid LIMIT ?", (last, n, gen, batch))
             if not rows:
                 return
-            yield [(p, i, t, json.loads(m)) for p, i, t, m in rows]
+            yield [(p, i, t, self._meta(m, p)) for p, i, t, m in rows]
             last = rows[-1][0]
 
     def filter_pids(self, flt: dict, n: int, gen: int) -> np.ndarray:
@@ -133,8 +179,19 @@ class DocStore:
         return np.array(sorted(r[0] for r in rows), dtype=np.int64)
 
 
-def _field_sql(field: str) -> str:
-    if not isinstance(field, str) or not _FIELD.match(field):
+MAX_FILTER_DEPTH = 32
+"""Nesting limit of ``$and``/``$or``/``$not`` and nested keys in a filter."""
+MAX_FILTER_CONDITIONS = 256
+"""Limit on the number of conditions in one filter (SQLite's expression-tree limit is near 1,000); use ``$in``
+(up to ``MAX_FILTER_VALUES`` values) to match many values of one field."""
+MAX_FILTER_VALUES = 10000
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _field_sql(field: Any) -> str:
+    if not isinstance(field, str):
+        raise InvalidType(f"filter keys are metadata field names (str), got {type(field).__name__} {field!r}")
+    if not _FIELD.match(field):
         raise InvalidArgument(f"filter field {field!r} is not a valid metadata key (letters, digits, _ - and . only)")
     path = "$" + "".join(f'."{p}"' for p in field.split("."))
     return f"json_extract(metadata, '{path}')"
@@ -143,7 +200,21 @@ def _field_sql(field: str) -> str:
 def _scalar(value: Any, field: str, op: str):
     if isinstance(value, bool):
         return int(value)
-    if value is None or isinstance(value, (int, float, str)):
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidArgument(f"filter value for {field!r} {op} is {value}, outside the 64-bit integer range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(f"filter value for {field!r} {op} is {value}; NaN and infinity match nothing")
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"filter value for {field!r} {op} holds a lone surrogate (not valid Unicode)") from None
+        return value
+    if value is None:
         return value
     raise InvalidType(f"filter value for {field!r} {op} is {type(value).__name__}; use str, int, float, bool or None")
 
@@ -155,22 +226,41 @@ def compile_filter(flt: Any) -> tuple[str, list]:
     "$lt"|"$lte": value}}``, ``{"field": {"$in"|"$nin": [values]}}``, ``{"field": {"$exists": bool}}``,
     ``{"$and": [filters]}``, ``{"$or": [filters]}``, ``{"$not": filter}``. Several keys in one dict are ANDed.
     Nested keys use dots (``"a.b"``). A field that a document lacks matches nothing (except ``$exists: False``,
-    ``$ne`` and ``$nin``, which it satisfies).
+    ``$ne`` and ``$nin``, which it satisfies). Limits: ``MAX_FILTER_DEPTH`` levels, ``MAX_FILTER_CONDITIONS``
+    conditions, ``MAX_FILTER_VALUES`` values in one ``$in``/``$nin``.
     """
+    budget = [MAX_FILTER_CONDITIONS]
+    return _compile(flt, 0, budget)
+
+
+def _compile(flt: Any, depth: int, budget: list) -> tuple[str, list]:
     if not isinstance(flt, dict):
         raise InvalidType(f"filter must be a dict, got {type(flt).__name__}")
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidArgument(f"filter is nested deeper than {MAX_FILTER_DEPTH} levels")
     if not flt:
         return "1", []
+
+    def spend(n: int = 1):
+        budget[0] -= n
+        if budget[0] < 0:
+            raise InvalidArgument(f"filter has more than {MAX_FILTER_CONDITIONS} conditions; use $in for many values "
+                                  f"of one field")
+
     parts, params = [], []
     for key, cond in flt.items():
+        if not isinstance(key, str):
+            raise InvalidType(f"filter keys are metadata field names or operators (str), got "
+                              f"{type(key).__name__} {key!r}")
         if key in ("$and", "$or"):
             if not isinstance(cond, (list, tuple)) or not cond:
                 raise InvalidArgument(f"{key} takes a non-empty list of filters, got {cond!r}")
-            subs = [compile_filter(c) for c in cond]
+            spend(len(cond))
+            subs = [_compile(c, depth + 1, budget) for c in cond]
             parts.append("(" + f" {key[1:].upper()} ".join(f"({w})" for w, _ in subs) + ")")
             params += [p for _, ps in subs for p in ps]
         elif key == "$not":
-            w, ps = compile_filter(cond)
+            w, ps = _compile(cond, depth + 1, budget)
             parts.append(f"NOT ({w})")
             params += ps
         elif key.startswith("$"):
@@ -179,11 +269,12 @@ def compile_filter(flt: Any) -> tuple[str, list]:
             col = _field_sql(key)
             conds = cond if isinstance(cond, dict) and any(str(k).startswith("$") for k in cond) else {"$eq": cond}
             for op, value in conds.items():
+                spend()
                 if op in _OPS:
                     if value is None:
                         parts.append(f"{col} IS {'NOT ' if op == '$ne' else ''}NULL")
                         continue
-                    if isinstance(value, (list, dict)):
+                    if isinstance(value, (list, tuple, set, dict)):
                         raise InvalidType(f"filter {key!r} {op} takes a scalar, got {type(value).__name__}")
                     if op == "$ne":
                         parts.append(f"({col} IS NULL OR {col} != ?)")
@@ -193,6 +284,9 @@ def compile_filter(flt: Any) -> tuple[str, list]:
                 elif op in ("$in", "$nin"):
                     if not isinstance(value, (list, tuple, set)):
                         raise InvalidArgument(f"filter {key!r} {op} takes a list, got {type(value).__name__}")
+                    if len(value) > MAX_FILTER_VALUES:
+                        raise InvalidArgument(f"filter {key!r} {op} has {len(value)} values; at most "
+                                              f"{MAX_FILTER_VALUES}")
                     vals = [_scalar(v, key, op) for v in value]
                     if not vals:
                         parts.append("0" if op == "$in" else "1")
@@ -201,6 +295,8 @@ def compile_filter(flt: Any) -> tuple[str, list]:
                     parts.append(f"{col} IN ({ph})" if op == "$in" else f"({col} IS NULL OR {col} NOT IN ({ph}))")
                     params += vals
                 elif op == "$exists":
+                    if not isinstance(value, bool):
+                        raise InvalidType(f"filter {key!r} $exists takes True or False, got {value!r}")
                     parts.append(f"{col} IS {'NOT ' if value else ''}NULL")
                 else:
                     raise InvalidArgument(f"unknown filter operator {op!r} on {key!r}; known operators: {FILTER_OPERATORS}")

@@ -34,3 +34,7 @@ class CheckpointError(ColbertRetrieverError, ValueError):
 
 class IndexLockedError(ColbertRetrieverError, RuntimeError):
     """Another writer holds the index lock."""
+
+
+class IndexClosedError(ColbertRetrieverError, RuntimeError):
+    """The ``Index`` was closed; open it again to use it."""

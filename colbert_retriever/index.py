@@ -1,7 +1,16 @@
-"""``Index``: build, open, search, add, delete, compact. Wires encoder + codec + storage + docstore + PLAID."""
+"""``Index``: build, open, search, add, delete, compact. Wires encoder + codec + storage + docstore + PLAID.
+
+Concurrency contract (tested in tests/test_concurrency.py): any number of reader threads and processes; one writer
+at a time per index folder (``.lock``; another writer, thread or process, waits up to ``lock_timeout`` seconds,
+then gets ``IndexLockedError``). A search works on one committed generation from start to end (a snapshot: arrays,
+document store connection, deletion mask) and picks up a newer generation on its next call. Every write starts from
+the generation committed on disk (metadata, codec, document store), never from a handle's memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -15,15 +24,17 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import __version__, _validate, storage
-from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec
-from .codec import ResidualCodec
+from . import __version__, _validate, layout, storage
+from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec, write_segment
+from .codec import ResidualCodec, code_dtype
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .docstore import DocStore
-from .encoder import DEFAULT_MODEL_NAME, ColBERT
-from .errors import IncompatibleModelError, IndexFormatError, IndexNotFoundError, InvalidArgument, InvalidType
+from .encoder import ColBERT
+from .errors import (IncompatibleModelError, IndexClosedError, IndexFormatError, IndexNotFoundError, InvalidArgument,
+                     InvalidType)
 from .hits import Hit
-from .plaid import IndexArrays, search_one
+from .layout import Counts, IndexMeta, SegmentMeta
+from .plaid import IndexArrays, IvfPart, Rows, search_one
 from .strided import gather_rows, inverted_file, offsets_from_lengths
 
 logger = logging.getLogger(__name__)
@@ -31,6 +42,15 @@ logger = logging.getLogger(__name__)
 RECLUSTER_RATIO = 0.5
 """``compact`` re-trains the centroids when the embeddings added since they were trained exceed this fraction of
 the embeddings they were trained for (added / at-training > 0.5)."""
+MERGE_FACTOR = 4
+"""``add`` merges the newest segment into the one before it while the newest holds at least 1/MERGE_FACTOR of its
+embeddings (cascading): segment sizes fall geometrically, so an index has O(log n) segments and an embedding is
+copied O(log n) times over any sequence of adds."""
+VERIFY_AUTO_BYTES = 1 << 30
+"""``verify="auto"`` checks the crc32 of every file of an index up to this size on open; above it, of the small
+files only (codec, document lengths, inverted-file offsets). Structure (shapes, types, ranges) is always checked."""
+DEFAULT_LOCK_TIMEOUT = 60.0
+_OPEN_RETRIES = 5
 
 
 def _now() -> str:
@@ -41,103 +61,153 @@ def _model_meta(model: ColBERT) -> dict:
     return {"name": model.name, "identity": model.identity, "encoder_config": model.config.to_dict()}
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, ColBERT):
+        raise InvalidType(f"model must be a ColBERT (e.g. ColBERT.default() or ColBERT.from_pretrained(name)), got "
+                          f"{type(model).__name__}")
+
+
+@dataclasses.dataclass
+class _Segment:
+    """One segment's validated arrays (memory maps on CPU)."""
+
+    codes: torch.Tensor
+    residuals: torch.Tensor
+    inv_norms: torch.Tensor
+    doclens: np.ndarray
+    ivf_pids: torch.Tensor
+    ivf_offsets: torch.Tensor
+
+
+@dataclasses.dataclass
+class _Snapshot:
+    """One committed generation as a reader sees it, from the start of a search to its end."""
+
+    meta: IndexMeta
+    arrays: IndexArrays
+    docstore: DocStore
+    live: torch.Tensor
+    live_count: int
+    stamp: Optional[tuple]
+
+
 class Index:
     """A compressed ColBERT index in one folder. Create with ``Index.build`` or ``Index.open``."""
 
-    def __init__(self, path: Path, model: ColBERT, device: torch.device):
+    def __init__(self, path: Path, model: ColBERT, device=None, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 verify: Union[bool, str] = "auto"):
+        _check_model(model)
+        if verify not in (True, False, "auto"):
+            raise InvalidArgument(f"verify must be True, False or 'auto', got {verify!r}")
         self.path = Path(path)
         self.model = model
-        self.device = device
-        self._lock = threading.RLock()
-        self._meta: dict = {}
-        self._docstore: Optional[DocStore] = None
-        self._load()
+        self.device = torch.device(device) if device is not None else model.device
+        self.lock_timeout = _validate.number(lock_timeout, "lock_timeout")
+        self.verify = verify
+        self._lock = threading.RLock()  # guards the current snapshot and the caches
+        self._write_mutex = threading.Lock()  # one writer per handle (the file lock covers other handles)
+        self._segments: dict[str, _Segment] = {}
+        self._codecs: dict[tuple, ResidualCodec] = {}
+        self._snap: Optional[_Snapshot] = None
+        self._snap = self._load_snapshot()
 
     # ================================================================ construction
     @classmethod
     def build(cls, path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
-              metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None, nbits: int = 2, *,
-              codec_config: Optional[CodecConfig] = None, batch_size: int = 32, chunk_docs: int = 1024,
-              show_progress: bool = True, overwrite: bool = False, provenance: Optional[dict] = None,
-              codec: Optional[ResidualCodec] = None) -> "Index":
+              metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None,
+              nbits: Optional[int] = None, *, codec_config: Optional[CodecConfig] = None, batch_size: int = 32,
+              chunk_docs: int = 1024, show_progress: bool = True, overwrite: bool = False,
+              provenance: Optional[dict] = None, codec: Optional[ResidualCodec] = None, device=None,
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "Index":
         """Encode, compress and write ``texts`` as a new index at ``path``.
 
         ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: default
-        ``ColBERT.default()``; nbits: residual bits per dimension (1, 2 or 4). An existing index at ``path`` is
-        replaced only with ``overwrite=True``, and stays readable until the new one is committed. ``codec``: an
-        already trained ``ResidualCodec`` to use instead of training one (shards of one collection share it).
+        ``ColBERT.default()``; nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
+        2). ``path`` must be new, empty, or hold an index of ours: a folder with other files is refused and nothing
+        in it is touched. An existing index is replaced only with ``overwrite=True``, atomically (it stays readable
+        until the new one is committed; files that are not ours stay). ``codec``: an already trained
+        ``ResidualCodec`` to use instead of training one (shards of one collection share it).
         """
+        path = _validate.path_arg(path)
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
         metadatas = _validate.metadata_list(metadatas, len(texts))
-        codec_config = (codec_config or CodecConfig()).replace(nbits=nbits)  # nbits wins over codec_config
+        if codec_config is not None and not isinstance(codec_config, CodecConfig):
+            raise InvalidType(f"codec_config must be a CodecConfig, got {type(codec_config).__name__}")
+        if nbits is not None and codec_config is not None and nbits != codec_config.nbits:
+            raise InvalidArgument(f"nbits={nbits} contradicts codec_config.nbits={codec_config.nbits}; give one")
+        codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
+        _validate.flag(overwrite, "overwrite")
         model = model if model is not None else ColBERT.default()
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise InvalidArgument(f"{path} exists and is not a folder")
+        _check_model(model)
+        storage.check_ownership(path)  # before the lock file is created
+        created = not path.exists()
         t_start = time.perf_counter()
-        with storage.write_lock(path):
-            old = None
-            if (path / storage.METADATA).exists():
-                if not overwrite:
-                    raise InvalidArgument(f"an index already exists at {path}; pass overwrite=True to replace it")
+        try:
+            with storage.write_lock(path, lock_timeout):
+                storage.check_ownership(path)
+                old = None
+                if storage.holds_our_index(path):
+                    if not overwrite:
+                        raise InvalidArgument(f"an index already exists at {path}; pass overwrite=True (CLI: "
+                                              f"--overwrite) to replace it")
+                    with contextlib.suppress(IndexFormatError):
+                        old = storage.read_metadata(path)
+                storage.collect_garbage(path, old.referenced_files() if old else set())
+                times = StageTimes()
+                if codec is None:
+                    codec, cache, est = train_codec(model, texts, codec_config, batch_size, show_progress, times)
+                else:
+                    if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
+                        raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
+                                              f"nbits={codec_config.nbits}, dim={model.config.dim}")
+                    cache, est = {}, 0
+                writer = SegmentWriter(path, codec)
                 try:
-                    old = storage.read_metadata(path)
-                except IndexFormatError:
-                    old = None
-            times = StageTimes()
-            if codec is None:
-                codec, cache, est = train_codec(model, texts, codec_config, batch_size, show_progress, times)
-            else:
-                if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
-                    raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
-                                          f"nbits={codec_config.nbits}, dim={model.config.dim}")
-                cache, est = {}, 0
-            writer = SegmentWriter(path, codec)
-            try:
-                encode_and_compress(model, codec, texts, writer, cache, batch_size, chunk_docs, show_progress, times)
-                seg = writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            t0 = time.perf_counter()
-            gen = (old["generation"] + 1) if old else 1
-            docstore_name = f"docs-{uuid.uuid4().hex[:12]}.sqlite"
-            ds = DocStore(path / docstore_name, create=True)
-            try:
-                ds.insert(0, ids, texts, metadatas)
-            finally:
-                ds.close()
-            codec_files = cls._write_codec(path, codec)
-            ivf = cls._write_ivf(path, [seg], codec.num_centroids)
-            times.write_s += time.perf_counter() - t0
-            meta = {
-                "library_version": __version__,
-                "generation": gen,
-                "model": _model_meta(model),
-                "codec": {"config": codec_config.to_dict(), "num_centroids": codec.num_centroids,
-                          "avg_residual": codec.avg_residual, "files": codec_files,
-                          "embeddings_at_training": est or seg["num_embeddings"]},
-                "segments": [seg],
-                "ivf": ivf,
-                "docstore": docstore_name,
-                "counts": {"documents": len(texts), "deleted": 0, "live": len(texts),
-                           "embeddings": seg["num_embeddings"]},
-                "provenance": {"created": _now(), "updated": _now(), "host": platform.node(),
-                               "python": platform.python_version(), "torch": torch.__version__,
-                               "build_seconds": round(time.perf_counter() - t_start, 3),
-                               "stages": times.as_dict(), **(provenance or {})},
-            }
-            storage.write_metadata(path, meta)
-            storage.collect_garbage(path, storage.referenced_files(meta))
-        return cls(path, model, model.device)
+                    encode_and_compress(model, codec, texts, writer, cache, batch_size, chunk_docs, show_progress,
+                                        times)
+                    seg = writer.finish()
+                except BaseException:
+                    writer.abort()
+                    raise
+                t0 = time.perf_counter()
+                docstore = layout.new_docstore_name()
+                with DocStore(path / docstore, create=True) as ds:
+                    ds.insert(0, ids, texts, metadatas)
+                    ds.checkpoint()
+                codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
+                                              *cls._write_codec(path, codec), est or seg.num_embeddings, 0)
+                times.write_s += time.perf_counter() - t0
+                meta = IndexMeta(
+                    generation=(old.generation + 1) if old else 1, library_version=__version__,
+                    model=_model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
+                    counts=Counts(len(texts), 0, len(texts), seg.num_embeddings),
+                    provenance={"created": _now(), "updated": _now(), "host": platform.node(),
+                                "python": platform.python_version(), "torch": torch.__version__,
+                                "build_seconds": round(time.perf_counter() - t_start, 3),
+                                "stages": times.as_dict(), **(provenance or {})})
+                storage.write_metadata(path, meta)
+                storage.collect_garbage(path, meta.referenced_files())
+        except BaseException:
+            if created and path.is_dir() and not storage.holds_our_index(path):
+                storage.collect_garbage(path, set())  # a first build that failed leaves no folder behind
+                with contextlib.suppress(OSError):
+                    (path / layout.LOCK).unlink()
+                    path.rmdir()
+            raise
+        return cls(path, model, device, lock_timeout=lock_timeout)
 
     @classmethod
-    def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None) -> "Index":
-        """Open an index; the model is restored from the index's metadata unless given (then it must match)."""
-        path = Path(path)
+    def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None, *,
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, verify: Union[bool, str] = "auto") -> "Index":
+        """Open an index; the model is restored from the index's metadata unless given (then it must match).
+
+        device: where the index arrays live and search runs (default: the model's device). verify: check every
+        file's crc32 on open (True), only the small files' (False: shapes and ranges are still checked), or
+        ``"auto"`` (all files up to ``VERIFY_AUTO_BYTES`` in total). A read-only folder opens and searches."""
+        path = _validate.path_arg(path)
         meta = storage.read_metadata(path)
-        m = meta["model"]
+        m = meta.model
         if model is None:
             try:
                 model = ColBERT.from_pretrained(m["name"], device=device)
@@ -148,100 +218,194 @@ class Index:
                     f"the index at {path} was built with model {m['name']!r}, which cannot be loaded here ({e}); "
                     f"pass model=ColBERT.from_pretrained(<folder>)"
                 ) from None
+        _check_model(model)
+        cls._check_model_matches(path, meta, model)
+        return cls(path, model, device, lock_timeout=lock_timeout, verify=verify)
+
+    @staticmethod
+    def _check_model_matches(path: Path, meta: IndexMeta, model: ColBERT) -> None:
+        m = meta.model
         if model.identity != m["identity"]:
             raise IncompatibleModelError(
                 f"the index at {path} was built with model {m['name']!r} (weights {m['identity']}); the model given is "
                 f"{model.name!r} (weights {model.identity})"
             )
-        if model.config.to_dict() != EncoderConfig.from_dict(m["encoder_config"]).to_dict():
+        try:
+            same = model.config.to_dict() == EncoderConfig.from_dict(m["encoder_config"]).to_dict()
+        except (InvalidArgument, TypeError) as e:
+            raise IndexFormatError(f"{path / layout.METADATA}: model.encoder_config is invalid: {e}") from None
+        if not same:
             raise IncompatibleModelError(f"the model's encoder config differs from the one the index at {path} was "
                                          f"built with: {m['encoder_config']}")
-        return cls(path, model, model.device)
 
     # ================================================================ loading
     @staticmethod
-    def _write_codec(path: Path, codec: ResidualCodec) -> dict:
-        return {name: storage.save_array(path, f"codec-{uuid.uuid4().hex[:8]}.{name}.npy", arr)
-                for name, arr in codec.arrays().items()}
+    def _write_codec(path: Path, codec: ResidualCodec) -> tuple[dict, dict]:
+        files = layout.new_codec_files()
+        sums = {files[part]: storage.save_array(path, files[part], arr) for part, arr in codec.arrays().items()}
+        return files, sums
 
-    @staticmethod
-    def _write_ivf(path: Path, segments: list[dict], num_centroids: int) -> dict:
-        codes = np.concatenate([storage.load_array(path, f"{s['name']}.codes.npy") for s in segments])
-        doclens = np.concatenate([storage.load_array(path, f"{s['name']}.doclens.npy") for s in segments])
-        pids, offsets = inverted_file(codes, doclens, num_centroids)
-        tag = uuid.uuid4().hex[:8]
-        return {"pids": storage.save_array(path, f"ivf-{tag}.pids.npy", pids),
-                "offsets": storage.save_array(path, f"ivf-{tag}.offsets.npy", offsets)}
-
-    def _load(self) -> None:
-        meta = storage.read_metadata(self.path)
-        p, dev = self.path, self.device
-        c = meta["codec"]
+    def _stamp(self) -> Optional[tuple]:
         try:
-            codec_arrays = {k: storage.load_array(p, v, mmap=False) for k, v in c["files"].items()}
-            codec = ResidualCodec.from_arrays(codec_arrays, c["config"]["nbits"], c["avg_residual"], device=dev)
-            segs = meta["segments"]
-            codes = [storage.load_array(p, f"{s['name']}.codes.npy", s["num_embeddings"]) for s in segs]
-            res = [storage.load_array(p, f"{s['name']}.residuals.npy", s["num_embeddings"]) for s in segs]
-            lens = [storage.load_array(p, f"{s['name']}.doclens.npy", s["num_docs"]) for s in segs]
-            ivf_pids = storage.load_array(p, meta["ivf"]["pids"])
-            ivf_off = storage.load_array(p, meta["ivf"]["offsets"], codec.num_centroids + 1)
-        except KeyError as e:
-            raise IndexFormatError(f"{p / storage.METADATA} lacks the entry {e}") from None
-        for r in res:
-            if r.ndim != 2 or r.shape[1] != codec.packed_dim:
-                raise IndexFormatError(f"residuals in {p} have shape {r.shape}; expected (n, {codec.packed_dim})")
-        residuals = storage.as_tensor(res[0]) if len(res) == 1 else torch.from_numpy(np.concatenate(res))
-        doclens = torch.from_numpy(np.concatenate(lens).astype(np.int64))
-        n_docs = meta["counts"]["documents"]
-        if doclens.numel() != n_docs:
-            raise IndexFormatError(f"{p}: segments hold {doclens.numel()} documents; metadata says {n_docs}")
-        arrays = IndexArrays(
-            codec=codec,
-            codes=torch.from_numpy(np.concatenate(codes).astype(np.int32)).to(dev),  # 4 B/token in RAM
-            residuals=residuals.to(dev),
-            doc_offsets=offsets_from_lengths(doclens).to(dev),
-            ivf_pids=torch.from_numpy(np.asarray(ivf_pids, dtype=np.int64)).to(dev),
-            ivf_offsets=torch.from_numpy(np.asarray(ivf_off, dtype=np.int64)).to(dev),
-        )
-        docstore = DocStore(p / meta["docstore"])
-        live = torch.ones(n_docs, dtype=torch.bool)
-        deleted = docstore.deleted_pids(n_docs, meta["generation"])
-        live[torch.from_numpy(deleted)] = False
-        with self._lock:
-            old = self._docstore
-            self._meta, self._arrays, self._docstore, self._live = meta, arrays, docstore, live.to(dev)
-            self._live_count = int(live.sum())
-            self._mtime = (p / storage.METADATA).stat().st_mtime_ns
-        if old is not None and old is not docstore:
-            old.close()
+            st = os.stat(self.path / layout.METADATA)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def _refresh(self) -> None:
-        """Reload if another writer committed a newer generation since we loaded."""
-        try:
-            mtime = (self.path / storage.METADATA).stat().st_mtime_ns
-        except FileNotFoundError:
-            return
-        if mtime != self._mtime:
+    def _load_snapshot(self) -> _Snapshot:
+        """The committed generation; retried when a writer commits (and collects files) while we read."""
+        for attempt in range(_OPEN_RETRIES):
+            stamp = self._stamp()
             meta = storage.read_metadata(self.path)
-            if meta["generation"] != self._meta["generation"]:
-                self._load()
-            else:
-                self._mtime = mtime
+            try:
+                return self._snapshot_of(meta, stamp)
+            except (IndexNotFoundError, IndexFormatError):
+                if attempt + 1 < _OPEN_RETRIES and self._stamp() != stamp:
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _codec_for(self, meta: IndexMeta) -> ResidualCodec:
+        c = meta.codec
+        key = tuple(sorted(c.files.values()))
+        with self._lock:
+            if key in self._codecs:
+                return self._codecs[key]
+        K, dim, nbits = c.num_centroids, self.model.config.dim, c.nbits
+        shapes = {"centroids": ((K, dim), np.float16), "bucket_cutoffs": (((1 << nbits) - 1,), np.float32),
+                  "bucket_weights": ((1 << nbits,), np.float32)}
+        arrays = {}
+        for part, (shape, dtype) in shapes.items():
+            name = c.files[part]
+            arr = storage.load_array(self.path, name, shape, dtype, mmap=False, checksum=c.checksums.get(name))
+            if not np.isfinite(arr).all():
+                raise IndexFormatError(f"index file {self.path / name} holds NaN or infinite values")
+            arrays[part] = arr
+        codec = ResidualCodec.from_arrays(arrays, nbits, c.avg_residual, device=self.device)
+        with self._lock:
+            self._codecs = {key: codec}  # one codec per index at a time
+        return codec
+
+    def _segment(self, seg: SegmentMeta, codec: ResidualCodec, check_all: bool) -> _Segment:
+        with self._lock:
+            if seg.name in self._segments:
+                return self._segments[seg.name]
+        p, K, n, d = self.path, codec.num_centroids, seg.num_embeddings, seg.num_docs
+        files = seg.files()
+
+        def load(part, shape, dtype, small=False):
+            name = files[part]
+            crc = seg.checksums.get(name) if (check_all or small) else None
+            return storage.load_array(p, name, shape, dtype, checksum=crc)
+
+        def bad(part, why):
+            return IndexFormatError(f"index file {p / files[part]} is corrupt: {why}")
+
+        codes = load("codes", (n,), code_dtype(K))
+        residuals = load("residuals", (n, codec.packed_dim), np.uint8)
+        doclens = load("doclens", (d,), np.int32, small=True)
+        if d and (int(doclens.min()) < 0 or int(doclens.sum(dtype=np.int64)) != n):
+            raise bad("doclens", f"document lengths must be >= 0 and add up to the segment's {n} embeddings")
+        if n and int(codes.max()) >= K:
+            raise bad("codes", f"centroid id {int(codes.max())} is out of range (the codec has {K} centroids)")
+        if seg.legacy:  # format v1: derive what v2 stores
+            inv = codec.inverse_norms(storage.as_tensor(codes).to(self.device), storage.as_tensor(residuals).to(self.device))
+            ivf_pids, ivf_off = inverted_file(codes, doclens, K)
+        else:
+            inv = load("invnorms", (n,), np.float32)
+            if n and not (np.isfinite(inv).all() and (inv > 0).all()):
+                raise bad("invnorms", "inverse norms must be finite and positive")
+            ivf_off = load("ivfoffsets", (K + 1,), np.int64, small=True)
+            ivf_pids = load("ivfpids", (None,), np.int32)
+            if ivf_off[0] != 0 or (np.diff(ivf_off) < 0).any() or ivf_off[-1] != ivf_pids.shape[0]:
+                raise bad("ivfoffsets", "inverted-file offsets must start at 0, never decrease, and end at the "
+                                        "number of entries")
+            if ivf_pids.shape[0] and (int(ivf_pids.min()) < 0 or int(ivf_pids.max()) >= d):
+                raise bad("ivfpids", f"document ids must lie in [0, {d})")
+        dev = self.device
+        t = storage.as_tensor
+        loaded = _Segment(t(codes).to(dev), t(residuals).to(dev), t(inv).to(dev) if isinstance(inv, np.ndarray) else inv,
+                          np.asarray(doclens, dtype=np.int64), t(ivf_pids).to(dev),
+                          torch.from_numpy(np.asarray(ivf_off, dtype=np.int64)).to(dev))
+        with self._lock:
+            self._segments[seg.name] = loaded
+        return loaded
+
+    def _snapshot_of(self, meta: IndexMeta, stamp: Optional[tuple]) -> _Snapshot:
+        self._check_model_matches(self.path, meta, self.model)
+        check_all = self.verify is True or (self.verify == "auto" and self._size_of(meta) <= VERIFY_AUTO_BYTES)
+        codec = self._codec_for(meta)
+        segs = [self._segment(s, codec, check_all) for s in meta.segments]
+        with self._lock:  # drop segments no longer referenced
+            names = {s.name for s in meta.segments}
+            self._segments = {k: v for k, v in self._segments.items() if k in names}
+        doclens = np.concatenate([s.doclens for s in segs]) if segs else np.zeros(0, np.int64)
+        doc_offsets = offsets_from_lengths(torch.from_numpy(doclens)).to(self.device)
+        bases = np.concatenate([[0], np.cumsum([s.num_docs for s in meta.segments])]).astype(np.int64)
+        ivf = [IvfPart(s.ivf_pids, s.ivf_offsets, int(b)) for s, b in zip(segs, bases)]
+        ivf_sizes = torch.zeros(codec.num_centroids, dtype=torch.long, device=self.device)
+        for s in segs:
+            ivf_sizes += s.ivf_offsets[1:] - s.ivf_offsets[:-1]
+        arrays = IndexArrays(codec=codec, codes=Rows([s.codes for s in segs]),
+                             residuals=Rows([s.residuals for s in segs]), inv_norms=Rows([s.inv_norms for s in segs]),
+                             doc_offsets=doc_offsets, ivf=ivf, ivf_sizes=ivf_sizes)
+        if self.device.type != "cpu":  # the GPU kernels want each column in one tensor
+            for rows in (arrays.codes, arrays.residuals, arrays.inv_norms):
+                rows.full()
+        docstore = DocStore(self.path / meta.docstore)
+        n = meta.counts.documents
+        live = torch.ones(n, dtype=torch.bool)
+        deleted = docstore.deleted_pids(n, meta.generation)
+        live[torch.from_numpy(deleted)] = False
+        if int(live.sum()) != meta.counts.live:
+            raise IndexFormatError(f"{self.path}: the document store has {int(live.sum())} live documents; "
+                                   f"metadata.json says {meta.counts.live}")
+        return _Snapshot(meta, arrays, docstore, live.to(self.device), meta.counts.live, stamp)
+
+    def _size_of(self, meta: IndexMeta) -> int:
+        total = 0
+        for name in meta.referenced_files():
+            with contextlib.suppress(OSError):
+                total += os.stat(self.path / name).st_size
+        return total
+
+    def _current(self) -> _Snapshot:
+        """The newest committed generation (reloaded if a writer committed since the last call)."""
+        with self._lock:
+            snap = self._snap
+            if snap is None:
+                raise IndexClosedError(f"the index at {self.path} was closed; open it again with Index.open")
+            stamp = self._stamp()
+            if stamp != snap.stamp:
+                meta = storage.read_metadata(self.path)
+                if meta.generation != snap.meta.generation:
+                    self._snap = self._load_snapshot()
+                else:
+                    self._snap = dataclasses.replace(snap, stamp=stamp)
+            return self._snap
 
     # ================================================================ properties
     @property
     def metadata(self) -> dict:
-        """A copy of metadata.json as loaded."""
-        import copy
+        """A copy of metadata.json of the generation last seen."""
+        return self._current().meta.to_dict()
 
-        return copy.deepcopy(self._meta)
+    @property
+    def generation(self) -> int:
+        """The committed generation this handle reads (refreshed if a writer committed since)."""
+        return self._current().meta.generation
+
+    @property
+    def closed(self) -> bool:
+        return self._snap is None
 
     def __len__(self) -> int:
-        return self._live_count
+        return self._current().live_count
 
     def __repr__(self) -> str:
-        return f"Index({str(self.path)!r}, live={len(self)}, nbits={self._arrays.codec.nbits})"
+        if self._snap is None:
+            return f"Index({str(self.path)!r}, closed)"
+        return f"Index({str(self.path)!r}, live={self._snap.live_count}, nbits={self._snap.arrays.codec.nbits})"
 
     def __enter__(self):
         return self
@@ -250,9 +414,11 @@ class Index:
         self.close()
 
     def close(self) -> None:
-        if self._docstore is not None:
-            self._docstore.close()
-            self._docstore = None
+        """Release this handle's memory maps and database connection (a search in flight in another thread
+        finishes on its snapshot first). Later calls raise ``IndexClosedError``. Idempotent."""
+        with self._lock:
+            self._snap = None
+            self._segments, self._codecs = {}, {}
 
     # ================================================================ search
     def search(self, queries: Union[str, Sequence[str]], k: int = 10, *, filter: Optional[dict] = None,
@@ -269,27 +435,38 @@ class Index:
         single = isinstance(queries, str)
         qs = _validate.texts_list(queries, "query" if single else "queries")
         k = _validate.positive_int(k, "k")
-        cfg = SearchConfig(ncells, centroid_score_threshold, ndocs, bool(exhaustive))
-        if ncells is not None:
-            _validate.positive_int(ncells, "ncells")
-        if ndocs is not None:
-            _validate.positive_int(ndocs, "ndocs")
+        cfg = self._search_config(ncells, centroid_score_threshold, ndocs, exhaustive)
+        self._current()  # a closed index fails before encoding
         Q = self.model.encode_queries(qs).to(self.device)
         results = self.search_embeddings(Q, k, filter=filter, ids=ids, config=cfg)
         return results[0] if single else results
 
+    @staticmethod
+    def _search_config(ncells, threshold, ndocs, exhaustive) -> SearchConfig:
+        if ncells is not None:
+            _validate.positive_int(ncells, "ncells")
+        if ndocs is not None:
+            _validate.positive_int(ndocs, "ndocs")
+        if threshold is not None:
+            threshold = _validate.number(threshold, "centroid_score_threshold")
+        return SearchConfig(ncells, threshold, ndocs, _validate.flag(exhaustive, "exhaustive"))
+
     def search_embeddings(self, Q: torch.Tensor, k: int, *, filter: Optional[dict] = None,
                           ids: Optional[Sequence[str]] = None, config: SearchConfig = SearchConfig()) -> list[list[Hit]]:
         """Search with query embeddings Q: (n, q_len, dim) (zero rows are ignored)."""
-        if not isinstance(Q, torch.Tensor) or Q.dim() != 3 or Q.shape[-1] != self.model.config.dim:
+        dim = self.model.config.dim
+        if not isinstance(Q, torch.Tensor) or Q.dim() != 3 or Q.shape[-1] != dim:
             shape = tuple(Q.shape) if isinstance(Q, torch.Tensor) else type(Q).__name__
-            raise InvalidArgument(f"query embeddings have shape {shape}; expected (n, q_len, {self.model.config.dim})")
-        with self._lock:
-            self._refresh()
-            arrays, meta, docstore = self._arrays, self._meta, self._docstore
-            allowed, n_allowed = self._allowed(filter, ids)
-        n, gen = meta["counts"]["documents"], meta["generation"]
+            raise InvalidArgument(f"query embeddings have shape {shape}; expected (n, q_len, {dim})")
+        k = _validate.positive_int(k, "k")
+        if not isinstance(config, SearchConfig):
+            raise InvalidType(f"config must be a SearchConfig, got {type(config).__name__}")
+        snap = self._current()
+        arrays = snap.arrays
+        allowed, n_allowed = self._allowed(snap, filter, ids)
         Q = Q.to(self.device).float()
+        if not torch.isfinite(Q).all():
+            raise InvalidArgument("query embeddings hold NaN or infinite values")
         Sc_all = arrays.codec.centroids @ Q.reshape(-1, Q.shape[-1]).T  # (K, n * q_len)
         out = []
         with torch.inference_mode():
@@ -299,59 +476,103 @@ class Index:
                 Sc = Sc_all[:, qi * Q.shape[1] : (qi + 1) * Q.shape[1]][:, rows]
                 pids, scores = search_one(q, Sc, arrays, k, config, allowed, n_allowed)
                 out.append((pids.cpu().tolist(), scores.cpu().tolist()))
-        docs = docstore.fetch(sorted({p for pids, _ in out for p in pids}))
+        docs = snap.docstore.fetch(sorted({p for pids, _ in out for p in pids}))
         return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2])
                  for r, (p, s) in enumerate(zip(pids, scores))] for pids, scores in out]
 
-    def _allowed(self, filter: Optional[dict], ids: Optional[Sequence[str]]):
-        n, gen = self._meta["counts"]["documents"], self._meta["generation"]
+    @staticmethod
+    def _allowed(snap: _Snapshot, filter: Optional[dict], ids: Optional[Sequence[str]]):
+        n, gen = snap.meta.counts.documents, snap.meta.generation
         if filter is None and ids is None:
-            if self._live_count == n:
+            if snap.live_count == n:
                 return None, n
-            return self._live, self._live_count
-        mask = self._live.clone()
+            return snap.live, snap.live_count
+        mask = snap.live.clone()
         if filter is not None:
             if not isinstance(filter, dict):
                 raise InvalidType(f"filter must be a dict, got {type(filter).__name__}")
             keep = torch.zeros_like(mask)
-            keep[torch.from_numpy(self._docstore.filter_pids(filter, n, gen)).to(mask.device)] = True
+            keep[torch.from_numpy(snap.docstore.filter_pids(filter, n, gen)).to(mask.device)] = True
             mask &= keep
         if ids is not None:
-            ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+            ids = _validate.id_selection(ids, "ids")
             keep = torch.zeros_like(mask)
-            found = list(self._docstore.pids_of(ids, n, gen).values())
+            found = list(snap.docstore.pids_of(ids, n, gen).values())
             keep[torch.tensor(found, dtype=torch.long, device=mask.device)] = True
             mask &= keep
         return mask, int(mask.sum())
 
     # ================================================================ updates
-    def _begin_write(self) -> dict:
-        meta = storage.read_metadata(self.path)
-        DocStore(self.path / meta["docstore"]).rollback_uncommitted(meta["counts"]["documents"], meta["generation"])
-        return meta
+    @contextlib.contextmanager
+    def _write(self):
+        """Hold the writer lock and yield the committed generation (v1 upgraded to v2 in new files, not yet
+        committed). Before that: our files that no committed generation names (a killed writer's) are removed and
+        its uncommitted document rows rolled back."""
+        with self._write_mutex:
+            self._current()  # not closed
+            with storage.write_lock(self.path, self.lock_timeout):
+                meta = storage.read_metadata(self.path)
+                self._check_model_matches(self.path, meta, self.model)
+                storage.collect_garbage(self.path, meta.referenced_files())
+                with DocStore(self.path / meta.docstore) as ds:
+                    ds.rollback_uncommitted(meta.counts.documents, meta.generation)
+                if meta.is_legacy:
+                    meta = self._upgrade(meta)
+                yield meta
 
-    def _commit(self, meta: dict) -> None:
-        meta["provenance"]["updated"] = _now()
+    def _commit(self, meta: IndexMeta) -> None:
+        meta = dataclasses.replace(meta, provenance={**meta.provenance, "updated": _now(),
+                                                     "library_version": __version__})
         storage.write_metadata(self.path, meta)
-        storage.collect_garbage(self.path, storage.referenced_files(meta))
-        self._load()
+        storage.collect_garbage(self.path, meta.referenced_files())
+        with self._lock:
+            self._snap = self._load_snapshot()
+
+    def _upgrade(self, meta: IndexMeta) -> IndexMeta:
+        """Format v1 -> v2: copy each segment into a v2 segment (inverse norms, own inverted file, checksums)."""
+        codec = self._codec_for(meta)
+        segments = []
+        for seg in meta.segments:
+            loaded = self._segment(seg, codec, True)
+            segments.append(self._copy_segments([loaded], codec))
+        sums = {name: storage.file_crc(self.path / name) for name in meta.codec.files.values()}
+        logger.info("upgraded the index at %s from format version %d to %d", self.path, meta.format_version,
+                    layout.FORMAT_VERSION)
+        return meta.upgraded(tuple(segments), sums)
+
+    def _copy_segments(self, loaded: list[_Segment], codec: ResidualCodec, chunk_docs: int = 8192) -> SegmentMeta:
+        """One new segment holding the given segments' documents in order (no re-encoding, no re-compression)."""
+        def chunks():
+            for s in loaded:
+                offsets = np.concatenate([[0], np.cumsum(s.doclens)])
+                for a in range(0, len(s.doclens), chunk_docs):
+                    b = min(a + chunk_docs, len(s.doclens))
+                    lo, hi = int(offsets[a]), int(offsets[b])
+                    yield (s.codes[lo:hi].to(torch.int64), s.residuals[lo:hi], torch.from_numpy(s.doclens[a:b]),
+                           s.inv_norms[lo:hi])
+        return write_segment(self.path, codec, chunks())
+
+    def _merge_tail(self, segments: tuple, codec: ResidualCodec) -> tuple:
+        while len(segments) > 1 and segments[-1].num_embeddings * MERGE_FACTOR >= segments[-2].num_embeddings:
+            loaded = [self._segment(s, codec, False) for s in segments[-2:]]
+            segments = segments[:-2] + (self._copy_segments(loaded, codec),)
+        return segments
 
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
             *, batch_size: int = 32, show_progress: bool = False) -> list[str]:
-        """Encode and append documents (existing centroids). Atomic. Returns their ids (uuid4 hex when not given).
-        Ids must not collide with live documents."""
+        """Encode and append documents (existing centroids) as a new segment; small segments are merged
+        (``MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index. Atomic.
+        Returns their ids (uuid4 hex when not given). Ids must not collide with live documents."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         metadatas = _validate.metadata_list(metadatas, len(texts))
-        with storage.write_lock(self.path):
-            meta = self._begin_write()
-            n, gen = meta["counts"]["documents"], meta["generation"]
-            ds = DocStore(self.path / meta["docstore"])
-            try:
+        with self._write() as meta:
+            n, gen = meta.counts.documents, meta.generation
+            with DocStore(self.path / meta.docstore) as ds:
                 clash = ds.pids_of(ids, n, gen)
                 if clash:
                     raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]}")
-                codec = self._arrays.codec
+                codec = self._codec_for(meta)  # the committed codec, whatever this handle saw before
                 writer = SegmentWriter(self.path, codec)
                 try:
                     encode_and_compress(self.model, codec, texts, writer, None, batch_size, 4096, show_progress,
@@ -361,90 +582,80 @@ class Index:
                     writer.abort()
                     raise
                 ds.insert(n, ids, texts, metadatas)
-            finally:
-                ds.close()
-            meta["segments"] = meta["segments"] + [seg]
-            meta["ivf"] = self._write_ivf(self.path, meta["segments"], codec.num_centroids)
-            meta["generation"] = gen + 1
-            c = meta["counts"]
-            c["documents"] += len(texts)
-            c["live"] += len(texts)
-            c["embeddings"] += seg["num_embeddings"]
-            meta["codec"].setdefault("embeddings_added", 0)
-            meta["codec"]["embeddings_added"] += seg["num_embeddings"]
-            self._commit(meta)
+                ds.checkpoint()
+            c = meta.counts
+            self._commit(dataclasses.replace(
+                meta, generation=gen + 1, segments=self._merge_tail(meta.segments + (seg,), codec),
+                counts=Counts(c.documents + len(texts), c.deleted, c.live + len(texts),
+                              c.embeddings + seg.num_embeddings),
+                codec=dataclasses.replace(meta.codec, embeddings_added=meta.codec.embeddings_added + seg.num_embeddings)))
         return ids
 
     def delete(self, ids: Union[str, Sequence[str]]) -> int:
         """Delete documents by id (unknown ids are ignored). Atomic; gone from results at once. Returns the count."""
-        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
-        with storage.write_lock(self.path):
-            meta = self._begin_write()
-            n, gen = meta["counts"]["documents"], meta["generation"]
-            ds = DocStore(self.path / meta["docstore"])
-            try:
+        ids = _validate.id_selection(ids, "ids")
+        with self._write() as meta:
+            n, gen = meta.counts.documents, meta.generation
+            with DocStore(self.path / meta.docstore) as ds:
                 pids = np.array(sorted(ds.pids_of(ids, n, gen).values()), dtype=np.int64)
                 if len(pids) == 0:
                     return 0
                 ds.mark_deleted(pids, gen + 1)
-            finally:
-                ds.close()
-            meta["generation"] = gen + 1
-            meta["counts"]["deleted"] += len(pids)
-            meta["counts"]["live"] -= len(pids)
-            self._commit(meta)
+                ds.checkpoint()
+            c = meta.counts
+            self._commit(dataclasses.replace(meta, generation=gen + 1,
+                                             counts=Counts(c.documents, c.deleted + len(pids), c.live - len(pids),
+                                                           c.embeddings)))
         return len(pids)
 
     def compact(self, *, recluster: Optional[bool] = None, show_progress: bool = False) -> None:
         """Rewrite the index without deleted documents, in one segment. ``recluster=None`` re-trains the centroids
         (from the decompressed embeddings) when more than ``RECLUSTER_RATIO`` of the embeddings were added after
         the centroids were trained; True/False forces it. Atomic."""
-        with storage.write_lock(self.path):
-            meta = self._begin_write()
-            self._load()
-            arrays, n, gen = self._arrays, meta["counts"]["documents"], meta["generation"]
+        if recluster is not None:
+            _validate.flag(recluster, "recluster")
+        with self._write() as meta:
+            snap = self._snapshot_of(meta, None)  # the committed generation's arrays
+            arrays, n, gen = snap.arrays, meta.counts.documents, meta.generation
             offsets = arrays.doc_offsets.cpu()
-            live = self._live.nonzero().flatten().cpu()
-            c = meta["codec"]
+            live = snap.live.nonzero().flatten().cpu()
+            c = meta.codec
+            config = CodecConfig.from_dict(c.config)
             if recluster is None:
-                recluster = c.get("embeddings_added", 0) > RECLUSTER_RATIO * max(1, c["embeddings_at_training"])
-            codec = arrays.codec
+                recluster = c.embeddings_added > RECLUSTER_RATIO * max(1, c.embeddings_at_training)
+            old_codec = codec = arrays.codec
             if recluster and len(live):
                 idx, _ = gather_rows(offsets, live)
                 sample = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))]
-                sample = sample[: CodecConfig.from_dict(c["config"]).kmeans_sample_tokens]
-                embs = codec.decompress(arrays.codes[sample], arrays.residuals[sample])
-                codec = ResidualCodec.fit(embs, CodecConfig.from_dict(c["config"]), int(idx.numel()))
-            writer = SegmentWriter(self.path, codec)
-            try:
+                sample = sample[: config.kmeans_sample_tokens].sort().values
+                embs = codec.decompress(arrays.codes.take(sample), arrays.residuals.take(sample))
+                codec = ResidualCodec.fit(embs, config, int(idx.numel()))
+                codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=self.device)
+
+            def chunks():
                 for s in range(0, live.numel(), 8192):
                     idx, sub = gather_rows(offsets, live[s : s + 8192])
-                    codes, residuals = arrays.codes[idx], arrays.residuals[idx]
+                    codes, residuals = arrays.codes.take(idx), arrays.residuals.take(idx)
                     if recluster:  # re-compress the decompressed embeddings against the new centroids
-                        codes, residuals = codec.compress(arrays.codec.decompress(codes, residuals))
-                    writer.append(codes, residuals, sub[1:] - sub[:-1])
-                seg = writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
-            docstore_name = f"docs-{uuid.uuid4().hex[:12]}.sqlite"
-            new_ds = DocStore(self.path / docstore_name, create=True)
-            try:
+                        codes, residuals = codec.compress(old_codec.decompress(codes, residuals))
+                        yield codes, residuals, sub[1:] - sub[:-1]
+                    else:
+                        yield codes.to(torch.int64), residuals, sub[1:] - sub[:-1], arrays.inv_norms.take(idx)
+
+            seg = write_segment(self.path, codec, chunks())
+            docstore = layout.new_docstore_name()
+            with DocStore(self.path / docstore, create=True) as new_ds:
                 pid = 0
-                for rows in self._docstore.iter_visible(n, gen):
+                for rows in snap.docstore.iter_visible(n, gen):
                     new_ds.insert(pid, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
                     pid += len(rows)
-            finally:
-                new_ds.close()
+                new_ds.checkpoint()
+            codec_meta = c
             if recluster:
-                c["files"] = self._write_codec(self.path, codec)
-                c["num_centroids"], c["avg_residual"] = codec.num_centroids, codec.avg_residual
-                c["embeddings_at_training"] = seg["num_embeddings"]
-                c["embeddings_added"] = 0
-            meta["segments"] = [seg]
-            meta["ivf"] = self._write_ivf(self.path, [seg], codec.num_centroids)
-            meta["docstore"] = docstore_name
-            meta["generation"] = gen + 1
-            meta["counts"] = {"documents": seg["num_docs"], "deleted": 0, "live": seg["num_docs"],
-                              "embeddings": seg["num_embeddings"]}
-            self._commit(meta)
+                files, sums = self._write_codec(self.path, codec)
+                codec_meta = layout.CodecMeta(c.config, codec.num_centroids, codec.avg_residual, files, sums,
+                                              seg.num_embeddings, 0)
+            del snap
+            self._commit(dataclasses.replace(
+                meta, generation=gen + 1, segments=(seg,), docstore=docstore, codec=codec_meta,
+                counts=Counts(seg.num_docs, 0, seg.num_docs, seg.num_embeddings)))

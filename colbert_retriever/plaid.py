@@ -21,34 +21,101 @@ from .scoring import segment_maxsim
 from .strided import gather_rows
 
 
+class Rows:
+    """One column of the index (codes, residuals or inverse norms) stored as per-segment tensors (memory maps on
+    CPU) and addressed by global row number. Nothing is concatenated on CPU: a gather touches only the rows it
+    reads, so RAM stays at what the pages read need, however many segments there are."""
+
+    def __init__(self, parts: list[torch.Tensor]):
+        self.parts = parts
+        sizes = torch.tensor([p.shape[0] for p in parts], dtype=torch.long)
+        self.bases = torch.zeros(len(parts) + 1, dtype=torch.long)
+        self.bases[1:] = torch.cumsum(sizes, 0)
+        self._full = parts[0] if len(parts) == 1 else None
+
+    def __len__(self) -> int:
+        return int(self.bases[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0].device
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (int64, any order), as a new tensor."""
+        if len(self.parts) == 1:
+            return self.parts[0][idx]
+        bases = self.bases.to(idx.device)
+        seg = torch.bucketize(idx, bases[1:], right=True)
+        first = self.parts[0]
+        # uint16 centroid ids have no index_put kernel: move their bits as int16
+        as_int16 = first.dtype == torch.uint16
+        out = torch.empty((idx.numel(), *first.shape[1:]), dtype=torch.int16 if as_int16 else first.dtype,
+                          device=idx.device)
+        for s in seg.unique().tolist():
+            m = (seg == s).nonzero().flatten()
+            rows = self.parts[s][idx[m] - bases[s]].to(idx.device)
+            out[m] = rows.view(torch.int16) if as_int16 else rows
+        return out.view(torch.uint16) if as_int16 else out
+
+    def full(self) -> torch.Tensor:
+        """All rows as one tensor (a copy when there are several segments; used by the GPU kernels)."""
+        if self._full is None:
+            self._full = torch.cat(list(self.parts))
+        return self._full
+
+
+@dataclass
+class IvfPart:
+    """One segment's inverted file: for each centroid, the sorted segment-local pids with a token there."""
+
+    pids: torch.Tensor  # (total,) int32, segment-local
+    offsets: torch.Tensor  # (num_centroids + 1,) int64
+    doc_base: int  # global pid of the segment's first document
+
+
 @dataclass
 class IndexArrays:
     codec: ResidualCodec
-    codes: torch.Tensor  # (n_embeddings,) int32 (any integer type works)
-    residuals: torch.Tensor  # (n_embeddings, packed_dim) uint8
+    codes: Rows  # (n_embeddings,) centroid ids (uint8/uint16/int32)
+    residuals: Rows  # (n_embeddings, packed_dim) uint8
+    inv_norms: Rows  # (n_embeddings,) float32: 1 / ||centroid + residual||, stored per segment
     doc_offsets: torch.Tensor  # (n_docs + 1,) int64
-    ivf_pids: torch.Tensor  # (total,) int64
-    ivf_offsets: torch.Tensor  # (num_centroids + 1,) int64
-    inv_norms: Optional[torch.Tensor] = None  # (n_embeddings,) float32, filled on first use (see inverse_norms)
-
-    def inverse_norms(self) -> torch.Tensor:
-        """1 / ||centroid + residual|| of every embedding, computed once (a pass over the index: ~0.1 us per
-        embedding on CPU) and kept (4 bytes per embedding) for compressed-domain exact scoring."""
-        if self.inv_norms is None:
-            self.inv_norms = self.codec.inverse_norms(self.codes, self.residuals)
-        return self.inv_norms
+    ivf: list  # of IvfPart, one per segment
+    ivf_sizes: torch.Tensor  # (num_centroids,) int64: total inverted-list length per centroid over all segments
 
     @property
     def num_docs(self) -> int:
         return self.doc_offsets.numel() - 1
+
+    @classmethod
+    def single(cls, codec: ResidualCodec, codes: torch.Tensor, residuals: torch.Tensor, doc_offsets: torch.Tensor,
+               ivf_pids: torch.Tensor, ivf_offsets: torch.Tensor,
+               inv_norms: Optional[torch.Tensor] = None) -> "IndexArrays":
+        """Arrays of one segment held in memory (tests, benchmarks); inverse norms computed when not given."""
+        if inv_norms is None:
+            inv_norms = codec.inverse_norms(codes, residuals)
+        return cls(codec, Rows([codes]), Rows([residuals]), Rows([inv_norms]), doc_offsets,
+                   [IvfPart(ivf_pids, ivf_offsets, 0)], ivf_offsets[1:] - ivf_offsets[:-1])
+
+
+def ivf_lists(arrays: IndexArrays, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverted lists of ``cells`` over every segment: (global pids int64, the cell of each entry)."""
+    pids, cents = [], []
+    for part in arrays.ivf:
+        idx, sub = gather_rows(part.offsets, cells)
+        pids.append(part.pids[idx].long() + part.doc_base)
+        cents.append(torch.repeat_interleave(cells, sub[1:] - sub[:-1], output_size=idx.numel()))
+    if not pids:
+        empty = torch.empty(0, dtype=torch.long, device=cells.device)
+        return empty, empty
+    return torch.cat(pids), torch.cat(cents)
 
 
 def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.Tensor:
     """Sc: (num_centroids, q_len) query-centroid scores. Returns unique candidate pids (int64)."""
     ncells = min(ncells, Sc.shape[0])
     cells = torch.topk(Sc, ncells, dim=0).indices.flatten().unique()
-    idx, _ = gather_rows(arrays.ivf_offsets, cells)
-    return arrays.ivf_pids[idx].unique()
+    return ivf_lists(arrays, cells)[0].unique()
 
 
 def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor,
@@ -56,7 +123,7 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
     pids: sorted unique int64. Returns (len(pids),) float32."""
     if _kernels.use_triton(Sc):
-        return _kernels.centroid_interaction(Sc, arrays.codes, arrays.doc_offsets, pids)
+        return _kernels.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids)
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     lengths = arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]
     bounds = torch.cumsum(lengths, 0)
@@ -66,7 +133,7 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
         e = int(torch.searchsorted(bounds, base + chunk_tokens, right=True))
         e = min(max(e, s + 1), pids.numel())
         idx, sub = gather_rows(arrays.doc_offsets, pids[s:e])
-        out[s:e] = segment_maxsim(Sc.index_select(0, arrays.codes[idx]), sub)
+        out[s:e] = segment_maxsim(Sc.index_select(0, arrays.codes.take(idx).to(torch.int32)), sub)
         s = e
     return out
 
@@ -77,20 +144,19 @@ def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor
     way touches fewer entries: from the inverted lists of the kept centroids, or from the candidates' own tokens
     (short documents and low thresholds favour the latter). pids: sorted unique int64. Returns (len(pids),) float32."""
     if _kernels.use_triton(Sc):
-        return _kernels.centroid_interaction(Sc, arrays.codes, arrays.doc_offsets, pids, threshold)
+        return _kernels.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids, threshold)
     keep = Sc.amax(1) >= threshold
     kept = keep.nonzero().flatten()
-    ivf_cost = int((arrays.ivf_offsets[kept + 1] - arrays.ivf_offsets[kept]).sum())
+    ivf_cost = int(arrays.ivf_sizes[kept].sum())
     token_cost = int((arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]).sum())
     if token_cost <= ivf_cost:
         return centroid_interaction(Sc.clamp_min(0.0) * keep[:, None], arrays, pids)
     scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
     if kept.numel():
-        idx, sub = gather_rows(arrays.ivf_offsets, kept)
-        pair_pids = arrays.ivf_pids[idx]
+        pair_pids, cents = ivf_lists(arrays, kept)
         pos = torch.searchsorted(pids, pair_pids).clamp(max=pids.numel() - 1)
         hit = pids[pos] == pair_pids
-        cents = torch.repeat_interleave(kept, sub[1:] - sub[:-1])[hit]
+        cents = cents[hit]
         pos = pos[hit]
         scores.scatter_reduce_(0, pos[:, None].expand(-1, Sc.shape[1]), Sc.index_select(0, cents), "amax")
     return scores.sum(-1)
@@ -106,15 +172,16 @@ def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: O
     triton = _kernels.use_triton(Q)
     if not triton:
         Sc = Sc if Sc is not None else c.centroids @ Q.float().T
-        lut_q, inv = c.query_lut(Q), arrays.inverse_norms()
+        lut_q = c.query_lut(Q)
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)
         if triton:
-            out[s : s + chunk_docs] = _kernels.maxsim_compressed(Q, arrays.codes[idx], arrays.residuals[idx],
+            out[s : s + chunk_docs] = _kernels.maxsim_compressed(Q, arrays.codes.take(idx), arrays.residuals.take(idx),
                                                                  c.centroids, c.bucket_weights, c.nbits, sub)
         else:
-            sim = c.token_scores(Sc, lut_q, arrays.codes[idx], arrays.residuals[idx], inv[idx])
+            sim = c.token_scores(Sc, lut_q, arrays.codes.take(idx), arrays.residuals.take(idx),
+                                 arrays.inv_norms.take(idx))
             out[s : s + chunk_docs] = segment_maxsim(sim, sub)
     return out
 

@@ -1,30 +1,30 @@
-"""The index folder on disk.
+"""File operations on an index folder: atomic writes, checksummed arrays, the writer lock, ownership and cleanup.
 
-* ``metadata.json`` is the commit point: it names every file of the current generation. Writers write new files
-  (temporary name, fsync, rename), then replace ``metadata.json`` atomically, then delete files no generation names.
-* Arrays are ``.npy`` files opened with ``mmap_mode="r"``; the document store is SQLite.
-* A writer holds ``.lock`` (``fcntl.flock``) for the whole update.
+* ``metadata.json`` is the commit point (its contents belong to ``layout.IndexMeta``). Writers write new files
+  (temporary name, fsync, rename), then replace ``metadata.json`` atomically, then delete the files of ours that no
+  committed generation names. Files that are not ours (``layout.is_own_file``) are never touched.
+* Arrays are ``.npy`` files opened with ``mmap_mode="r"``, each with a crc32 recorded in the metadata.
+* A writer holds ``.lock`` (``fcntl.flock``) for the whole update; others wait up to a timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
+import time
 import uuid
 import warnings
+import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
-from .errors import IndexFormatError, IndexLockedError, IndexNotFoundError
-
-FORMAT_NAME = "colbert-retriever-index"
-FORMAT_VERSION = 1
-METADATA = "metadata.json"
+from . import layout
+from .errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidArgument
+from .layout import METADATA, IndexMeta
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -35,8 +35,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -45,29 +49,67 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+class _Crc32Writer:
+    """A file object wrapper that keeps the crc32 of what passes through it."""
+
+    def __init__(self, f):
+        self.f, self.crc = f, 0
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return self.f.write(data)
+
+
+def crc_hex(crc: int) -> str:
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
 def save_array(folder: Path, name: str, array: np.ndarray) -> str:
-    """Write ``array`` as ``folder/name`` (.npy) atomically; returns the name."""
-    path = folder / name
-    tmp = path.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    """Write ``array`` as ``folder/name`` (.npy) atomically (fsynced); returns its crc32 (hex)."""
+    path = Path(folder) / name
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        w = _Crc32Writer(f)
+        np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return name
+    return crc_hex(w.crc)
 
 
-def load_array(folder: Path, name: str, shape0: Optional[int] = None, mmap: bool = True) -> np.ndarray:
-    """Open ``folder/name`` memory-mapped; a missing, truncated or mis-sized file raises a clear error."""
-    path = folder / name
-    if not path.exists():
+def file_crc(path: Path, block: int = 1 << 24) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            if not data:
+                return crc_hex(crc)
+            crc = zlib.crc32(data, crc)
+
+
+def load_array(folder: Path, name: str, shape: Optional[tuple] = None, dtype=None, mmap: bool = True,
+               checksum: Optional[str] = None) -> np.ndarray:
+    """Open ``folder/name`` memory-mapped and check what the metadata says of it: shape (``None`` entries are
+    free), dtype, and crc32 (when given). A missing, truncated, mis-shaped or altered file raises a clear error
+    naming it."""
+    path = Path(folder) / name
+    if not path.is_file():
         raise IndexNotFoundError(f"index file {path} is missing")
+    if checksum is not None:
+        found = file_crc(path)
+        if found != checksum:
+            raise IndexFormatError(f"index file {path} is corrupt: its crc32 is {found}, metadata.json says "
+                                   f"{checksum}")
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise IndexFormatError(f"index file {path} is corrupt or truncated: {e}") from None
-    if shape0 is not None and arr.shape[0] != shape0:
-        raise IndexFormatError(f"index file {path} has {arr.shape[0]} rows; metadata.json says {shape0}")
+    if dtype is not None and arr.dtype != np.dtype(dtype):
+        raise IndexFormatError(f"index file {path} holds {arr.dtype}; expected {np.dtype(dtype)}")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+            want = tuple("n" if s is None else s for s in shape)
+            raise IndexFormatError(f"index file {path} has shape {arr.shape}; metadata.json implies {want}")
     return arr
 
 
@@ -78,62 +120,70 @@ def as_tensor(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr)
 
 
-def read_metadata(folder: Path) -> dict[str, Any]:
-    folder = Path(folder)
-    path = folder / METADATA
-    if not folder.is_dir():
-        raise IndexNotFoundError(f"no index at {folder}: the folder does not exist")
-    if not path.exists():
-        raise IndexNotFoundError(f"no index at {folder}: {METADATA} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path} is not a colbert-retriever index (format={meta.get('format')!r})"
-                               if isinstance(meta, dict) else f"{path} is not a colbert-retriever index")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{folder} has index format version {meta.get('format_version')}; this library reads version "
-            f"{FORMAT_VERSION}. Rebuild the index or use a matching colbert-retriever version."
-        )
-    return meta
+# ====================================================================== metadata
+def read_metadata(folder: Path) -> IndexMeta:
+    return layout.read_metadata_file(folder)
 
 
-def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+def write_metadata(folder: Path, meta: IndexMeta) -> None:
     """The commit point of every write."""
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta}
-    atomic_write_bytes(Path(folder) / METADATA, json.dumps(meta, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(Path(folder) / METADATA, meta.to_json())
 
 
-def referenced_files(meta: dict[str, Any]) -> set[str]:
-    names = {METADATA, ".lock", meta["docstore"], meta["docstore"] + "-wal", meta["docstore"] + "-shm"}
-    names |= set(meta["codec"]["files"].values())
-    names |= set(meta["ivf"].values())
-    for seg in meta["segments"]:
-        names |= {f"{seg['name']}.{part}.npy" for part in ("codes", "residuals", "doclens")}
-    return names
+def holds_our_index(folder: Path) -> bool:
+    """True if ``folder/metadata.json`` says it is a colbert-retriever index (even a corrupt one)."""
+    import json
+
+    try:
+        d = json.loads((Path(folder) / METADATA).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(d, dict) and d.get("format") == layout.FORMAT_NAME
 
 
-def collect_garbage(folder: Path, keep: set[str]) -> None:
-    """Delete files of older generations. Open readers keep their memory maps (POSIX unlink semantics)."""
+def check_ownership(folder: Path) -> None:
+    """Refuse to write into a folder that holds files of someone else and no index of ours."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidArgument(f"{folder} exists and is not a folder")
+    if not folder.exists() or holds_our_index(folder):
+        return
+    if (folder / METADATA).exists():
+        raise InvalidArgument(f"refusing to write an index into {folder}: its {METADATA} is not a colbert-retriever "
+                              f"index; choose a new or empty folder")
+    foreign = sorted(p.name for p in folder.iterdir() if not layout.is_own_file(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InvalidArgument(f"refusing to build an index in {folder}: the folder is not empty ({shown}) and "
+                              f"holds no colbert-retriever index; choose a new or empty folder")
+
+
+def collect_garbage(folder: Path, keep: set[str]) -> list[str]:
+    """Delete our own files that ``keep`` does not name: older generations' files and killed writers'
+    temporaries. Call only while holding the writer lock. Files that are not ours are never touched. Open
+    readers keep their memory maps (POSIX unlink semantics). Returns the names removed."""
+    keep = keep | {METADATA, layout.LOCK}
+    # SQLite side files live as long as their database does
+    keep |= {f"{n}{s}" for n in list(keep) if n.endswith(".sqlite") for s in ("-wal", "-shm", "-journal")}
+    removed = []
     for p in Path(folder).iterdir():
-        if p.is_file() and p.name not in keep:
+        if p.name not in keep and layout.is_own_file(p.name) and p.is_file():
             with contextlib.suppress(OSError):
                 p.unlink()
-
-
-def new_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+                removed.append(p.name)
+    return removed
 
 
 @contextlib.contextmanager
 def write_lock(folder: Path, timeout_s: float = 0.0):
-    """Exclusive writer lock on ``folder/.lock``. Raises IndexLockedError if another writer holds it."""
-    import time
-
+    """Exclusive writer lock on ``folder/.lock``. Waits up to ``timeout_s`` seconds for another writer (process
+    or thread) to finish, then raises ``IndexLockedError``."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(folder / layout.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise IndexLockedError(f"cannot take the writer lock of {folder}: {e.strerror} (a read-only folder?)") from None
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -142,8 +192,9 @@ def write_lock(folder: Path, timeout_s: float = 0.0):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise IndexLockedError(f"another process is writing the index at {folder}") from None
-                time.sleep(0.05)
+                    raise IndexLockedError(f"another writer holds the index at {folder} (waited {timeout_s:g} s; "
+                                           f"pass a larger lock_timeout to wait longer)") from None
+                time.sleep(0.02)
         yield
     finally:
         os.close(fd)

@@ -51,7 +51,7 @@ def test_roundtrip_open_same_results(built_index, tiny_model, corpus_200):
 
 def test_metadata_json_contents(built_index):
     meta = json.loads((built_index.path / "metadata.json").read_text())
-    assert meta["format_version"] == 1 and meta["library_version"]
+    assert meta["format_version"] == 2 and meta["library_version"]
     assert meta["model"]["identity"] and meta["model"]["encoder_config"]["dim"] == 32
     assert meta["codec"]["config"]["nbits"] == 2 and meta["codec"]["num_centroids"] == 64
     assert meta["counts"] == {"documents": 200, "deleted": 0, "live": 200, "embeddings": meta["counts"]["embeddings"]}
@@ -85,7 +85,7 @@ def test_missing_and_corrupt_files(built_index, tiny_model, tmp_path):
     res = built_index.path / f"{seg}.residuals.npy"
     data = res.read_bytes()
     res.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexFormatError, match="corrupt or truncated"):
+    with pytest.raises(IndexFormatError, match="residuals.npy is corrupt"):
         Index.open(built_index.path, model=tiny_model)
     res.unlink()
     with pytest.raises(IndexNotFoundError, match="missing"):

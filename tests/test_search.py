@@ -127,7 +127,7 @@ def test_pruned_interaction_paths_agree():
     codes = torch.randint(0, K, (int(lengths.sum()),), generator=g)
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), K)
     off = offsets_from_lengths(lengths)
-    arrays = plaid.IndexArrays(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
+    arrays = plaid.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
                                torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
     Sc = cents @ torch.nn.functional.normalize(torch.randn(4, dim, generator=g), dim=-1).T
     pids = torch.tensor([0, 3, 7, 20, 59])

@@ -46,7 +46,7 @@ def test_manifest_complete(sharded, corpus):
 def test_sharded_equals_single_index(sharded, corpus, colbert_ai_ckpt, tmp_path, _tiny_model):
     """Same centroids -> same ids and scores as one index over the whole collection."""
     shard0 = Index.open(sharded / "shard-00000", model=_tiny_model)
-    codec = shard0._arrays.codec
+    codec = shard0._current().arrays.codec
     single = Index.build(tmp_path / "single", corpus, ids=[f"d{i}" for i in range(len(corpus))], model=_tiny_model,
                          codec=ResidualCodec(codec.centroids, codec.bucket_cutoffs, codec.bucket_weights, 2),
                          show_progress=False)

@@ -1,0 +1,161 @@
+"""SIGKILL at every storage event of every write path (build over an existing index, add, delete, compact with and
+without re-clustering): the folder must open as the previous or the new generation with identical answers, and the
+next writer must remove what the killed one left, touching nothing that is not ours.
+
+Children are forked from a forkserver that imported torch and the library once, so a kill costs well under a
+second. The default run kills at a spread of points per path; ``-m slow`` kills at every point.
+"""
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from colbert_retriever import Index, layout
+
+from .conftest import make_corpus
+
+OPS = ["build", "add", "delete", "compact", "compact_recluster"]
+QUERIES = ("music guitar piano", "ocean forest", "kernel memory", "zebra quartz")
+
+
+def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> None:
+    """Run ``op`` on the index at ``path``; SIGKILL ourselves just before storage event number ``kill_at``
+    (1-based; 0 = never), counting events into ``counter_file``."""
+    import sqlite3  # noqa: F401
+
+    from colbert_retriever import ColBERT, docstore
+
+    model = ColBERT.from_pretrained(ckpt, dtype="float32")
+    count = [0]
+
+    def event():
+        count[0] += 1
+        if count[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def wrap(fn):
+        def inner(*a, **k):
+            event()
+            return fn(*a, **k)
+        return inner
+
+    for name in ("replace", "rename", "unlink", "fsync"):
+        setattr(os, name, wrap(getattr(os, name)))
+    docstore.DocStore._write = wrap(docstore.DocStore._write)
+    texts = make_corpus(60, seed=31)
+    if op == "build":
+        Index.build(path, texts, ids=[f"b{i}" for i in range(60)], model=model, overwrite=True, show_progress=False)
+    else:
+        idx = Index.open(path, model=model)
+        if op == "add":
+            idx.add(["zebra quartz xylophone"] + texts[:20], ids=[f"a{i}" for i in range(21)])
+        elif op == "delete":
+            idx.delete([f"d{i}" for i in range(0, 200, 7)])
+        else:
+            idx.compact(recluster=op == "compact_recluster")
+    Path(counter_file).write_text(str(count[0]))
+
+
+@pytest.fixture(scope="module")
+def forkserver():
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "transformers", "transformers.models.bert.modeling_bert",
+                                "transformers.models.bert.tokenization_bert", "colbert_retriever.index",
+                                "tests.test_crash"])
+    return ctx
+
+
+def _run(ctx, path, ckpt, op, kill_at, tmp):
+    counter = Path(tmp) / f"count-{op}-{kill_at}"
+    p = ctx.Process(target=_child, args=(str(path), str(ckpt), op, kill_at, str(counter)))
+    p.start()
+    p.join(120)
+    assert p.exitcode is not None, "child hung"
+    return p.exitcode, (int(counter.read_text()) if counter.exists() else None)
+
+
+def _answers(path, model):
+    with Index.open(path, model=model) as idx:
+        out = [[(h.id, round(h.score, 4)) for h in idx.search(q, k=8)] for q in QUERIES]
+        return out, len(idx)
+
+
+def _copy(src, dst):
+    # SQLite's side files belong to a connection; every commit checkpoints the log into the main file
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
+
+
+def _assert_clean(path: Path):
+    """Only metadata.json, .lock and the files the committed generation references remain (plus foreign files)."""
+    meta = layout.read_metadata_file(path)
+    own = {p.name for p in path.iterdir() if layout.is_own_file(p.name)}
+    assert own - {"metadata.json", ".lock"} <= meta.referenced_files() | {
+        f"{meta.docstore}-wal", f"{meta.docstore}-shm"}, own - meta.referenced_files()
+
+
+def _kill_points(total: int, every: bool) -> list[int]:
+    if every:
+        return list(range(1, total + 1))
+    n = min(total, 7)
+    return sorted({1 + round(i * (total - 1) / max(1, n - 1)) for i in range(n)})
+
+
+def _sweep(op, every, forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path):
+    base = tmp_path / "base"
+    _copy(_built_index, base)
+    with Index.open(base, model=tiny_model) as idx:  # two segments and deleted documents: real work to compact
+        idx.add(make_corpus(5, seed=40), ids=[f"p{i}" for i in range(5)])
+        idx.delete(["d2", "d3", "p1"])
+        assert len(idx.metadata["segments"]) == 2
+    (base / "user-notes.txt").write_text("not ours")
+    old = _answers(base, tiny_model)
+    full = tmp_path / "full"
+    _copy(base, full)
+    code, total = _run(forkserver, full, colbert_ai_ckpt, op, 0, tmp_path)
+    assert code == 0 and total and total > 3
+    new = _answers(full, tiny_model)
+    assert new != old or op == "compact"  # compact keeps the answers; the generation and files change
+    assert layout.read_metadata_file(full).generation > layout.read_metadata_file(base).generation
+    for kill_at in _kill_points(total, every):
+        work = tmp_path / f"k{kill_at}"
+        _copy(base, work)
+        code, _ = _run(forkserver, work, colbert_ai_ckpt, op, kill_at, tmp_path)
+        assert code == -signal.SIGKILL, f"{op}: event {kill_at} of {total} did not kill"
+        got = _answers(work, tiny_model)
+        assert got in (old, new), f"{op} killed at event {kill_at}/{total}: answers of neither generation"
+        # the next writer cleans up after the dead one, and works
+        idx = Index.open(work, model=tiny_model)
+        idx.delete(["no-such-id"])
+        _assert_clean(work)
+        assert (work / "user-notes.txt").read_text() == "not ours"
+        idx.add(["after the crash"], ids=["ok"])
+        assert idx.search("after the crash", k=1, ids=["ok"])[0].id == "ok"
+        shutil.rmtree(work)
+    return total
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_sigkill_at_spread_points(op, forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path):
+    _sweep(op, False, forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", OPS)
+def test_sigkill_at_every_point(op, forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path):
+    _sweep(op, True, forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path)
+
+
+def test_repeated_crashes_leave_nothing_behind(forkserver, _built_index, colbert_ai_ckpt, tiny_model, tmp_path):
+    work = tmp_path / "idx"
+    _copy(_built_index, work)
+    before = _answers(work, tiny_model)
+    for i, op in enumerate(["compact_recluster", "add", "compact", "build", "compact_recluster", "add"]):
+        code, _ = _run(forkserver, work, colbert_ai_ckpt, op, 6 + 2 * i, tmp_path)
+        assert code == -signal.SIGKILL
+    assert _answers(work, tiny_model) == before
+    Index.open(work, model=tiny_model).delete(["no-such-id"])
+    _assert_clean(work)
