@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench bench-scale clean
+.PHONY: setup demo test test-all bench bench-scale bench-updates clean
 
 $(PY):
 	python3 -m venv .venv
@@ -41,6 +41,9 @@ bench: setup
 
 bench-scale: setup
 	$(PY) benchmarks/scale.py
+
+bench-updates: setup
+	$(PY) benchmarks/updates.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

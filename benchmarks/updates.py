@@ -24,13 +24,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED, WORK, machine_info, percentiles, write_json  # noqa: E402
+from common import SHARED, WORK, machine_info, percentiles, write_json  # noqa: E402
 
 
 def _rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def _mem() -> dict:
+    """RSS split into anonymous memory (heap: what a copy in RAM costs) and file-backed pages (memory maps: page
+    cache the kernel can drop), from /proc/self/status."""
+    out = {}
+    for line in open("/proc/self/status"):
+        if line.startswith(("VmRSS", "RssAnon", "RssFile")):
+            key, val = line.split(":")
+            out[key.strip()] = round(int(val.split()[0]) / 1024, 1)
+    return out
 
 
 def measure(path: str, adds: int, queries: list[str], new_texts: list[str]) -> dict:
@@ -42,6 +53,7 @@ def measure(path: str, adds: int, queries: list[str], new_texts: list[str]) -> d
     model = ColBERT.default()
     Q = model.encode_queries(queries)
     rss_model = _rss_mb()
+    mem_model = _mem()
 
     def latency(index) -> dict:
         lat = []
@@ -59,6 +71,8 @@ def measure(path: str, adds: int, queries: list[str], new_texts: list[str]) -> d
            "live": len(index), "segments_before": len(index.metadata["segments"])}
     out["latency_open_ms"] = latency(index)
     out["rss_after_open_mb"] = round(_rss_mb(), 1)
+    out["mem_model"] = mem_model
+    out["mem_after_open"] = _mem()
     times = []
     for i in range(adds):
         t = time.perf_counter()
@@ -69,10 +83,24 @@ def measure(path: str, adds: int, queries: list[str], new_texts: list[str]) -> d
     out["segments_after_adds"] = len(index.metadata["segments"])
     out["latency_after_adds_ms"] = latency(index)
     out["rss_after_adds_mb"] = round(_rss_mb(), 1)
+    out["mem_after_adds"] = _mem()
     t = time.perf_counter()
     index.compact()
     out["compact_s"] = round(time.perf_counter() - t, 2)
     out["latency_after_compact_ms"] = latency(index)
+    # search cost vs segment count: 19 more single-document adds with segment merging off (when the library
+    # merges at all), i.e. 20 segments
+    import colbert_retriever.index as index_module
+
+    factor = getattr(index_module, "MERGE_FACTOR", None)
+    if factor is not None:
+        index_module.MERGE_FACTOR = 0
+    for i in range(19):
+        index.add([new_texts[i]], ids=[f"seg20-{len(index)}-{i}"])
+    if factor is not None:
+        index_module.MERGE_FACTOR = factor
+    out["segments_curve"] = len(index.metadata["segments"])
+    out["latency_20seg_ms"] = latency(index)
     out["torch_threads"] = torch.get_num_threads()
     return out
 

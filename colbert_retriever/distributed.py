@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -65,11 +64,7 @@ class _ShardBuilder:
     def __init__(self, model_name: str, dtype: str, threads: Optional[int] = None):
         self.model = _load_model(model_name, dtype, threads)
 
-    def build(self, path: str, texts, ids, metadatas, codec_arrays: dict, nbits: int, avg_residual: float,
-              fail_marker: Optional[str] = None) -> dict:
-        if fail_marker and not os.path.exists(fail_marker):  # test hook: die once, mid-build
-            Path(fail_marker).touch()
-            os._exit(1)
+    def build(self, path: str, texts, ids, metadatas, codec_arrays: dict, nbits: int, avg_residual: float) -> dict:
         codec = ResidualCodec.from_arrays(codec_arrays, nbits, avg_residual)
         index = Index.build(path, texts, ids=ids, metadatas=metadatas, model=self.model, nbits=nbits, codec=codec,
                             show_progress=False, overwrite=True)
@@ -104,8 +99,7 @@ class _ShardSearcher:
 def build_sharded(path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
                   metadatas: Optional[Sequence[dict]] = None, *, model: str = "default", num_shards: int = 2,
                   num_workers: int = 2, nbits: int = 2, dtype: str = "auto", threads_per_worker: Optional[int] = 1,
-                  codec_config: Optional[CodecConfig] = None, max_retries: int = 2, _fail_marker: Optional[str] = None
-                  ) -> Path:
+                  codec_config: Optional[CodecConfig] = None, max_retries: int = 2) -> Path:
     """Build a sharded index with Ray workers. ``model`` is a name or folder every worker can load.
 
     The driver trains the codec on a sample; shards (contiguous slices of the collection) are encoded and
@@ -134,7 +128,7 @@ def build_sharded(path: Union[str, Path], texts: Sequence[str], ids: Optional[Se
         lo, hi = bounds[i], bounds[i + 1]
         w = workers[i % len(workers)]
         futures.append(w.build.remote(str(root / name), texts[lo:hi], ids[lo:hi], metadatas[lo:hi], arrays,
-                                      nbits, codec.avg_residual, _fail_marker if i == 0 else None))
+                                      nbits, codec.avg_residual))
     shards = []
     for name, fut in zip(names, futures):
         try:

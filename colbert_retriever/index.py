@@ -326,7 +326,7 @@ class Index:
         t = storage.as_tensor
         loaded = _Segment(t(codes).to(dev), t(residuals).to(dev), t(inv).to(dev) if isinstance(inv, np.ndarray) else inv,
                           np.asarray(doclens, dtype=np.int64), t(ivf_pids).to(dev),
-                          torch.from_numpy(np.asarray(ivf_off, dtype=np.int64)).to(dev))
+                          t(np.asarray(ivf_off, dtype=np.int64)).to(dev))
         with self._lock:
             self._segments[seg.name] = loaded
         return loaded

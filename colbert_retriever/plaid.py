@@ -45,6 +45,15 @@ class Rows:
         if len(self.parts) == 1:
             return self.parts[0][idx]
         bases = self.bases.to(idx.device)
+        if idx.numel() < 2 or bool((idx[1:] >= idx[:-1]).all()):  # ascending (the usual case): slice per segment
+            cuts = [0, *torch.searchsorted(idx, bases[1:-1]).tolist(), idx.numel()]
+            pieces = [self.parts[s][idx[a:b] - bases[s]].to(idx.device)
+                      for s, (a, b) in enumerate(zip(cuts, cuts[1:])) if b > a]
+            if len(pieces) == 1:
+                return pieces[0]
+            if not pieces:
+                return self.parts[0][idx[:0]]
+            return torch.cat(pieces)
         seg = torch.bucketize(idx, bases[1:], right=True)
         first = self.parts[0]
         # uint16 centroid ids have no index_put kernel: move their bits as int16
@@ -221,4 +230,5 @@ def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, c
         pids = pids.sort().values
     if pids.numel() > plan.exact_docs:
         pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), plan.exact_docs)
+        pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
     return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)

@@ -25,7 +25,6 @@ QUERIES = ("music guitar piano", "ocean forest", "kernel memory", "zebra quartz"
 def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> None:
     """Run ``op`` on the index at ``path``; SIGKILL ourselves just before storage event number ``kill_at``
     (1-based; 0 = never), counting events into ``counter_file``."""
-    import sqlite3  # noqa: F401
 
     from colbert_retriever import ColBERT, docstore
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = {
-    "errors": 0, "config": 1, "_validate": 1, "hits": 1, "_device": 2,
+    "errors": 0, "config": 1, "_validate": 1, "hits": 1, "_device": 2, "layout": 2,
     "scoring": 3, "strided": 3, "tokenization": 3, "checkpoints": 3, "kmeans": 3, "docstore": 3, "_kernels": 3,
     "encoder": 4, "codec": 4, "builder": 5, "storage": 5, "plaid": 6, "index": 7,
     "training": 8, "evaluation": 8, "demo": 9, "cli": 9,

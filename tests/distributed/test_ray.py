@@ -14,8 +14,19 @@ from ..conftest import make_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+def marker(tmp_path_factory):
+    return tmp_path_factory.mktemp("marker") / "failed-once"
+
+
+@pytest.fixture(scope="module")
+def cluster(marker):
+    """Every Ray worker process runs ``_die_once.install``: the first ``Index.build`` in any worker kills its
+    process (a worker dying mid-build), later ones run normally. No hook lives in the library."""
+    from . import _die_once
+
+    ray.cloudpickle.register_pickle_by_value(_die_once)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+             runtime_env={"worker_process_setup_hook": _die_once.installer(str(marker))})
     yield
     ray.shutdown()
 
@@ -26,13 +37,11 @@ def corpus():
 
 
 @pytest.fixture(scope="module")
-def sharded(cluster, corpus, colbert_ai_ckpt, tmp_path_factory):
+def sharded(cluster, marker, corpus, colbert_ai_ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded") / "idx"
-    marker = tmp_path_factory.mktemp("marker") / "failed-once"
     build_sharded(root, corpus, ids=[f"d{i}" for i in range(len(corpus))],
                   metadatas=[{"g": i % 3} for i in range(len(corpus))], model=str(colbert_ai_ckpt), num_shards=3,
-                  num_workers=2, dtype="float32", codec_config=CodecConfig(num_centroids=32),
-                  _fail_marker=str(marker))
+                  num_workers=2, dtype="float32", codec_config=CodecConfig(num_centroids=32))
     assert marker.exists()  # the first shard's worker died once and the shard was retried
     return root
 
