@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 

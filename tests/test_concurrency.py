@@ -43,10 +43,24 @@ def _expected_answers(path, model, gens):
     ref.close()
 
 
+def _write_and_record(idx, model, pause: float) -> dict:
+    """Run the writer's sequence; return each committed generation's answers (computed by a fresh handle)."""
+    gens = {}
+    _expected_answers(idx.path, model, gens)
+    for _ in _writer_ops(idx):
+        _expected_answers(idx.path, model, gens)
+        time.sleep(pause)
+    return gens
+
+
+def _assert_each_from_a_generation(seen, gens):
+    valid = {q: [g[q] for g in gens.values()] for q in QUERIES}
+    bad = [(q, a) for q, a in seen if a not in valid[q]]
+    assert not bad, f"{len(bad)} answers match no committed generation, e.g. {bad[0]}"
+
+
 def test_threads_share_one_index_while_it_is_written(built_index, tiny_model):
     idx = built_index
-    gens = {}
-    _expected_answers(idx.path, tiny_model, gens)
     seen, errors, stop = [], [], threading.Event()
 
     def reader(n):
@@ -64,18 +78,14 @@ def test_threads_share_one_index_while_it_is_written(built_index, tiny_model):
     for t in threads:
         t.start()
     try:
-        for _ in _writer_ops(idx):
-            _expected_answers(idx.path, tiny_model, gens)
-            time.sleep(0.05)
+        gens = _write_and_record(idx, tiny_model, 0.05)
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert not errors, errors[:5]
     assert len(seen) > 30
-    valid = {q: [g[q] for g in gens.values()] for q in QUERIES}
-    bad = [(q, a) for q, a in seen if a not in valid[q]]
-    assert not bad, f"{len(bad)} answers match no committed generation, e.g. {bad[0]}"
+    _assert_each_from_a_generation(seen, gens)
     assert len({json.dumps(a) for q, a in seen if q == QUERIES[0]}) > 1  # readers did see several generations
 
 
@@ -105,29 +115,23 @@ def test_processes_search_while_another_process_writes(built_index, tiny_model, 
              for o in outs]
     for p in procs:
         p.start()
-    gens = {}
-    _expected_answers(built_index.path, tiny_model, gens)
     deadline = time.monotonic() + 180
     while not all(Path(str(o) + ".ready").exists() for o in outs):  # readers loaded torch and searched once
         assert time.monotonic() < deadline and all(p.is_alive() for p in procs), "reader processes did not start"
         time.sleep(0.1)
     try:
-        for _ in _writer_ops(built_index):
-            _expected_answers(built_index.path, tiny_model, gens)
-            time.sleep(0.2)
+        gens = _write_and_record(built_index, tiny_model, 0.2)
     finally:
         stop.touch()
         for p in procs:
             p.join(120)
-    valid = {q: [g[q] for g in gens.values()] for q in QUERIES}
     total = 0
     for o in outs:
         res = json.loads(o.read_text())
         assert not res["errors"], res["errors"][:5]
         seen = [(q, [tuple(h) for h in a]) for q, a in res["seen"]]
         total += len(seen)
-        bad = [(q, a) for q, a in seen if a not in valid[q]]
-        assert not bad, f"{len(bad)} answers match no committed generation, e.g. {bad[0]}"
+        _assert_each_from_a_generation(seen, gens)
     assert total > 20
 
 
