@@ -77,7 +77,7 @@ def save_array(folder: Path, name: str, array: np.ndarray) -> str:
     return crc_hex(w.crc)
 
 
-def file_crc(path: Path, block: int = 1 << 24) -> str:
+def file_crc(path: Path, block: int = 1 << 20) -> str:
     crc = 0
     with open(path, "rb") as f:
         while True:
