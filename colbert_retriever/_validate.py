@@ -70,14 +70,18 @@ def id_selection(ids: Any, what: str = "ids") -> list[str]:
         ids = [ids]
     if not isinstance(ids, (list, tuple, set, frozenset)):
         raise InvalidType(f"{what} must be a string or a list of strings, got {type(ids).__name__}")
-    out = []
-    for i, x in enumerate(ids):
-        if isinstance(x, bool) or not isinstance(x, (str, int)):
-            raise InvalidType(f"{what}[{i}] is {type(x).__name__} ({x!r}); ids are strings (ints are converted)")
-        s = str(x)
-        _utf8(s, f"{what}[{i}]")
-        out.append(s)
-    return out
+    return [_one_id(x, f"{what}[{i}]") for i, x in enumerate(ids)]
+
+
+def _one_id(x: Any, where: str, allow_empty: bool = True) -> str:
+    """One id as stored: a str, or an int converted; never None, a bool or anything else."""
+    if isinstance(x, bool) or not isinstance(x, (str, int)):
+        raise InvalidType(f"{where} is {type(x).__name__} ({x!r}); ids are strings (ints are converted)")
+    s = str(x)
+    if not s and not allow_empty:
+        raise InvalidArgument(f"{where} is an empty string")
+    _utf8(s, where)
+    return s
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -96,15 +100,7 @@ def ids_list(ids: Any, n: int, what: str = "ids") -> list[str]:
     ids = list(ids)
     if len(ids) != n:
         raise InvalidArgument(f"{what} has {len(ids)} entries but there are {n} texts")
-    out = []
-    for i, x in enumerate(ids):
-        if isinstance(x, bool) or not isinstance(x, (str, int)):
-            raise InvalidType(f"{what}[{i}] is {type(x).__name__}; ids are strings (ints are converted)")
-        s = str(x)
-        if not s:
-            raise InvalidArgument(f"{what}[{i}] is an empty string")
-        _utf8(s, f"{what}[{i}]")
-        out.append(s)
+    out = [_one_id(x, f"{what}[{i}]", allow_empty=False) for i, x in enumerate(ids)]
     seen = set()
     dups = sorted({x for x in out if x in seen or seen.add(x)})
     if dups:

@@ -80,7 +80,7 @@ class SegmentWriter:
             final = self.folder / layout.segment_file(self.name, part)
             tmp = self.folder / f".{self.name}.{part}.npy.tmp"
             with open(tmp, "wb") as out, open(self.parts[part], "rb") as raw:
-                w = storage._Crc32Writer(out)
+                w = storage.Crc32Writer(out)
                 np.lib.format.write_array_header_1_0(w, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                          "fortran_order": False, "shape": shape})
                 while True:
@@ -108,18 +108,22 @@ class SegmentWriter:
             if path.exists():
                 os.unlink(path)
 
+    def __enter__(self) -> "SegmentWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """An error inside ``with`` leaves nothing behind (the caller calls ``finish`` on success)."""
+        if exc_type is not None:
+            self.abort()
+
 
 def write_segment(folder: Path, codec: ResidualCodec, chunks) -> layout.SegmentMeta:
     """Write one segment from an iterable of ``SegmentWriter.append`` argument tuples; nothing is left behind on
     error."""
-    writer = SegmentWriter(folder, codec)
-    try:
+    with SegmentWriter(folder, codec) as writer:
         for args in chunks:
             writer.append(*args)
         return writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
 
 
 def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,

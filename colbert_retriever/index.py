@@ -162,14 +162,10 @@ class Index:
                         raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
                                               f"nbits={codec_config.nbits}, dim={model.config.dim}")
                     cache, est = {}, 0
-                writer = SegmentWriter(path, codec)
-                try:
+                with SegmentWriter(path, codec) as writer:
                     encode_and_compress(model, codec, texts, writer, cache, batch_size, chunk_docs, show_progress,
                                         times)
                     seg = writer.finish()
-                except BaseException:
-                    writer.abort()
-                    raise
                 t0 = time.perf_counter()
                 docstore = layout.new_docstore_name()
                 with DocStore(path / docstore, create=True) as ds:
@@ -573,14 +569,10 @@ class Index:
                 if clash:
                     raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]}")
                 codec = self._codec_for(meta)  # the committed codec, whatever this handle saw before
-                writer = SegmentWriter(self.path, codec)
-                try:
+                with SegmentWriter(self.path, codec) as writer:
                     encode_and_compress(self.model, codec, texts, writer, None, batch_size, 4096, show_progress,
                                         StageTimes(), desc="adding")
                     seg = writer.finish()
-                except BaseException:
-                    writer.abort()
-                    raise
                 ds.insert(n, ids, texts, metadatas)
                 ds.checkpoint()
             c = meta.counts

@@ -49,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-class _Crc32Writer:
+class Crc32Writer:
     """A file object wrapper that keeps the crc32 of what passes through it."""
 
     def __init__(self, f):
@@ -69,7 +69,7 @@ def save_array(folder: Path, name: str, array: np.ndarray) -> str:
     path = Path(folder) / name
     tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
-        w = _Crc32Writer(f)
+        w = Crc32Writer(f)
         np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
