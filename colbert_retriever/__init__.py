@@ -19,13 +19,13 @@ from .errors import (  # noqa: E402
     InvalidArgument,
     InvalidType,
 )
-from .hits import Hit  # noqa: E402
+from .hits import Hit, Record  # noqa: E402
 from ._kernels import kernel_backend  # noqa: E402
-from .encoder import ColBERT  # noqa: E402
+from .encoder import ColBERT, clear_model_cache, load_model  # noqa: E402
 from .index import Index  # noqa: E402
 
 __all__ = [
-    "ColBERT", "Index", "Hit", "EncoderConfig", "CodecConfig", "SearchConfig", "ColbertRetrieverError",
+    "ColBERT", "Index", "Hit", "Record", "load_model", "clear_model_cache", "EncoderConfig", "CodecConfig", "SearchConfig", "ColbertRetrieverError",
     "InvalidArgument", "InvalidType", "IndexNotFoundError", "IndexFormatError", "IncompatibleModelError",
     "CheckpointError", "IndexLockedError", "IndexClosedError", "kernel_backend", "__version__",
 ]

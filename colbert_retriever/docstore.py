@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -160,6 +160,22 @@ class DocStore:
             for pid, id_, text, meta in self._query(q, part):
                 out[pid] = (id_, text, self._meta(meta, pid))
         return out
+
+    def rows_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, tuple[str, dict]]:
+        """Live (text, metadata) of each given id that exists in the snapshot."""
+        out: dict[str, tuple[str, dict]] = {}
+        ids = list(ids)
+        for s in range(0, len(ids), 500):
+            part = ids[s : s + 500]
+            q = f"SELECT id, pid, text, metadata FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {_VISIBLE}"
+            out.update({i: (t, self._meta(m, p)) for i, p, t, m in self._query(q, [*part, n, gen])})
+        return out
+
+    def live_ids(self, n: int, gen: int, flt: Optional[dict] = None) -> list[str]:
+        """Ids of the live documents (matching ``flt`` if given), in the order they were added."""
+        where, params = compile_filter(flt) if flt is not None else ("1", [])
+        rows = self._query(f"SELECT id FROM docs WHERE ({where}) AND {_VISIBLE} ORDER BY pid", [*params, n, gen])
+        return [r[0] for r in rows]
 
     def iter_visible(self, n: int, gen: int, batch: int = 2048):
         """(pid, id, text, metadata) of live rows in pid order, in batches."""

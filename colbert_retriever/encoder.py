@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -93,7 +96,8 @@ class ColBERT(nn.Module):
             weight = f.get_tensor("linear.weight")
             meta = f.metadata() or {}
         config = EncoderConfig.from_dict(json.loads(meta["encoder_config"]))
-        backbone = AutoModel.from_pretrained(path)
+        with _quiet_loading():
+            backbone = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         with torch.no_grad():
@@ -124,6 +128,14 @@ class ColBERT(nn.Module):
         self.tokenizer = ColBERTTokenizer(self.hf_tokenizer, config)
         return self
 
+    def with_config(self, config: EncoderConfig) -> "ColBERT":
+        """This model with another encoder config: ``self`` when the config is the same, else a new ``ColBERT``
+        object that shares these weights (no copy), so a shared cached model is never changed."""
+        if config.to_dict() == self.config.to_dict():
+            return self
+        other = copy.copy(self)  # shallow: the backbone and projection modules are shared
+        return other.set_config(config)
+
     def refresh_identity(self) -> str:
         """Recompute the weights hash after the weights changed (training does this)."""
         self.identity = weights_hash([self.backbone, self.linear])
@@ -142,7 +154,7 @@ class ColBERT(nn.Module):
 
     def forward_documents(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable padded document embeddings (n, L, dim) and keep-mask (n, L). Used by training."""
-        b, _ = self.tokenizer.documents(texts)
+        b, _, _ = self.tokenizer.documents(texts)
         keep = b.keep.to(self.device)
         return self._embed(b.input_ids, b.attention_mask) * keep[..., None], keep
 
@@ -174,13 +186,14 @@ class ColBERT(nn.Module):
         _validate.positive_int(batch_size, "batch_size")
         order = sorted(range(len(documents)), key=lambda i: len(documents[i]))
         pieces: list = [None] * len(documents)
-        truncated = 0
+        truncated = dropped = 0
         bar = tqdm(total=len(documents), desc=desc, unit="doc", disable=not show_progress)
         with torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
-                b, t = self.tokenizer.documents([documents[i] for i in idx])
+                b, t, n = self.tokenizer.documents([documents[i] for i in idx])
                 truncated += t
+                dropped += n
                 d = self._embed(b.input_ids, b.attention_mask)
                 keep = b.keep.to(self.device)
                 for row, i in enumerate(idx):
@@ -188,8 +201,10 @@ class ColBERT(nn.Module):
                 bar.update(len(idx))
         bar.close()
         if truncated:
-            logger.warning("%d of %d documents were longer than doc_maxlen=%d tokens and were truncated",
-                           truncated, len(documents), self.config.doc_maxlen)
+            logger.warning("%d of %d documents were longer than doc_maxlen=%d tokens and were truncated: %d tokens "
+                           "dropped (unsearchable). Split long texts (truncate='chunk' in Index.build/add, or the "
+                           "adapters' default splitters) to keep them", truncated, len(documents),
+                           self.config.doc_maxlen, dropped)
         lengths = torch.tensor([p.shape[0] for p in pieces], dtype=torch.long)
         return torch.cat(pieces), lengths
 
@@ -198,6 +213,25 @@ class ColBERT(nn.Module):
         """Encode documents. Returns a list of (n_tokens_i, dim) float32 tensors (padding and punctuation dropped)."""
         embs, lengths = self.encode_documents_packed(documents, batch_size, show_progress)
         return list(torch.split(embs, lengths.tolist()))
+
+    # ------------------------------------------------------------------ splitting
+    def passage_spans(self, text: str, max_tokens: Optional[int] = None, overlap: Optional[int] = None
+                      ) -> list[tuple[int, int]]:
+        """Character spans of passages of ``text`` that each fit the model (``max_tokens``: default all the
+        document tokens ``doc_maxlen`` leaves after special tokens), overlapping by ``overlap`` tokens (default
+        1/8 of a passage) and covering the whole text; a text that fits is one span ``(0, len(text))``."""
+        if not isinstance(text, str):
+            raise _validate.InvalidType(f"text must be a str, got {type(text).__name__}")
+        room = self.tokenizer.doc_room()
+        max_tokens = room if max_tokens is None else min(_validate.positive_int(max_tokens, "max_tokens"), room)
+        overlap = max_tokens // 8 if overlap is None else int(overlap)
+        if not 0 <= overlap < max_tokens:
+            raise InvalidArgument(f"overlap must be in [0, {max_tokens}), got {overlap}")
+        return self.tokenizer.split(text, max_tokens, overlap)
+
+    def split_text(self, text: str, max_tokens: Optional[int] = None, overlap: Optional[int] = None) -> list[str]:
+        """``text`` as passages that each fit the model (see ``passage_spans``): nothing is truncated."""
+        return [text[a:b] for a, b in self.passage_spans(text, max_tokens, overlap)]
 
     # ------------------------------------------------------------------ reranking
     def rerank(self, query: str, texts: Sequence[str], ids: Optional[Sequence[str]] = None,
@@ -232,7 +266,8 @@ def _build_modules(ckpt: Checkpoint):
     except Exception as e:
         raise CheckpointError(f"cannot load the tokenizer from {ckpt.tokenizer_dir}: {e}") from None
     if ckpt.backbone_state is None:
-        backbone = AutoModel.from_pretrained(str(ckpt.backbone_dir))
+        with _quiet_loading():
+            backbone = AutoModel.from_pretrained(str(ckpt.backbone_dir))
     else:
         cfg = AutoConfig.from_pretrained(str(ckpt.backbone_dir))
         backbone = AutoModel.from_config(cfg)
@@ -257,3 +292,62 @@ def _build_modules(ckpt: Checkpoint):
             f"{backbone.get_input_embeddings().weight.shape[0]} rows"
         )
     return backbone, tokenizer, linear
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' "Loading weights" bar (its progress-bar switch is process-wide: restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    with _LOAD_LOCK:
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was:
+                hf_logging.enable_progress_bar()
+
+
+_CACHE: dict[tuple, ColBERT] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_key(name: Union[str, Path], device, dtype) -> tuple:
+    name = str(name)
+    if name in ("default", DEFAULT_MODEL_NAME):
+        name = DEFAULT_MODEL_NAME
+    elif Path(name).exists():
+        name = str(Path(name).resolve())
+    return name, str(resolve_device(device)), str(dtype)
+
+
+def load_model(model: Union["ColBERT", str, Path, None] = None, device=None, dtype="auto") -> ColBERT:
+    """The model a ``model=`` argument names: a ``ColBERT`` is returned as it is; ``None`` or ``"default"`` is
+    the offline default model; any other string or path is a hub id or a local checkpoint folder. Loaded
+    models are cached per process by (name, device, dtype): naming the same model twice returns the same
+    instance (``clear_model_cache()`` empties the cache; ``ColBERT.from_pretrained`` always loads a fresh copy,
+    e.g. to fine-tune it)."""
+    if isinstance(model, ColBERT):
+        return model
+    if model is None:
+        model = "default"
+    if isinstance(model, bool) or not isinstance(model, (str, Path)):
+        raise _validate.InvalidType(f"model must be a ColBERT, a hub id, a checkpoint folder or 'default', got "
+                                    f"{type(model).__name__}")
+    if not str(model).strip():
+        raise InvalidArgument("model is an empty string; give a hub id, a checkpoint folder or 'default'")
+    key = _cache_key(model, device, dtype)
+    with _CACHE_LOCK:  # one load per name even when threads ask at once
+        if key not in _CACHE:
+            _CACHE[key] = ColBERT.from_pretrained(model, device=device, dtype=dtype)
+        return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Forget the models ``load_model`` cached (they are freed once nothing else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

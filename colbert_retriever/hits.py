@@ -15,3 +15,12 @@ class Hit:
     rank: int
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored document as ``Index.get`` returns it: the user's id, text and metadata."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -29,10 +29,10 @@ from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec
 from .codec import ResidualCodec, code_dtype
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .docstore import DocStore
-from .encoder import ColBERT
+from .encoder import ColBERT, load_model
 from .errors import (IncompatibleModelError, IndexClosedError, IndexFormatError, IndexNotFoundError, InvalidArgument,
                      InvalidType)
-from .hits import Hit
+from .hits import Hit, Record
 from .layout import Counts, IndexMeta, SegmentMeta
 from .plaid import IndexArrays, IvfPart, Rows, search_one
 from .strided import gather_rows, inverted_file, offsets_from_lengths
@@ -65,6 +65,26 @@ def _check_model(model: Any) -> None:
     if not isinstance(model, ColBERT):
         raise InvalidType(f"model must be a ColBERT (e.g. ColBERT.default() or ColBERT.from_pretrained(name)), got "
                           f"{type(model).__name__}")
+
+
+TRUNCATE_MODES = ("warn", "error")
+ON_CONFLICT = ("error", "replace")
+
+
+def _check_lengths(model: ColBERT, texts: Sequence[str], truncate: str) -> None:
+    """``truncate="error"``: refuse texts longer than the model keeps, before anything is written."""
+    if truncate not in TRUNCATE_MODES:
+        raise InvalidArgument(f"truncate must be one of {TRUNCATE_MODES}, got {truncate!r}")
+    if truncate == "warn":
+        return  # the encoder warns once per batch of texts with the number of tokens dropped
+    room = model.tokenizer.doc_room()
+    counts = model.tokenizer.count_tokens(texts)
+    long = [i for i, c in enumerate(counts) if c > room]
+    if long:
+        i = long[0]
+        raise InvalidArgument(f"{len(long)} text(s) exceed the model's {room} document tokens (doc_maxlen="
+                              f"{model.config.doc_maxlen}); texts[{i}] has {counts[i]}. Split them first (e.g. "
+                              f"model.split_text) or pass truncate='warn' to index only the start")
 
 
 @dataclasses.dataclass
@@ -118,11 +138,13 @@ class Index:
               nbits: Optional[int] = None, *, codec_config: Optional[CodecConfig] = None, batch_size: int = 32,
               chunk_docs: int = 1024, show_progress: bool = True, overwrite: bool = False,
               provenance: Optional[dict] = None, codec: Optional[ResidualCodec] = None, device=None,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "Index":
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, truncate: str = "warn") -> "Index":
         """Encode, compress and write ``texts`` as a new index at ``path``.
 
-        ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: default
-        ``ColBERT.default()``; nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
+        ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: a ``ColBERT``, a hub
+        id, a checkpoint folder or "default" (the default; names are loaded once per process, see
+        ``load_model``); truncate: what to do with texts longer than the model's ``doc_maxlen`` — "warn" (index
+        their start; one warning states how many tokens were dropped) or "error" (refuse before writing); nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
         2). ``path`` must be new, empty, or hold an index of ours: a folder with other files is refused and nothing
         in it is touched. An existing index is replaced only with ``overwrite=True``, atomically (it stays readable
         until the new one is committed; files that are not ours stay). ``codec``: an already trained
@@ -138,8 +160,8 @@ class Index:
             raise InvalidArgument(f"nbits={nbits} contradicts codec_config.nbits={codec_config.nbits}; give one")
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
         _validate.flag(overwrite, "overwrite")
-        model = model if model is not None else ColBERT.default()
-        _check_model(model)
+        model = load_model(model, device=device)
+        _check_lengths(model, texts, truncate)
         storage.check_ownership(path)  # before the lock file is created
         created = not path.exists()
         t_start = time.perf_counter()
@@ -204,11 +226,12 @@ class Index:
         path = _validate.path_arg(path)
         meta = storage.read_metadata(path)
         m = meta.model
-        if model is None:
+        if model is None or isinstance(model, (str, os.PathLike)):
             try:
-                model = ColBERT.from_pretrained(m["name"], device=device)
-                # the index says how its documents were encoded (e.g. a doc_maxlen chosen at build time)
-                model.set_config(EncoderConfig.from_dict(m["encoder_config"]))
+                # the index says how its documents were encoded (e.g. a doc_maxlen chosen at build time): a
+                # view of the shared model with that config
+                model = load_model(m["name"] if model is None else model, device=device).with_config(
+                    EncoderConfig.from_dict(m["encoder_config"]))
             except Exception as e:
                 raise IncompatibleModelError(
                     f"the index at {path} was built with model {m['name']!r}, which cannot be loaded here ({e}); "
@@ -555,41 +578,84 @@ class Index:
         return segments
 
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
-            *, batch_size: int = 32, show_progress: bool = False) -> list[str]:
+            *, on_conflict: str = "error", truncate: str = "warn", batch_size: int = 32,
+            show_progress: bool = False) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index. Atomic.
-        Returns their ids (uuid4 hex when not given). Ids must not collide with live documents."""
+        Returns their ids (uuid4 hex when not given).
+
+        on_conflict: what an id that is already live means — "error" (refuse the whole call, nothing written) or
+        "replace" (the old document is deleted in the same commit: an upsert). truncate: as in ``build``."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         metadatas = _validate.metadata_list(metadatas, len(texts))
+        if on_conflict not in ON_CONFLICT:
+            raise InvalidArgument(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
+        _check_lengths(self.model, texts, truncate)
         with self._write() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
                 clash = ds.pids_of(ids, n, gen)
-                if clash:
-                    raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]}")
+                if clash and on_conflict == "error":
+                    raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]} (pass "
+                                          f"on_conflict='replace' or use upsert to replace them)")
                 codec = self._codec_for(meta)  # the committed codec, whatever this handle saw before
                 with SegmentWriter(self.path, codec) as writer:
                     encode_and_compress(self.model, codec, texts, writer, None, batch_size, 4096, show_progress,
                                         StageTimes(), desc="adding")
                     seg = writer.finish()
+                if clash:
+                    ds.mark_deleted(np.array(sorted(clash.values()), dtype=np.int64), gen + 1)
                 ds.insert(n, ids, texts, metadatas)
                 ds.checkpoint()
             c = meta.counts
             self._commit(dataclasses.replace(
                 meta, generation=gen + 1, segments=self._merge_tail(meta.segments + (seg,), codec),
-                counts=Counts(c.documents + len(texts), c.deleted, c.live + len(texts),
+                counts=Counts(c.documents + len(texts), c.deleted + len(clash), c.live + len(texts) - len(clash),
                               c.embeddings + seg.num_embeddings),
                 codec=dataclasses.replace(meta.codec, embeddings_added=meta.codec.embeddings_added + seg.num_embeddings)))
         return ids
 
-    def delete(self, ids: Union[str, Sequence[str]]) -> int:
-        """Delete documents by id (unknown ids are ignored). Atomic; gone from results at once. Returns the count."""
+    def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
+               **kwargs) -> list[str]:
+        """``add(..., on_conflict="replace")``: documents whose id is live are replaced, the others added. Atomic."""
+        if ids is None:
+            raise InvalidArgument("upsert needs ids (which documents to replace)")
+        return self.add(texts, ids, metadatas, on_conflict="replace", **kwargs)
+
+    def get(self, ids: Union[str, Sequence[str]]) -> list[Record]:
+        """The live documents with these ids, in the order given (ids not in the index are skipped)."""
         ids = _validate.id_selection(ids, "ids")
+        snap = self._current()
+        rows = snap.docstore.rows_of(ids, snap.meta.counts.documents, snap.meta.generation)
+        return [Record(i, *rows[i]) for i in dict.fromkeys(ids) if i in rows]
+
+    def ids(self, filter: Optional[dict] = None) -> list[str]:
+        """Ids of the live documents (those matching ``filter`` if given), in the order they were added."""
+        if filter is not None and not isinstance(filter, dict):
+            raise InvalidType(f"filter must be a dict, got {type(filter).__name__}")
+        snap = self._current()
+        return snap.docstore.live_ids(snap.meta.counts.documents, snap.meta.generation, filter)
+
+    def delete(self, ids: Union[str, Sequence[str], None] = None, *, filter: Optional[dict] = None) -> int:
+        """Delete documents by id (unknown ids are ignored), by metadata filter, or both (documents matching both).
+        Atomic; gone from results at once. Returns the count."""
+        if ids is None and filter is None:
+            raise InvalidArgument("delete needs ids or a filter (to delete everything, pass filter={})")
+        if ids is not None:
+            ids = _validate.id_selection(ids, "ids")
+        if filter is not None and not isinstance(filter, dict):
+            raise InvalidType(f"filter must be a dict, got {type(filter).__name__}")
         with self._write() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
-                pids = np.array(sorted(ds.pids_of(ids, n, gen).values()), dtype=np.int64)
+                chosen = None
+                if ids is not None:
+                    chosen = set(ds.pids_of(ids, n, gen).values())
+                if filter is not None:
+                    matching = set(ds.filter_pids(filter, n, gen).tolist())
+                    chosen = matching if chosen is None else chosen & matching
+                pids = np.array(sorted(chosen), dtype=np.int64)
                 if len(pids) == 0:
                     return 0
                 ds.mark_deleted(pids, gen + 1)
@@ -599,6 +665,13 @@ class Index:
                                              counts=Counts(c.documents, c.deleted + len(pids), c.live - len(pids),
                                                            c.embeddings)))
         return len(pids)
+
+    @property
+    def needs_recluster(self) -> bool:
+        """True when the centroids were trained on fewer than 1 / (1 + ``RECLUSTER_RATIO``) of the embeddings
+        added since (``compact()`` would then re-train them)."""
+        c = self._current().meta.codec
+        return c.embeddings_added > RECLUSTER_RATIO * max(1, c.embeddings_at_training)
 
     def compact(self, *, recluster: Optional[bool] = None, show_progress: bool = False) -> None:
         """Rewrite the index without deleted documents, in one segment. ``recluster=None`` re-trains the centroids

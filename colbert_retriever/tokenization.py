@@ -69,17 +69,57 @@ class ColBERTTokenizer:
         return ids
 
     def _build(self, texts: Sequence[str], max_len: int, marker_id):
-        """[CLS] (marker) tokens... [SEP], truncated to max_len; returns id lists and how many were truncated."""
-        room = max_len - 2 - (1 if marker_id is not None else 0)
-        pieces = self.hf(list(texts), add_special_tokens=False, truncation=True, max_length=room + 1)["input_ids"]
-        truncated = sum(1 for p in pieces if len(p) > room)
+        """[CLS] (marker) tokens... [SEP], truncated to max_len; returns id lists, how many texts were truncated
+        and how many tokens were dropped in all."""
+        room = self.room(max_len, marker_id)
+        pieces = self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        long = [len(p) - room for p in pieces if len(p) > room]
         rows = []
         for p in pieces:
             ids = [self.cls_id] + p[:room] + [self.sep_id]
             if marker_id is not None:
                 ids = ids[:1] + [marker_id] + ids[1:]
             rows.append(ids)
-        return rows, truncated
+        return rows, len(long), sum(long)
+
+    @staticmethod
+    def room(max_len: int, marker_id) -> int:
+        """Text tokens that fit in ``max_len`` after [CLS], the marker and [SEP]."""
+        return max_len - 2 - (1 if marker_id is not None else 0)
+
+    def doc_room(self) -> int:
+        """How many of a document's own tokens the model keeps (``doc_maxlen`` less the special tokens)."""
+        return self.room(self.config.doc_maxlen, self.doc_marker_id)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's token count (no special tokens)."""
+        return [len(p) for p in self.hf(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+
+    def split(self, text: str, max_tokens: int, overlap: int) -> list[tuple[int, int]]:
+        """Character spans ``(start, end)`` of consecutive windows of at most ``max_tokens`` tokens that overlap by
+        ``overlap`` tokens and together cover ``text``; one span when the text fits. Windows end at a token
+        boundary, preferring the end of a sentence or a line in their last quarter."""
+        if max_tokens <= 0 or not 0 <= overlap < max_tokens:
+            raise ValueError(f"need 0 <= overlap ({overlap}) < max_tokens ({max_tokens})")
+        spans = self.hf(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        if len(spans) <= max_tokens:
+            return [(0, len(text))]
+        out, a = [], 0
+        while True:
+            b = min(a + max_tokens, len(spans))
+            if b < len(spans):  # prefer to stop after a sentence end or a line break in the window's last quarter
+                for j in range(b - 1, a + (3 * max_tokens) // 4 - 1, -1):
+                    piece = text[spans[j][0] : spans[j][1]]
+                    gap = text[spans[j][1] : spans[j + 1][0]]
+                    if piece in (".", "!", "?", ";", ":") or "\n" in gap:
+                        b = j + 1
+                        break
+            start = 0 if a == 0 else spans[a][0]
+            end = len(text) if b == len(spans) else spans[b - 1][1]
+            out.append((start, end))
+            if b == len(spans):
+                return out
+            a = max(b - overlap, a + 1)
 
     def _pad(self, rows, length: int, pad_value: int):
         ids = torch.full((len(rows), length), pad_value, dtype=torch.long)
@@ -91,7 +131,7 @@ class ColBERTTokenizer:
 
     def queries(self, texts: Sequence[str]) -> Batch:
         cfg = self.config
-        rows, _ = self._build(texts, cfg.query_maxlen, self.query_marker_id)
+        rows, _, _ = self._build(texts, cfg.query_maxlen, self.query_marker_id)
         if cfg.mask_augmentation:
             ids, att = self._pad(rows, cfg.query_maxlen, self.mask_id)
             keep = torch.ones_like(ids, dtype=torch.bool)
@@ -102,12 +142,13 @@ class ColBERTTokenizer:
             keep = att.bool()
         return Batch(ids, att, keep)
 
-    def documents(self, texts: Sequence[str]) -> tuple[Batch, int]:
-        """Returns the batch and the number of documents that were truncated to ``doc_maxlen``."""
+    def documents(self, texts: Sequence[str]) -> tuple[Batch, int, int]:
+        """Returns the batch, the number of documents that were truncated to ``doc_maxlen`` and the number of
+        tokens dropped."""
         cfg = self.config
-        rows, truncated = self._build(texts, cfg.doc_maxlen, self.doc_marker_id)
+        rows, truncated, dropped = self._build(texts, cfg.doc_maxlen, self.doc_marker_id)
         ids, att = self._pad(rows, max(len(r) for r in rows), self.pad_id)
         keep = att.bool()
         if cfg.mask_punctuation and len(self.skip_ids):
             keep &= ~torch.isin(ids, self.skip_ids)
-        return Batch(ids, att, keep), truncated
+        return Batch(ids, att, keep), truncated, dropped

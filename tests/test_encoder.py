@@ -16,7 +16,7 @@ def test_query_token_ids_colbert_ai_layout(tiny_model):
 
 
 def test_document_token_ids_and_skiplist(tiny_model):
-    b, truncated = tiny_model.tokenizer.documents(["hello, world!", "hi"])
+    b, truncated, _ = tiny_model.tokenizer.documents(["hello, world!", "hi"])
     assert truncated == 0
     assert b.input_ids[0].tolist() == [101, 2, 7592, 1010, 2088, 999, 102]
     assert b.keep[0].tolist() == [True, True, True, False, True, False, True]  # ',' and '!' dropped
@@ -31,7 +31,7 @@ def test_pylate_prefix_tokens(pylate_ckpt):
     assert qid >= 30522
     assert q.input_ids[0, :4].tolist() == [101, qid, 7592, 102]
     assert q.input_ids[0, 4:].tolist() == [103] * 12
-    d, _ = m.tokenizer.documents(["hello"])
+    d, _, _ = m.tokenizer.documents(["hello"])
     assert d.input_ids[0].tolist() == [101, m.hf_tokenizer.convert_tokens_to_ids("[D] "), 7592, 102]
 
 
@@ -59,6 +59,7 @@ def test_truncation_single_summary_warning(tiny_model, caplog):
     assert D[0].shape[0] == 24  # doc_maxlen
     msgs = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert len(msgs) == 1 and msgs[0].startswith("2 of 3 documents")
+    assert "158 tokens dropped" in msgs[0]  # 2 x (100 - 21 kept: doc_maxlen 24 less [CLS], [D], [SEP])
 
 
 @pytest.mark.parametrize("bad,exc", [([], InvalidArgument), ([""], InvalidArgument), (["  "], InvalidArgument),

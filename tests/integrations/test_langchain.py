@@ -109,3 +109,126 @@ def test_langchain_text_splitter_loader_output(tmp_path, default_model):
     r = ColBERTRetriever.from_documents(chunks, index_path=tmp_path / "i", model=default_model, k=3)
     docs = r.invoke("string instrument played with a bow")
     assert "violin" in docs[0].page_content and docs[0].metadata["source"] == "handbook.txt"
+
+
+# ------------------------------------------------------------------------------------------- vector store
+from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noqa: E402
+
+from colbert_retriever.integrations.langchain import ColBERTTextSplitter, ColBERTVectorStore  # noqa: E402
+
+
+class TestColBERTVectorStoreStandard(VectorStoreIntegrationTests):
+    """LangChain's standard vector-store suite (sync and async), each test on a new empty store."""
+
+    @pytest.fixture
+    def vectorstore(self, tmp_path, default_model):
+        store = ColBERTVectorStore(tmp_path / "store", model=default_model)
+        assert store.index is None  # empty: no index folder until the first add
+        yield store
+
+
+def long_text(n_sentences: int = 120) -> str:
+    words = ["river", "mountain", "harbour", "lantern", "meadow", "glacier", "orchard", "canyon", "valley", "forest"]
+    body = " ".join(f"Sentence {i} mentions the {words[i % 10]} near town {i}." for i in range(n_sentences))
+    return body + " The final sentence reveals the secret password tangerine-zeppelin."
+
+
+def test_vectorstore_upsert_filter_threshold_and_retriever(tmp_path, default_model):
+    store = ColBERTVectorStore.from_documents(lc_docs(), index_path=tmp_path / "s", model=default_model)
+    assert store.similarity_search("capital of France", k=1)[0].id == "lc0"
+    # metadata come back exactly as given (no score/rank mixed in)
+    assert store.get_by_ids(["lc3", "missing", "lc0"]) == [lc_docs()[3], lc_docs()[0]]
+    scored = store.similarity_search_with_relevance_scores("capital of France", k=6)
+    assert all(0.0 <= s <= 1.0 for _, s in scored) and scored[0][1] > scored[-1][1]
+    thr = (scored[0][1] + scored[1][1]) / 2
+    assert [d.id for d, _ in store.similarity_search_with_relevance_scores("capital of France", k=6,
+                                                                           score_threshold=thr)] == ["lc0"]
+    # upsert: same id, new text and metadata
+    store.add_documents([Document(page_content="Lyon is a city in France known for food.", metadata={"v": 2},
+                                  id="lc0")])
+    assert store.get_by_ids(["lc0"])[0].metadata == {"v": 2} and len(store.index) == len(DOCS)
+    # LangChain's retriever conventions
+    r = store.as_retriever(search_kwargs={"k": 2, "filter": {"source": "music.txt"}})
+    assert {d.id for d in r.invoke("instrument")} == {"lc2", "lc3"}
+    r = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.99, "k": 3})
+    assert r.invoke("capital of Germany") == []
+    with pytest.raises(InvalidArgument, match="mmr"):
+        store.as_retriever(search_type="mmr").invoke("capital")
+    with pytest.raises(InvalidArgument, match="unknown search argument"):
+        store.similarity_search("capital", k=2, fetch_kk=3)
+    # delete by filter and by id
+    assert store.delete(filter={"source": "geo.md"}) is True
+    assert "lc1" not in store.index.ids() and store.delete(["nope"]) is False
+    reopened = ColBERTVectorStore(tmp_path / "s", model="default")
+    assert reopened.model is default_model or reopened.model.identity == default_model.identity
+    assert sorted(reopened.index.ids()) == sorted(store.index.ids())
+
+
+def test_vectorstore_long_text_is_split_not_truncated(tmp_path, default_model):
+    text = long_text()
+    assert default_model.tokenizer.count_tokens([text])[0] > 1000
+    store = ColBERTVectorStore(tmp_path / "s", model=default_model)
+    assert store.add_texts([text, "A short note about apples."], [{"src": "long"}, {"src": "short"}],
+                           ids=["long", "short"]) == ["long", "short"]
+    passages = store.get_by_ids(["long"])
+    assert len(passages) > 3 and all(p.metadata == {"src": "long"} for p in passages)
+    assert all(n <= default_model.tokenizer.doc_room() for n in
+               default_model.tokenizer.count_tokens([p.page_content for p in passages]))
+    top = store.similarity_search("secret password tangerine-zeppelin", k=1)[0]
+    assert top.id.startswith("long#") and "tangerine-zeppelin" in top.page_content
+    # replacing or deleting the text replaces or deletes every passage
+    store.add_texts(["Now a short text."], ids=["long"])
+    assert [d.page_content for d in store.get_by_ids(["long"])] == ["Now a short text."]
+    assert sorted(store.index.ids()) == ["long", "short"]
+    store.add_texts([text], ids=["long"])
+    assert store.delete(["long"]) and store.index.ids() == ["short"]
+    with pytest.raises(InvalidArgument, match="tokens"):
+        ColBERTVectorStore(tmp_path / "e", model=default_model, long_texts="error").add_texts([text])
+
+
+def test_retriever_search_kwargs_and_bad_queries(lc_index_path, default_model):
+    r = ColBERTRetriever(index=str(lc_index_path), model=default_model,
+                         search_kwargs={"k": 2, "filter": {"source": "music.txt"}})
+    assert [d.metadata["source"] for d in r.invoke("capital")] == ["music.txt", "music.txt"]
+    assert len(r.invoke("capital", k=1)) == 1
+    r = ColBERTRetriever(index=str(lc_index_path), model=default_model, search_type="similarity_score_threshold",
+                         search_kwargs={"score_threshold": 0.0, "k": 3})
+    assert len(r.invoke("capital")) == 3
+    # pydantic wraps the constructor's error in a ValidationError (a ValueError) carrying our message
+    with pytest.raises(ValueError, match="mmr"):
+        ColBERTRetriever(index=str(lc_index_path), model=default_model, search_type="mmr")
+    with pytest.raises(ValueError, match="unknown search argument"):
+        ColBERTRetriever(index=str(lc_index_path), model=default_model, search_kwargs={"fetch_k": 3})
+    r = ColBERTRetriever(index=str(lc_index_path), model="default")
+    for bad in ({"question": "capital"}, ["capital"]):
+        with pytest.raises(InvalidType, match="query must be a string"):
+            r.invoke(bad)
+
+
+def test_user_score_key_is_not_overwritten(tmp_path, default_model):
+    docs = [Document(page_content="Grades: the essay got an A+.", metadata={"score": "A+"}, id="g"),
+            Document(page_content="The weather is sunny.", metadata={}, id="w")]
+    r = ColBERTRetriever.from_documents(docs, index_path=tmp_path / "i", model=default_model)
+    got = {d.id: d.metadata for d in r.invoke("essay grade", k=2)}
+    assert got["g"]["score"] == "A+" and isinstance(got["w"]["score"], float)
+    rr = ColBERTReranker(model="default", top_n=2)
+    assert rr.model is default_model or rr.model.identity == default_model.identity
+    assert {d.id: d.metadata["score"] for d in rr.compress_documents(docs, "essay")}["g"] == "A+"
+
+
+def test_retriever_from_documents_splits_long_documents(tmp_path, default_model):
+    doc = Document(page_content=long_text(), metadata={"source": "long.txt"}, id="L")
+    r = ColBERTRetriever.from_documents([doc] + lc_docs(), index_path=tmp_path / "i", model="default", k=1)
+    top = r.invoke("secret password tangerine-zeppelin")[0]
+    assert top.id.startswith("L#") and "tangerine-zeppelin" in top.page_content
+
+
+def test_text_splitter(default_model):
+    sp = ColBERTTextSplitter(default_model, chunk_size=64, chunk_overlap=8, add_start_index=True)
+    text = long_text(30)
+    chunks = sp.split_documents([Document(page_content=text, metadata={"a": 1})])
+    assert len(chunks) > 3
+    assert all(default_model.tokenizer.count_tokens([c.page_content])[0] <= 64 for c in chunks)
+    for c in chunks:
+        assert text[c.metadata["start_index"]:].startswith(c.page_content)
+    assert chunks[-1].page_content.endswith("tangerine-zeppelin.")
