@@ -1,5 +1,10 @@
 """SQLite document store: internal pid -> user id, text, JSON metadata, and the generation that deleted it.
 
+A long document indexed with ``truncate="chunk"`` is several rows with the same id and consecutive pids, one per
+passage; each such row's ``span`` is JSON ``[passage, start, end]``: its text is ``original[start:end]``, and
+the passages cover the original text in order (``rows_of`` rebuilds it). Stores written before passages existed
+lack the column; the first chunked add adds it.
+
 Visibility is snapshot-based: a reader at generation ``gen`` with ``n`` committed documents sees the rows with
 ``pid < n`` and ``deleted_gen IS NULL OR deleted_gen > gen``. A writer that died before committing left rows that
 no reader sees, and the next writer rolls them back (``rollback_uncommitted``).
@@ -27,7 +32,8 @@ CREATE TABLE IF NOT EXISTS docs (
     id TEXT NOT NULL,
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    deleted_gen INTEGER
+    deleted_gen INTEGER,
+    span TEXT
 );
 CREATE INDEX IF NOT EXISTS docs_id ON docs(id);
 """
@@ -118,10 +124,23 @@ class DocStore:
         self._write([("DELETE FROM docs WHERE pid >= ?", (n,)),
                      ("UPDATE docs SET deleted_gen = NULL WHERE deleted_gen > ?", (gen,))])
 
-    def insert(self, first_pid: int, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict]) -> None:
-        rows = [(first_pid + i, ids[i], texts[i], json.dumps(metadatas[i], ensure_ascii=False, allow_nan=False), None)
-                for i in range(len(ids))]
-        self._write([("INSERT INTO docs (pid, id, text, metadata, deleted_gen) VALUES (?, ?, ?, ?, ?)", rows)])
+    def has_spans(self) -> bool:
+        """Whether this store has the ``span`` column (stores from before passages existed do not)."""
+        return any(r[1] == "span" for r in self._query("PRAGMA table_info(docs)"))
+
+    def insert(self, first_pid: int, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict],
+               spans: Optional[Sequence[Optional[tuple]]] = None) -> None:
+        """Rows at pids first_pid, first_pid + 1, ...; ``spans[i]``: (passage, start, end) for a passage row."""
+        meta = [json.dumps(m, ensure_ascii=False, allow_nan=False) for m in metadatas]
+        if spans is None or all(sp is None for sp in spans):
+            rows = [(first_pid + i, ids[i], texts[i], meta[i], None) for i in range(len(ids))]
+            self._write([("INSERT INTO docs (pid, id, text, metadata, deleted_gen) VALUES (?, ?, ?, ?, ?)", rows)])
+            return
+        rows = [(first_pid + i, ids[i], texts[i], meta[i], None, None if sp is None else json.dumps(list(sp)))
+                for i, sp in enumerate(spans)]
+        statements = [] if self.has_spans() else [("ALTER TABLE docs ADD COLUMN span TEXT", ())]
+        self._write(statements + [
+            ("INSERT INTO docs (pid, id, text, metadata, deleted_gen, span) VALUES (?, ?, ?, ?, ?, ?)", rows)])
 
     def mark_deleted(self, pids: np.ndarray, new_gen: int) -> None:
         self._write([("UPDATE docs SET deleted_gen = ? WHERE pid = ?", [(new_gen, int(p)) for p in pids])])
@@ -133,15 +152,23 @@ class DocStore:
         except (TypeError, ValueError):
             raise IndexFormatError(f"document store {self.path}: the metadata of row {pid} is not valid JSON") from None
 
-    def pids_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, int]:
-        """Live pid of each given id that exists in the snapshot."""
-        out: dict[str, int] = {}
-        ids = list(ids)
+    def pids_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, list[int]]:
+        """Live pids of each given id that exists in the snapshot (several for a document stored as passages)."""
+        out: dict[str, list[int]] = {}
+        ids = list(dict.fromkeys(ids))
         for s in range(0, len(ids), 500):
             part = ids[s : s + 500]
-            q = f"SELECT id, pid FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {_VISIBLE}"
-            out.update({i: p for i, p in self._query(q, [*part, n, gen])})
+            q = f"SELECT id, pid FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {_VISIBLE} ORDER BY pid"
+            for i, p in self._query(q, [*part, n, gen]):
+                out.setdefault(i, []).append(p)
         return out
+
+    def count_documents(self, n: int, gen: int) -> int:
+        """Live documents (a document stored as passages counts once)."""
+        if not self.has_spans():
+            return self._query(f"SELECT COUNT(*) FROM docs WHERE {_VISIBLE}", (n, gen))[0][0]
+        q = f"SELECT COUNT(*) FROM docs WHERE {_VISIBLE} AND (span IS NULL OR span LIKE '[0,%')"
+        return self._query(q, (n, gen))[0][0]
 
     def deleted_pids(self, n: int, gen: int) -> np.ndarray:
         rows = self._query("SELECT pid FROM docs WHERE pid < ? AND deleted_gen IS NOT NULL AND deleted_gen <= ?",
@@ -151,41 +178,67 @@ class DocStore:
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM docs")[0][0]
 
-    def fetch(self, pids: Sequence[int]) -> dict[int, tuple[str, str, dict]]:
+    def fetch(self, pids: Sequence[int]) -> dict[int, tuple[str, str, dict, Optional[int]]]:
+        """pid -> (id, text, metadata, passage number or None)."""
         out = {}
         pids = [int(p) for p in pids]
+        span = "span" if self.has_spans() else "NULL"
         for s in range(0, len(pids), 500):
             part = pids[s : s + 500]
-            q = f"SELECT pid, id, text, metadata FROM docs WHERE pid IN ({','.join('?' * len(part))})"
-            for pid, id_, text, meta in self._query(q, part):
-                out[pid] = (id_, text, self._meta(meta, pid))
+            q = f"SELECT pid, id, text, metadata, {span} FROM docs WHERE pid IN ({','.join('?' * len(part))})"
+            for pid, id_, text, meta, sp in self._query(q, part):
+                out[pid] = (id_, text, self._meta(meta, pid), None if sp is None else self._span(sp, pid)[0])
         return out
 
+    def _span(self, sp: str, pid: int) -> tuple:
+        try:
+            return tuple(json.loads(sp))
+        except (TypeError, ValueError):
+            raise IndexFormatError(f"document store {self.path}: row {pid} has no valid passage span") from None
+
     def rows_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, tuple[str, dict]]:
-        """Live (text, metadata) of each given id that exists in the snapshot."""
+        """Live (text, metadata) of each given id that exists in the snapshot; a document stored as passages
+        comes back whole (its original text)."""
         out: dict[str, tuple[str, dict]] = {}
-        ids = list(ids)
+        ids = list(dict.fromkeys(ids))
+        span = "span" if self.has_spans() else "NULL"
         for s in range(0, len(ids), 500):
             part = ids[s : s + 500]
-            q = f"SELECT id, pid, text, metadata FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {_VISIBLE}"
-            out.update({i: (t, self._meta(m, p)) for i, p, t, m in self._query(q, [*part, n, gen])})
+            q = (f"SELECT id, pid, text, metadata, {span} FROM docs WHERE id IN ({','.join('?' * len(part))}) "
+                 f"AND {_VISIBLE} ORDER BY pid")
+            pieces: dict[str, list] = {}
+            for i, p, t, m, sp in self._query(q, [*part, n, gen]):
+                pieces.setdefault(i, []).append((p, t, m, sp))
+            for i, rows in pieces.items():
+                p, t, m, _ = rows[0]
+                out[i] = (t if len(rows) == 1 else self._join(rows), self._meta(m, p))
         return out
+
+    def _join(self, rows) -> str:
+        """The original text of a document stored as passages (each ``original[start:end]``, in order)."""
+        spans = [self._span(sp, p) for p, _, _, sp in rows]
+        text = []
+        for j, ((_, t, _, _), (_, a, b)) in enumerate(zip(rows, spans)):
+            nxt = spans[j + 1][1] if j + 1 < len(spans) else b
+            text.append(t[: nxt - a])
+        return "".join(text)
 
     def live_ids(self, n: int, gen: int, flt: Optional[dict] = None) -> list[str]:
         """Ids of the live documents (matching ``flt`` if given), in the order they were added."""
         where, params = compile_filter(flt) if flt is not None else ("1", [])
         rows = self._query(f"SELECT id FROM docs WHERE ({where}) AND {_VISIBLE} ORDER BY pid", [*params, n, gen])
-        return [r[0] for r in rows]
+        return list(dict.fromkeys(r[0] for r in rows))
 
     def iter_visible(self, n: int, gen: int, batch: int = 2048):
-        """(pid, id, text, metadata) of live rows in pid order, in batches."""
+        """(pid, id, text, metadata, span) of live rows in pid order, in batches."""
         last = -1
+        span = "span" if self.has_spans() else "NULL"
         while True:
-            rows = self._query(f"SELECT pid, id, text, metadata FROM docs WHERE pid > ? AND {_VISIBLE} "
+            rows = self._query(f"SELECT pid, id, text, metadata, {span} FROM docs WHERE pid > ? AND {_VISIBLE} "
                                f"ORDER BY pid LIMIT ?", (last, n, gen, batch))
             if not rows:
                 return
-            yield [(p, i, t, self._meta(m, p)) for p, i, t, m in rows]
+            yield [(p, i, t, self._meta(m, p), None if sp is None else self._span(sp, p)) for p, i, t, m, sp in rows]
             last = rows[-1][0]
 
     def filter_pids(self, flt: dict, n: int, gen: int) -> np.ndarray:

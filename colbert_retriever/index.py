@@ -67,24 +67,47 @@ def _check_model(model: Any) -> None:
                           f"{type(model).__name__}")
 
 
-TRUNCATE_MODES = ("warn", "error")
+TRUNCATE_MODES = ("warn", "error", "chunk")
 ON_CONFLICT = ("error", "replace")
 
 
-def _check_lengths(model: ColBERT, texts: Sequence[str], truncate: str) -> None:
-    """``truncate="error"``: refuse texts longer than the model keeps, before anything is written."""
+@dataclasses.dataclass
+class _Rows:
+    """What goes into the document store: one row per document, or per passage of a chunked document."""
+
+    ids: list
+    texts: list
+    metadatas: list
+    spans: Optional[list] = None  # (passage, start, end) per row; None: no passages
+
+
+def _rows(model: ColBERT, ids: list, texts: list, metadatas: list, truncate: str) -> _Rows:
+    """Apply ``truncate`` to texts longer than the model keeps: "warn" (index the start; the encoder warns with
+    the number of tokens dropped), "error" (refuse before anything is written) or "chunk" (passages that fit,
+    overlapping, stored under the document's id)."""
     if truncate not in TRUNCATE_MODES:
         raise InvalidArgument(f"truncate must be one of {TRUNCATE_MODES}, got {truncate!r}")
     if truncate == "warn":
-        return  # the encoder warns once per batch of texts with the number of tokens dropped
+        return _Rows(ids, texts, metadatas)
     room = model.tokenizer.doc_room()
     counts = model.tokenizer.count_tokens(texts)
     long = [i for i, c in enumerate(counts) if c > room]
-    if long:
+    if not long:
+        return _Rows(ids, texts, metadatas)
+    if truncate == "error":
         i = long[0]
         raise InvalidArgument(f"{len(long)} text(s) exceed the model's {room} document tokens (doc_maxlen="
-                              f"{model.config.doc_maxlen}); texts[{i}] has {counts[i]}. Split them first (e.g. "
-                              f"model.split_text) or pass truncate='warn' to index only the start")
+                              f"{model.config.doc_maxlen}); texts[{i}] has {counts[i]}. Pass truncate='chunk' to "
+                              f"index them as passages, or truncate='warn' to index only their start")
+    rows = _Rows([], [], [], [])
+    for id_, text, meta, n in zip(ids, texts, metadatas, counts):
+        spans = model.passage_spans(text) if n > room else [None]
+        for j, sp in enumerate(spans):
+            rows.ids.append(id_)
+            rows.metadatas.append(meta)
+            rows.texts.append(text if sp is None else text[sp[0] : sp[1]])
+            rows.spans.append(None if sp is None else (j, sp[0], sp[1]))
+    return rows
 
 
 @dataclasses.dataclass
@@ -107,8 +130,13 @@ class _Snapshot:
     arrays: IndexArrays
     docstore: DocStore
     live: torch.Tensor
-    live_count: int
+    live_count: int  # live rows (a document stored as passages has several)
     stamp: Optional[tuple]
+    live_docs: int = -1  # live documents
+
+    @property
+    def passages(self) -> bool:
+        return self.live_docs != self.live_count
 
 
 class Index:
@@ -144,7 +172,9 @@ class Index:
         ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: a ``ColBERT``, a hub
         id, a checkpoint folder or "default" (the default; names are loaded once per process, see
         ``load_model``); truncate: what to do with texts longer than the model's ``doc_maxlen`` — "warn" (index
-        their start; one warning states how many tokens were dropped) or "error" (refuse before writing); nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
+        their start; one warning states how many tokens were dropped), "error" (refuse before writing) or
+        "chunk" (index overlapping passages that fit, under the document's id: search returns the document once,
+        with its best passage's score and text; ``get`` returns the whole text); nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
         2). ``path`` must be new, empty, or hold an index of ours: a folder with other files is refused and nothing
         in it is touched. An existing index is replaced only with ``overwrite=True``, atomically (it stays readable
         until the new one is committed; files that are not ours stay). ``codec``: an already trained
@@ -161,7 +191,7 @@ class Index:
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
         _validate.flag(overwrite, "overwrite")
         model = load_model(model, device=device)
-        _check_lengths(model, texts, truncate)
+        rows = _rows(model, ids, texts, metadatas, truncate)
         storage.check_ownership(path)  # before the lock file is created
         created = not path.exists()
         t_start = time.perf_counter()
@@ -178,20 +208,20 @@ class Index:
                 storage.collect_garbage(path, old.referenced_files() if old else set())
                 times = StageTimes()
                 if codec is None:
-                    codec, cache, est = train_codec(model, texts, codec_config, batch_size, show_progress, times)
+                    codec, cache, est = train_codec(model, rows.texts, codec_config, batch_size, show_progress, times)
                 else:
                     if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
                         raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
                                               f"nbits={codec_config.nbits}, dim={model.config.dim}")
                     cache, est = {}, 0
                 with SegmentWriter(path, codec) as writer:
-                    encode_and_compress(model, codec, texts, writer, cache, batch_size, chunk_docs, show_progress,
+                    encode_and_compress(model, codec, rows.texts, writer, cache, batch_size, chunk_docs, show_progress,
                                         times)
                     seg = writer.finish()
                 t0 = time.perf_counter()
                 docstore = layout.new_docstore_name()
                 with DocStore(path / docstore, create=True) as ds:
-                    ds.insert(0, ids, texts, metadatas)
+                    ds.insert(0, rows.ids, rows.texts, rows.metadatas, rows.spans)
                     ds.checkpoint()
                 codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
                                               *cls._write_codec(path, codec), est or seg.num_embeddings, 0)
@@ -199,7 +229,7 @@ class Index:
                 meta = IndexMeta(
                     generation=(old.generation + 1) if old else 1, library_version=__version__,
                     model=_model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
-                    counts=Counts(len(texts), 0, len(texts), seg.num_embeddings),
+                    counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
                     provenance={"created": _now(), "updated": _now(), "host": platform.node(),
                                 "python": platform.python_version(), "torch": torch.__version__,
                                 "build_seconds": round(time.perf_counter() - t_start, 3),
@@ -233,9 +263,11 @@ class Index:
                 model = load_model(m["name"] if model is None else model, device=device).with_config(
                     EncoderConfig.from_dict(m["encoder_config"]))
             except Exception as e:
+                if model is not None:
+                    raise IncompatibleModelError(f"model {str(model)!r} cannot be loaded ({e})") from None
                 raise IncompatibleModelError(
                     f"the index at {path} was built with model {m['name']!r}, which cannot be loaded here ({e}); "
-                    f"pass model=ColBERT.from_pretrained(<folder>)"
+                    f"pass model=<the checkpoint folder>"
                 ) from None
         _check_model(model)
         cls._check_model_matches(path, meta, model)
@@ -379,7 +411,8 @@ class Index:
         if int(live.sum()) != meta.counts.live:
             raise IndexFormatError(f"{self.path}: the document store has {int(live.sum())} live documents; "
                                    f"metadata.json says {meta.counts.live}")
-        return _Snapshot(meta, arrays, docstore, live.to(self.device), meta.counts.live, stamp)
+        live_docs = docstore.count_documents(n, meta.generation) if docstore.has_spans() else meta.counts.live
+        return _Snapshot(meta, arrays, docstore, live.to(self.device), meta.counts.live, stamp, live_docs)
 
     def _size_of(self, meta: IndexMeta) -> int:
         total = 0
@@ -419,12 +452,13 @@ class Index:
         return self._snap is None
 
     def __len__(self) -> int:
-        return self._current().live_count
+        """Live documents (a document indexed as passages counts once)."""
+        return self._current().live_docs
 
     def __repr__(self) -> str:
         if self._snap is None:
             return f"Index({str(self.path)!r}, closed)"
-        return f"Index({str(self.path)!r}, live={self._snap.live_count}, nbits={self._snap.arrays.codec.nbits})"
+        return f"Index({str(self.path)!r}, live={self._snap.live_docs}, nbits={self._snap.arrays.codec.nbits})"
 
     def __enter__(self):
         return self
@@ -493,11 +527,31 @@ class Index:
                 rows = Q[qi].abs().sum(-1) > 0
                 q = Q[qi][rows]
                 Sc = Sc_all[:, qi * Q.shape[1] : (qi + 1) * Q.shape[1]][:, rows]
-                pids, scores = search_one(q, Sc, arrays, k, config, allowed, n_allowed)
-                out.append((pids.cpu().tolist(), scores.cpu().tolist()))
+                out.append(self._top_documents(snap, q, Sc, arrays, k, config, allowed, n_allowed))
         docs = snap.docstore.fetch(sorted({p for pids, _ in out for p in pids}))
-        return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2])
+        return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2], passage=docs[p][3])
                  for r, (p, s) in enumerate(zip(pids, scores))] for pids, scores in out]
+
+    @staticmethod
+    def _top_documents(snap: _Snapshot, q, Sc, arrays, k, config, allowed, n_allowed) -> tuple[list, list]:
+        """Top-k rows, then (when documents are stored as passages) the best passage of each document, asking
+        for more rows until k documents are found or every allowed row was ranked."""
+        k_rows = k
+        while True:
+            pids, scores = search_one(q, Sc, arrays, k_rows, config, allowed, n_allowed)
+            pids, scores = pids.cpu().tolist(), scores.cpu().tolist()
+            if not snap.passages:
+                return pids, scores
+            ids = snap.docstore.fetch(pids)
+            seen, keep = set(), []
+            for i, p in enumerate(pids):  # best first: the first row of a document is its best passage
+                if ids[p][0] not in seen:
+                    seen.add(ids[p][0])
+                    keep.append(i)
+            if len(keep) >= k or len(pids) < k_rows or k_rows >= n_allowed:
+                keep = keep[:k]
+                return [pids[i] for i in keep], [scores[i] for i in keep]
+            k_rows = min(n_allowed, 2 * k_rows + k)
 
     @staticmethod
     def _allowed(snap: _Snapshot, filter: Optional[dict], ids: Optional[Sequence[str]]):
@@ -516,7 +570,7 @@ class Index:
         if ids is not None:
             ids = _validate.id_selection(ids, "ids")
             keep = torch.zeros_like(mask)
-            found = list(snap.docstore.pids_of(ids, n, gen).values())
+            found = [p for ps in snap.docstore.pids_of(ids, n, gen).values() for p in ps]
             keep[torch.tensor(found, dtype=torch.long, device=mask.device)] = True
             mask &= keep
         return mask, int(mask.sum())
@@ -585,13 +639,14 @@ class Index:
         Returns their ids (uuid4 hex when not given).
 
         on_conflict: what an id that is already live means — "error" (refuse the whole call, nothing written) or
-        "replace" (the old document is deleted in the same commit: an upsert). truncate: as in ``build``."""
+        "replace" (the old document, all its passages, is deleted in the same commit: an upsert). truncate: as
+        in ``build``."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         metadatas = _validate.metadata_list(metadatas, len(texts))
         if on_conflict not in ON_CONFLICT:
             raise InvalidArgument(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
-        _check_lengths(self.model, texts, truncate)
+        rows = _rows(self.model, ids, texts, metadatas, truncate)
         with self._write() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
@@ -601,17 +656,18 @@ class Index:
                                           f"on_conflict='replace' or use upsert to replace them)")
                 codec = self._codec_for(meta)  # the committed codec, whatever this handle saw before
                 with SegmentWriter(self.path, codec) as writer:
-                    encode_and_compress(self.model, codec, texts, writer, None, batch_size, 4096, show_progress,
+                    encode_and_compress(self.model, codec, rows.texts, writer, None, batch_size, 4096, show_progress,
                                         StageTimes(), desc="adding")
                     seg = writer.finish()
-                if clash:
-                    ds.mark_deleted(np.array(sorted(clash.values()), dtype=np.int64), gen + 1)
-                ds.insert(n, ids, texts, metadatas)
+                replaced = sorted(p for ps in clash.values() for p in ps)
+                if replaced:
+                    ds.mark_deleted(np.array(replaced, dtype=np.int64), gen + 1)
+                ds.insert(n, rows.ids, rows.texts, rows.metadatas, rows.spans)
                 ds.checkpoint()
-            c = meta.counts
+            c, added = meta.counts, len(rows.texts)
             self._commit(dataclasses.replace(
                 meta, generation=gen + 1, segments=self._merge_tail(meta.segments + (seg,), codec),
-                counts=Counts(c.documents + len(texts), c.deleted + len(clash), c.live + len(texts) - len(clash),
+                counts=Counts(c.documents + added, c.deleted + len(replaced), c.live + added - len(replaced),
                               c.embeddings + seg.num_embeddings),
                 codec=dataclasses.replace(meta.codec, embeddings_added=meta.codec.embeddings_added + seg.num_embeddings)))
         return ids
@@ -651,7 +707,7 @@ class Index:
             with DocStore(self.path / meta.docstore) as ds:
                 chosen = None
                 if ids is not None:
-                    chosen = set(ds.pids_of(ids, n, gen).values())
+                    chosen = {p for ps in ds.pids_of(ids, n, gen).values() for p in ps}
                 if filter is not None:
                     matching = set(ds.filter_pids(filter, n, gen).tolist())
                     chosen = matching if chosen is None else chosen & matching
@@ -712,7 +768,8 @@ class Index:
             with DocStore(self.path / docstore, create=True) as new_ds:
                 pid = 0
                 for rows in snap.docstore.iter_visible(n, gen):
-                    new_ds.insert(pid, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
+                    new_ds.insert(pid, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                                  [r[4] for r in rows])
                     pid += len(rows)
                 new_ds.checkpoint()
             codec_meta = c

@@ -97,13 +97,19 @@ class ColBERTTokenizer:
 
     def split(self, text: str, max_tokens: int, overlap: int) -> list[tuple[int, int]]:
         """Character spans ``(start, end)`` of consecutive windows of at most ``max_tokens`` tokens that overlap by
-        ``overlap`` tokens and together cover ``text``; one span when the text fits. Windows end at a token
-        boundary, preferring the end of a sentence or a line in their last quarter."""
+        about ``overlap`` tokens and together cover ``text`` with no gap (each next start <= the previous end);
+        one span when the text fits. Windows start and end between words, preferring the end of a sentence or a
+        line in their last quarter."""
         if max_tokens <= 0 or not 0 <= overlap < max_tokens:
             raise ValueError(f"need 0 <= overlap ({overlap}) < max_tokens ({max_tokens})")
         spans = self.hf(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         if len(spans) <= max_tokens:
             return [(0, len(text))]
+
+        def inside_word(j: int) -> bool:  # token j continues the word of token j - 1 (a word piece)
+            return (0 < j < len(spans) and spans[j][0] == spans[j - 1][1] and text[spans[j][0]].isalnum()
+                    and text[spans[j - 1][1] - 1].isalnum())
+
         out, a = [], 0
         while True:
             b = min(a + max_tokens, len(spans))
@@ -114,12 +120,17 @@ class ColBERTTokenizer:
                     if piece in (".", "!", "?", ";", ":") or "\n" in gap:
                         b = j + 1
                         break
+                while b > a + 1 and inside_word(b):  # never cut a word in two
+                    b -= 1
             start = 0 if a == 0 else spans[a][0]
-            end = len(text) if b == len(spans) else spans[b - 1][1]
+            end = len(text) if b == len(spans) else spans[b][0]  # up to the next token: passages leave no gap
             out.append((start, end))
             if b == len(spans):
                 return out
-            a = max(b - overlap, a + 1)
+            nxt = max(b - overlap, a + 1)
+            while nxt > a + 1 and inside_word(nxt):
+                nxt -= 1
+            a = nxt
 
     def _pad(self, rows, length: int, pad_value: int):
         ids = torch.full((len(rows), length), pad_value, dtype=torch.long)

@@ -13,10 +13,11 @@
     store = ColBERTVectorStore.from_documents(docs, index_path="my_index")
     store.as_retriever(search_kwargs={"k": 5, "filter": {"source": "report.pdf"}}).invoke("late interaction?")
 
-Long texts are never cut silently: the vector store splits a text longer than the model's ``doc_maxlen`` into
-passages (``long_texts="split"``, the default; ids ``<id>#0``, ``<id>#1``, ...; deleting or replacing ``<id>``
-removes all of them), or refuses it (``"error"``), or indexes its start with a warning that counts the tokens
-dropped (``"truncate"``).
+Long texts are never cut silently: a text longer than the model's ``doc_maxlen`` is indexed as overlapping
+passages under its own id (``long_texts="split"``, the default: the index's ``truncate="chunk"``; a search returns
+the document once, with its best passage as ``page_content``; ``get_by_ids`` returns the whole text; deleting or
+replacing the id removes every passage), or refused (``"error"``), or indexed from its start with a warning that
+counts the tokens dropped (``"truncate"``).
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ColBERTVectorStore", "ColBERTRetriever", "ColBERTReranker", "ColBERTTextSplitter"]
 
-PARENT_KEY = "_colbert_parent"
-"""Metadata key the vector store adds to the passages of a split text (removed from what it returns)."""
 SEARCH_KEYS = frozenset({"k", "filter", "score_threshold", "ids", "ncells", "centroid_score_threshold", "ndocs",
                          "exhaustive"})
 """What ``search_kwargs`` (and keyword arguments to ``invoke``) may hold."""
-LONG_TEXTS = ("split", "error", "truncate")
+LONG_TEXTS = {"split": "chunk", "error": "error", "truncate": "warn"}
+"""The vector store's ``long_texts`` choices and the ``Index`` ``truncate`` mode each one uses."""
 _PROGRESS_MIN_DOCS = 256
 
 
@@ -125,9 +125,6 @@ def _prepare(documents_or_texts, metadatas, ids, what: str):
     if len(ids) != len(texts):
         raise InvalidArgument(f"got {len(texts)} texts but {len(ids)} ids")
     ids = [uuid.uuid4().hex if i is None else i for i in ids]
-    for i, m in enumerate(metas):
-        if PARENT_KEY in m:
-            raise InvalidArgument(f"metadatas[{i}] has the key {PARENT_KEY!r}, which this store reserves")
     return texts, metas, ids
 
 
@@ -193,47 +190,27 @@ class ColBERTVectorStore(VectorStore):
         texts, metas, ids = _prepare(list(texts), metadatas, ids, "texts")
         if len(set(ids)) != len(ids):
             raise InvalidArgument("ids must be unique within one call")
-        rows_text, rows_id, rows_meta, split_ids = [], [], [], []
-        room = self.model.tokenizer.doc_room()
-        counts = self.model.tokenizer.count_tokens(texts)
-        for t, m, i, n in zip(texts, metas, ids, counts):
-            if n <= room or self.long_texts == "truncate":
-                rows_text.append(t), rows_id.append(i), rows_meta.append(m)
-            elif self.long_texts == "error":
-                raise InvalidArgument(f"text with id {i!r} has {n} tokens; the model keeps {room} "
-                                      f"(long_texts='split' stores it as passages)")
-            else:
-                passages = self.model.split_text(t)
-                split_ids.append(i)
-                for j, p in enumerate(passages):
-                    rows_text.append(p), rows_id.append(f"{i}#{j}"), rows_meta.append({**m, PARENT_KEY: i})
-        progress = self.show_progress if self.show_progress is not None else len(rows_text) > _PROGRESS_MIN_DOCS
-        if self._index is not None:
-            # passages of an earlier version of any of these ids go first (an id may have been split before)
-            self._index_delete_parents(ids)
-            self._index.add(rows_text, rows_id, rows_meta, on_conflict="replace", show_progress=progress)
-        else:
+        truncate = LONG_TEXTS[self.long_texts]
+        progress = self.show_progress if self.show_progress is not None else len(texts) > _PROGRESS_MIN_DOCS
+        built = False
+        if self._index is None:
             try:
-                self._index = Index.build(self.path, rows_text, ids=rows_id, metadatas=rows_meta, model=self.model,
-                                          nbits=self.nbits, show_progress=progress)
+                self._index = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model,
+                                          nbits=self.nbits, show_progress=progress, truncate=truncate)
+                built = True
             except InvalidArgument:
                 if not storage.holds_our_index(self.path):
                     raise
-                # another store created the index meanwhile: add to it
-                self._index = Index.open(self.path, model=self.model)
-                self._index.add(rows_text, rows_id, rows_meta, on_conflict="replace", show_progress=progress)
+                self._index = Index.open(self.path, model=self.model)  # another store created it meanwhile
+        if not built:
+            self._index.add(texts, ids, metas, on_conflict="replace", show_progress=progress, truncate=truncate)
         if self.auto_recluster and self._index.needs_recluster:
             self._index.compact(recluster=True, show_progress=progress)
         return ids
 
-    def _index_delete_parents(self, ids: Sequence[str]) -> int:
-        if self._index is None or not ids:
-            return 0
-        return self._index.delete(filter={PARENT_KEY: {"$in": list(ids)}})
-
     def delete(self, ids: Optional[list[str]] = None, **kwargs: Any) -> Optional[bool]:
-        """Delete by ids (a split text's passages go with it) or by ``filter=`` (metadata). Returns True when
-        something was deleted. Unknown ids are ignored."""
+        """Delete by ids (a split text's passages go with it), by ``filter=`` (metadata), or both (documents
+        matching both). Returns True when something was deleted. Unknown ids are ignored."""
         flt = kwargs.pop("filter", None)
         if kwargs:
             raise InvalidArgument(f"unknown argument(s) {sorted(kwargs)}; delete takes ids or filter=")
@@ -241,36 +218,19 @@ class ColBERTVectorStore(VectorStore):
             raise InvalidArgument("delete needs ids or filter= (to empty the store, pass filter={})")
         if self._index is None:
             return False
-        n = 0
-        if ids is not None:
-            ids = list(ids)
-            n += self._index.delete(ids) + self._index_delete_parents(ids)
-        if flt is not None:
-            n += self._index.delete(filter=flt)
-        return n > 0
+        return self._index.delete(list(ids) if ids is not None else None, filter=flt) > 0
 
     # ---------------------------------------------------------------- reads
     @staticmethod
     def _document(id_: str, text: str, metadata: dict) -> Document:
-        metadata = dict(metadata)
-        metadata.pop(PARENT_KEY, None)
-        return Document(id=id_, page_content=text, metadata=metadata)
+        return Document(id=id_, page_content=text, metadata=dict(metadata))
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        """Documents with these ids, in the order given (missing ids skipped; a split text: its passages)."""
+        """Documents with these ids, in the order given (missing ids skipped); a text stored as passages comes
+        back whole."""
         if self._index is None:
             return []
-        ids = list(ids)
-        records = {r.id: r for r in self._index.get(ids)}
-        out = []
-        for i in ids:
-            if i in records:
-                r = records[i]
-                out.append(self._document(r.id, r.text, r.metadata))
-            else:
-                passages = self._index.ids(filter={PARENT_KEY: i})
-                out.extend(self._document(r.id, r.text, r.metadata) for r in self._index.get(passages))
-        return out
+        return [self._document(r.id, r.text, r.metadata) for r in self._index.get(list(ids))]
 
     def _search(self, query: str, k: int, **kwargs: Any) -> tuple[list[Hit], int]:
         query = _query_text(query)
@@ -397,15 +357,13 @@ class ColBERTRetriever(BaseRetriever):
                        nbits: int = 2, overwrite: bool = False, show_progress: Optional[bool] = None,
                        split: bool = True, **kwargs) -> "ColBERTRetriever":
         """Index LangChain ``Document``s (ids from ``Document.id`` when set) and return a retriever over them.
-        split: documents longer than the model are split into passages first (``ColBERTTextSplitter``; passage
-        ids ``<id>#<j>``)."""
-        model = load_model(model)
+        split: documents longer than the model are indexed as passages under their own id (``truncate="chunk"``:
+        a hit is the document with its best passage as ``page_content``); False: index their start, with a
+        warning that counts the tokens dropped."""
         texts, metas, doc_ids = _split_documents(documents, ids)
-        if split:
-            texts, metas, doc_ids = _passages(model, texts, metas, doc_ids)
         progress = show_progress if show_progress is not None else len(texts) > _PROGRESS_MIN_DOCS
         index = Index.build(index_path, texts, ids=doc_ids, metadatas=metas, model=model, nbits=nbits,
-                            overwrite=overwrite, show_progress=progress)
+                            overwrite=overwrite, show_progress=progress, truncate="chunk" if split else "warn")
         return cls(index=index, **kwargs)
 
     @classmethod
@@ -423,9 +381,8 @@ class ColBERTRetriever(BaseRetriever):
                       split: bool = True) -> list[str]:
         """Add (or, for ids already present, replace) documents. Returns the ids stored."""
         texts, metas, doc_ids = _split_documents(documents, ids)
-        if split:
-            texts, metas, doc_ids = _passages(self.index.model, texts, metas, doc_ids)
-        return self.index.add(texts, ids=doc_ids, metadatas=metas, on_conflict="replace")
+        return self.index.add(texts, ids=doc_ids, metadatas=metas, on_conflict="replace",
+                              truncate="chunk" if split else "warn")
 
     def delete(self, ids: Optional[Sequence[str]] = None, *, filter: Optional[dict] = None) -> int:
         return self.index.delete(list(ids) if ids is not None else None, filter=filter)
@@ -460,19 +417,6 @@ class ColBERTRetriever(BaseRetriever):
         # searching is CPU work on torch tensors: run it in the default executor so the event loop stays free
         return await run_in_executor(None, self._get_relevant_documents, query,
                                      run_manager=run_manager.get_sync(), **kwargs)
-
-
-def _passages(model: ColBERT, texts, metas, ids):
-    """Texts longer than the model become passages with ids ``<id>#<j>`` (metadata copied)."""
-    room = model.tokenizer.doc_room()
-    out_t, out_m, out_i = [], [], []
-    for t, m, i, n in zip(texts, metas, ids, model.tokenizer.count_tokens(texts)):
-        if n <= room:
-            out_t.append(t), out_m.append(m), out_i.append(i)
-            continue
-        for j, p in enumerate(model.split_text(t)):
-            out_t.append(p), out_m.append(dict(m)), out_i.append(f"{i}#{j}")
-    return out_t, out_m, out_i
 
 
 class ColBERTReranker(BaseDocumentCompressor):

@@ -106,9 +106,9 @@ def tiny_model(_tiny_model):
 
 @pytest.fixture(scope="session")
 def default_model():
-    from colbert_retriever import ColBERT
+    from colbert_retriever import load_model
 
-    return ColBERT.default()
+    return load_model("default")  # the process-wide instance: adapters given "default" get this one
 
 
 def make_corpus(n: int, seed: int = 0, min_words: int = 4, max_words: int = 12) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from colbert_retriever import (CodecConfig, ColbertRetrieverError, Index, IndexClosedError, IndexFormatError,
+from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleModelError, Index, IndexClosedError, IndexFormatError,
                                IndexNotFoundError, InvalidArgument, InvalidType, layout)
 from colbert_retriever.index import MERGE_FACTOR
 
@@ -355,11 +355,14 @@ def test_bad_input_is_refused_and_never_poisons_the_index(built_index, tiny_mode
         (lambda: idx.search("q", centroid_score_threshold="x"), InvalidType, "centroid_score_threshold"),
         (lambda: idx.search("q", exhaustive="yes"), InvalidType, "exhaustive"),
         (lambda: idx.search("q", k=0), InvalidArgument, "k must be > 0"),
-        (lambda: idx.delete(None), InvalidType, "ids must be"),
+        (lambda: idx.delete(None), InvalidArgument, "delete needs ids or a filter"),
+        (lambda: idx.delete(filter=[1]), InvalidType, "filter must be a dict"),
         (lambda: idx.delete(123), InvalidType, "ids must be"),
         (lambda: idx.delete([None]), InvalidType, r"ids\[0\] is NoneType"),
         (lambda: Index.open(None), InvalidType, "path must be"),
-        (lambda: Index.open(idx.path, model="colbert"), InvalidType, "model must be a ColBERT"),
+        (lambda: Index.open(idx.path, model=3.5), InvalidType, "model must be a ColBERT"),
+        (lambda: Index.open(idx.path, model="/no/such/checkpoint"), IncompatibleModelError,
+         "model '/no/such/checkpoint' cannot be loaded"),
         (lambda: Index.build(idx.path.parent / "z", ["a b"], model=tiny_model, nbits=4,
                              codec_config=CodecConfig(nbits=2)), InvalidArgument, "contradicts"),
     ]

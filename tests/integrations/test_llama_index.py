@@ -11,7 +11,8 @@ from llama_index.core.vector_stores.types import (FilterCondition, FilterOperato
                                                   MetadataFilters)
 
 from colbert_retriever import InvalidArgument  # noqa: E402
-from colbert_retriever.integrations.llama_index import ColBERTRerank, ColBERTRetriever, to_colbert_filter  # noqa: E402
+from colbert_retriever.integrations.llama_index import (ColBERTIndex, ColBERTRerank, ColBERTRetriever,  # noqa: E402
+                                                       colbert_splitter, to_colbert_filter)
 
 from .conftest import DOCS  # noqa: E402
 
@@ -58,7 +59,7 @@ def test_directory_reader_splitter_query_engine(tmp_path, default_model):
     r = ColBERTRetriever.from_documents(documents, tmp_path / "i", model=default_model, similarity_top_k=2,
                                         transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0)])
     top = r.retrieve("string instrument played with a bow")[0]
-    assert top.node.metadata["file_name"] == "note2.txt" and top.node.metadata["ref_doc_id"]
+    assert top.node.metadata["file_name"] == "note2.txt" and top.node.ref_doc_id
     engine = RetrieverQueryEngine.from_args(r, llm=MockLLM(), node_postprocessors=[ColBERTRerank(model=default_model,
                                                                                                   top_n=1)])
     response = engine.query("Which instrument has 88 keys?")
@@ -74,3 +75,110 @@ def test_rerank_postprocessor(default_model):
     assert len(out) == 2 and out[0].node.node_id == "n4" and out[0].score >= out[1].score
     with pytest.raises(InvalidArgument):
         rr.postprocess_nodes([NodeWithScore(node=nodes()[0])], query_bundle=None)
+
+
+# ------------------------------------------------------------------------------------------- managed index
+def long_text() -> str:
+    words = ["river", "mountain", "harbour", "lantern", "meadow", "glacier", "orchard", "canyon", "valley", "forest"]
+    body = " ".join(f"Sentence {i} mentions the {words[i % 10]} near town {i}." for i in range(230))
+    return body + " The final sentence reveals the secret password tangerine-zeppelin."
+
+
+def write_docs(folder):
+    folder.mkdir()
+    for i, (t, _) in enumerate(DOCS):
+        (folder / f"note{i}.txt").write_text(f"Note {i}. {t}")
+    (folder / "long.txt").write_text(long_text())
+    return SimpleDirectoryReader(str(folder)).load_data()
+
+
+def test_managed_index_round_trips_nodes_and_lifecycle(tmp_path, default_model):
+    from llama_index.core.ingestion import run_transformations
+    from llama_index.core.schema import NodeRelationship
+
+    documents = write_docs(tmp_path / "docs")
+    assert default_model.tokenizer.count_tokens([long_text()])[0] > 2000
+    expected = {n.node_id: n for n in run_transformations(documents, [colbert_splitter(default_model)])}
+    long_nodes = [n for n in expected.values() if n.metadata["file_name"] == "long.txt"]
+    assert len(long_nodes) > 4  # split to fit the model, not truncated
+    # the same splitter is the default: build with explicit nodes so ids match the expectation
+    index = ColBERTIndex(tmp_path / "idx", model=default_model, nodes=list(expected.values()))
+    hits = index.as_retriever(similarity_top_k=len(expected)).retrieve("town near the river")
+    assert len(hits) == len(expected)
+    for h in hits:  # the node that was inserted, whole: relationships, ref_doc_id, offsets, excluded keys, type
+        assert h.node.to_dict() == expected[h.node.node_id].to_dict()
+    some = long_nodes[2]
+    assert some.relationships[NodeRelationship.PREVIOUS] and some.relationships[NodeRelationship.SOURCE]
+    assert "file_path" in some.metadata and "creation_date" in some.excluded_llm_metadata_keys
+    top = index.as_retriever(similarity_top_k=1).retrieve("secret password tangerine-zeppelin")[0]
+    assert "tangerine-zeppelin" in top.node.get_content()
+    # filters, ref_doc bookkeeping, delete/update by source document
+    music = MetadataFilters(filters=[MetadataFilter(key="file_name", value="note3.txt")])
+    assert [h.node.metadata["file_name"] for h in index.as_retriever(filters=music).retrieve("x")] == ["note3.txt"]
+    info = index.ref_doc_info
+    long_ref = long_nodes[0].ref_doc_id
+    assert sorted(info[long_ref].node_ids) == sorted(n.node_id for n in long_nodes)
+    index.delete_ref_doc(long_ref)
+    assert long_ref not in index.ref_doc_info
+    assert "tangerine" not in index.as_retriever(similarity_top_k=1).retrieve("tangerine-zeppelin")[0].node.text
+    new = Document(text="Note 3. The harpsichord is an early keyboard instrument.", id_=documents[3].id_,
+                   metadata=documents[3].metadata)
+    index.update_ref_doc(new)
+    assert len(index.ref_doc_info[documents[3].id_].node_ids) == 1
+    assert "harpsichord" in index.as_retriever(similarity_top_k=1).retrieve("harpsichord")[0].node.text
+    index.insert(Document(text="Rome is the capital of Italy.", id_="rome"))
+    assert index.as_retriever(similarity_top_k=1).retrieve("capital of Italy")[0].node.ref_doc_id == "rome"
+    index.delete_nodes(index.ref_doc_info["rome"].node_ids)
+    assert "rome" not in index.ref_doc_info
+    # persistence: the folder is the index
+    again = ColBERTIndex(tmp_path / "idx", model="default")
+    assert sorted(again.ref_doc_info) == sorted(index.ref_doc_info)
+    response = again.as_query_engine(llm=MockLLM(), similarity_top_k=2).query("Which instrument has 88 keys?")
+    assert len(response.source_nodes) == 2 and "88 keys" in response.source_nodes[0].node.text
+
+
+def test_managed_index_from_documents_default_splitter(tmp_path, default_model):
+    documents = write_docs(tmp_path / "docs")
+    index = ColBERTIndex.from_documents(documents, index_path=tmp_path / "idx", model="default")
+    top = index.as_retriever(similarity_top_k=1).retrieve("the secret password tangerine-zeppelin")[0]
+    assert top.node.metadata["file_name"] == "long.txt" and "tangerine-zeppelin" in top.node.text
+    empty = ColBERTIndex(tmp_path / "empty", model=default_model)
+    with pytest.raises(InvalidArgument, match="empty"):
+        empty.as_retriever()
+    empty.insert(Document(text="A first document about tea.", id_="tea"))
+    assert empty.as_retriever().retrieve("tea")[0].node.ref_doc_id == "tea"
+
+
+def test_retriever_from_documents_splits_to_the_model(tmp_path, default_model):
+    documents = write_docs(tmp_path / "docs")
+    r = ColBERTRetriever.from_documents(documents, tmp_path / "i", model=default_model, similarity_top_k=1)
+    assert "tangerine-zeppelin" in r.retrieve("secret password tangerine-zeppelin")[0].node.text
+
+
+async def test_aretrieve_runs_off_the_event_loop(tmp_path, default_model):
+    import asyncio
+    import threading
+    import time
+
+    r = ColBERTRetriever.from_nodes(nodes(), tmp_path / "i", model=default_model)
+    spans, original = [], r._retrieve
+
+    def slow(query_bundle):
+        start = time.perf_counter()
+        time.sleep(0.3)
+        out = original(query_bundle)
+        spans.append((start, time.perf_counter(), threading.get_ident()))
+        return out
+
+    r._retrieve = slow
+    loop_ticks = []
+
+    async def ticker():
+        for _ in range(5):
+            loop_ticks.append(time.perf_counter())
+            await asyncio.sleep(0.05)
+
+    results = await asyncio.gather(*[r.aretrieve(q) for q in ("violin", "piano", "Paris", "JSON")], ticker())
+    assert [res[0].node.node_id for res in results[:4]] == ["n2", "n3", "n0", "n4"]
+    assert max(s for s, _, _ in spans) < min(e for _, e, _ in spans)  # all four ran at the same time
+    assert threading.get_ident() not in {t for _, _, t in spans} and len(loop_ticks) == 5
