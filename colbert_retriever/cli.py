@@ -1,62 +1,176 @@
-"""``colbert-retriever`` command line. Bad input exits 2 with one line on stderr."""
+"""``colbert-retriever`` command line.
+
+A user mistake (bad input, a missing or corrupt index, a bad argument) exits 2 with one line on stderr; an
+unexpected internal error keeps its traceback and exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+DESCRIPTION = """\
+ColBERTv2 late-interaction retrieval: build a compressed index, search it, update it, evaluate it.
+
+examples:
+  colbert-retriever index docs/ my_index                  # a folder of .txt/.md files (id = relative path)
+  colbert-retriever index corpus.jsonl my_index           # {"_id", "title"?, "text"} per line, or a BEIR folder
+  colbert-retriever search my_index "what is late interaction?" -k 5
+  colbert-retriever add my_index more.jsonl --on-conflict replace
+  colbert-retriever delete my_index doc-3 doc-7           # or --filter '{"source": "old.pdf"}'
+  colbert-retriever info my_index
+  colbert-retriever eval beir/scifact my_index --json     # nDCG@10, MRR@10, recall, latency
+"""
+
+
+def _user_errors() -> tuple:
+    from .errors import ColbertRetrieverError
+
+    return (ColbertRetrieverError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            json.JSONDecodeError, UnicodeDecodeError)
+
+
+def _load(data: str, limit):
+    from .evaluation import load_documents
+
+    ids, texts, metas, layout = load_documents(Path(data), limit=limit)
+    return ids, texts, metas, layout
+
 
 def _cmd_index(args) -> int:
-    from . import ColBERT, CodecConfig, Index
-    from .evaluation import TITLE_JOIN, load_corpus
+    from . import CodecConfig, Index, load_model
+    from .errors import InvalidArgument
+    from .evaluation import TITLE_JOIN
 
-    ids, texts, metas = load_corpus(Path(args.data), limit=args.limit)
-    model = ColBERT.from_pretrained(args.model, dtype=args.dtype)
+    ids, texts, metas, layout = _load(args.data, args.limit)
+    model = load_model(args.model, dtype=args.dtype)
     if args.doc_maxlen:
-        model.set_config(model.config.replace(doc_maxlen=args.doc_maxlen))
-    idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
-                      codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet,
-                      overwrite=args.overwrite, provenance={"data": str(args.data), "title_join": TITLE_JOIN})
+        model = model.with_config(model.config.replace(doc_maxlen=args.doc_maxlen))
+    try:
+        idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
+                          codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet,
+                          overwrite=args.overwrite, truncate=args.truncate,
+                          provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
+    except InvalidArgument as e:
+        raise InvalidArgument(str(e).replace("pass overwrite=True (CLI: --overwrite)", "pass --overwrite")) from None
     meta = idx.metadata
-    print(json.dumps({"index": str(args.index), "documents": meta["counts"]["documents"],
+    print(json.dumps({"index": str(args.index), "documents": len(idx), "rows": meta["counts"]["live"],
                       "embeddings": meta["counts"]["embeddings"], "num_centroids": meta["codec"]["num_centroids"],
                       "build_seconds": meta["provenance"]["build_seconds"]}))
     return 0
 
 
 def _search_kwargs(args) -> dict:
-    return {k: getattr(args, k) for k in ("ncells", "centroid_score_threshold", "ndocs")
-            if getattr(args, k, None) is not None} | ({"exhaustive": True} if getattr(args, "exhaustive", False) else {})
+    out = {k: getattr(args, k) for k in ("ncells", "centroid_score_threshold", "ndocs")
+           if getattr(args, k, None) is not None}
+    if getattr(args, "exhaustive", False):
+        out["exhaustive"] = True
+    return out
+
+
+def _json_arg(text, what: str):
+    from .errors import InvalidArgument
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"{what} is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
 
 
 def _cmd_search(args) -> int:
     from . import Index
 
     idx = Index.open(args.index)
-    flt = json.loads(args.filter) if args.filter else None
-    hits = idx.search(args.query, k=args.k, filter=flt, **_search_kwargs(args))
+    hits = idx.search(args.query, k=args.k, filter=_json_arg(args.filter, "--filter"), **_search_kwargs(args))
     if args.json:
-        print(json.dumps([h.__dict__ for h in hits]))
+        print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False))
     else:
         for h in hits:
-            print(f"{h.rank:3d}  {h.score:7.3f}  {h.id}  {h.text[:100]}")
+            text = " ".join(h.text.split())
+            print(f"{h.rank:3d}  {h.score:7.3f}  {h.id}  {text[:100]}")
     return 0
 
 
 def _cmd_eval(args) -> int:
     from . import Index
+    from .errors import InvalidArgument
     from .evaluation import evaluate
 
+    data = Path(args.data)
+    if not data.is_dir():
+        raise InvalidArgument(f"eval needs a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv); {data} is "
+                              f"{'a file' if data.exists() else 'missing'}")
     idx = Index.open(args.index)
-    m = evaluate(idx, Path(args.data), k=max(args.k, 100), **_search_kwargs(args))
+    m = evaluate(idx, data, k=max(args.k, 100), **_search_kwargs(args))
     if args.json:
         print(json.dumps(m))
     else:
         for key, v in m.items():
             print(f"{key:16s} {v:.4f}" if isinstance(v, float) else f"{key:16s} {v}")
+    return 0
+
+
+def _cmd_add(args) -> int:
+    from . import Index
+
+    ids, texts, metas, _ = _load(args.data, None)
+    idx = Index.open(args.index)
+    before = len(idx)
+    idx.add(texts, ids=ids, metadatas=metas, on_conflict=args.on_conflict, truncate=args.truncate,
+            show_progress=not args.quiet)
+    print(json.dumps({"index": str(args.index), "added": len(ids), "documents_before": before,
+                      "documents": len(idx), "generation": idx.generation}))
+    return 0
+
+
+def _cmd_delete(args) -> int:
+    from . import Index
+    from .errors import InvalidArgument
+
+    flt = _json_arg(args.filter, "--filter")
+    if not args.ids and flt is None:
+        raise InvalidArgument("give ids to delete or --filter JSON (--filter '{}' deletes everything)")
+    idx = Index.open(args.index)
+    n = idx.delete(args.ids or None, filter=flt)
+    print(json.dumps({"index": str(args.index), "deleted": n, "documents": len(idx)}))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from . import Index
+
+    idx = Index.open(args.index, verify=False)
+    meta = idx.metadata
+    size = sum(f.stat().st_size for f in Path(args.index).iterdir() if f.is_file())
+    info = {"index": str(args.index), "format_version": meta["format_version"],
+            "library_version": meta["library_version"], "generation": meta["generation"],
+            "documents": len(idx), "counts": meta["counts"],
+            "model": {"name": meta["model"]["name"], "identity": meta["model"]["identity"],
+                      **{k: meta["model"]["encoder_config"].get(k) for k in ("dim", "doc_maxlen", "query_maxlen")}},
+            "codec": {"nbits": meta["codec"]["config"].get("nbits"), "num_centroids": meta["codec"]["num_centroids"],
+                      "avg_residual": meta["codec"]["avg_residual"]},
+            "segments": len(meta["segments"]), "size_bytes": size, "provenance": meta["provenance"]}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        c = meta["counts"]
+        print(f"index        {info['index']} (format {info['format_version']}, generation {info['generation']})")
+        print(f"documents    {info['documents']} live ({c['live']} rows incl. passages, {c['deleted']} deleted "
+              f"awaiting compact), {c['embeddings']} token embeddings")
+        m = info["model"]
+        print(f"model        {m['name']} (weights {m['identity']}; dim {m['dim']}, doc_maxlen {m['doc_maxlen']})")
+        k = info["codec"]
+        print(f"codec        {k['nbits']} bits, {k['num_centroids']} centroids, {info['segments']} segment(s)")
+        print(f"size         {size / 2**20:.1f} MiB")
+        p = meta["provenance"]
+        print(f"built        {p.get('created')} on {p.get('host')} in {p.get('build_seconds')} s "
+              f"(library {meta['library_version']}); updated {p.get('updated')}")
     return 0
 
 
@@ -71,53 +185,6 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="colbert-retriever", description="ColBERTv2 late-interaction retrieval")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("index", help="build an index from a BEIR folder or a .jsonl[.gz] file")
-    s.add_argument("data")
-    s.add_argument("index")
-    s.add_argument("--model", default="default")
-    s.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2)
-    s.add_argument("--doc-maxlen", type=int, default=None)
-    s.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                   help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
-    s.add_argument("--limit", type=int, default=None, help="index only the first N documents")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=_cmd_index)
-    for name, func in (("search", _cmd_search), ("eval", _cmd_eval)):
-        s = sub.add_parser(name)
-        if name == "search":
-            s.add_argument("index")
-            s.add_argument("query")
-            s.add_argument("--filter", default=None, help="JSON metadata filter")
-        else:
-            s.add_argument("data")
-            s.add_argument("index")
-            s.add_argument("--exhaustive", action="store_true")
-        s.add_argument("-k", type=int, default=10)
-        s.add_argument("--json", action="store_true")
-        s.add_argument("--ncells", type=int)
-        s.add_argument("--centroid-score-threshold", type=float)
-        s.add_argument("--ndocs", type=int)
-        s.set_defaults(func=func)
-    s = sub.add_parser("bench", help="run benchmarks/run.py (source checkout)")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_cmd_bench)
-    s = sub.add_parser("train", help="fine-tune a model (see colbert_retriever.training)")
-    s.add_argument("--data", required=True)
-    s.add_argument("--model", default="default")
-    s.add_argument("--out", required=True)
-    s.add_argument("--steps", type=int, default=1000)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--lr", type=float, default=3e-5)
-    s.add_argument("--save-every", type=int, default=500)
-    s.add_argument("--quiet", action="store_true")
-    s.set_defaults(func=_cmd_train)
-    return p
-
-
 def _cmd_train(args) -> int:
     from .training import TrainConfig, train
 
@@ -128,15 +195,114 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    from .errors import ColbertRetrieverError
+def _add_knobs(s) -> None:
+    g = s.add_argument_group("search knobs (PLAID; defaults depend on k)")
+    g.add_argument("--exhaustive", action="store_true", help="score every document exactly (the reference; slow)")
+    g.add_argument("--ncells", type=int, help="centroids probed per query token")
+    g.add_argument("--centroid-score-threshold", type=float, help="prune centroids scoring below this")
+    g.add_argument("--ndocs", type=int, help="candidate documents kept for exact scoring")
 
+
+def _add_truncate(s, default: str) -> None:
+    s.add_argument("--truncate", choices=("chunk", "warn", "error"), default=default,
+                   help="texts longer than the model's doc_maxlen: chunk = index overlapping passages under the "
+                        "document's id (default); warn = index the start and report the tokens dropped; "
+                        "error = refuse")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="colbert-retriever", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"colbert-retriever {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("index", help="build an index from documents",
+                       description="Build an index. DATA: a BEIR folder (corpus.jsonl), a .jsonl[.gz] file of "
+                                   "{_id|id, title?, text, ...} (other fields become metadata) or a folder of "
+                                   ".txt/.md files (one document per file, id = relative path).")
+    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, or folder of text files")
+    s.add_argument("index", help="the index folder to create (new, empty, or an index of ours with --overwrite)")
+    s.add_argument("--model", default="default", help="hub id, checkpoint folder or 'default' (offline MiniLM)")
+    s.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2, help="residual bits per dimension")
+    s.add_argument("--doc-maxlen", type=int, default=None, help="document tokens kept (default: the model's)")
+    s.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
+    s.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing index (atomically)")
+    _add_truncate(s, "chunk")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_index)
+
+    s = sub.add_parser("search", help="search an index", description="Search an index; prints rank, score, id, "
+                                                                     "text (or --json: a list of hits).")
+    s.add_argument("index", help="the index folder")
+    s.add_argument("query", help="the query text")
+    s.add_argument("-k", type=int, default=10, help="number of documents to return (default 10)")
+    s.add_argument("--filter", default=None, help='JSON metadata filter, e.g. \'{"year": {"$gte": 2020}}\'')
+    s.add_argument("--json", action="store_true", help="print one JSON array of hits")
+    _add_knobs(s)
+    s.set_defaults(func=_cmd_search)
+
+    s = sub.add_parser("eval", help="evaluate an index on a judged BEIR set",
+                       description="Search every judged query of a BEIR folder and print nDCG@10, MRR@10, "
+                                   "recall@10/100 and latency.")
+    s.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+    s.add_argument("index", help="an index built from that folder")
+    s.add_argument("-k", type=int, default=10, help="cut-off reported (documents retrieved: max(k, 100))")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_knobs(s)
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("add", help="add documents to an index", description="Add documents (same DATA forms as "
+                                                                              "index) to an existing index. Atomic.")
+    s.add_argument("index", help="the index folder")
+    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, or folder of text files")
+    s.add_argument("--on-conflict", choices=("error", "replace"), default="error",
+                   help="an id already in the index: error (default, nothing written) or replace (upsert)")
+    _add_truncate(s, "chunk")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_add)
+
+    s = sub.add_parser("delete", help="delete documents by id or metadata filter",
+                       description="Delete documents by id, by --filter, or both (documents matching both). Atomic.")
+    s.add_argument("index", help="the index folder")
+    s.add_argument("ids", nargs="*", help="document ids")
+    s.add_argument("--filter", default=None, help="JSON metadata filter ('{}' matches every document)")
+    s.set_defaults(func=_cmd_delete)
+
+    s = sub.add_parser("info", help="show an index's counts, model, codec, size and provenance")
+    s.add_argument("index", help="the index folder")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("bench", help="run benchmarks/run.py (source checkout)")
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("train", help="fine-tune a model (see colbert_retriever.training)")
+    s.add_argument("--data", required=True, help="training triples (see the README)")
+    s.add_argument("--model", default="default", help="hub id, checkpoint folder or 'default'")
+    s.add_argument("--out", required=True, help="output checkpoint folder")
+    s.add_argument("--steps", type=int, default=1000, help="optimizer steps")
+    s.add_argument("--batch-size", type=int, default=16, help="queries per step")
+    s.add_argument("--lr", type=float, default=3e-5, help="learning rate")
+    s.add_argument("--save-every", type=int, default=500, help="save a checkpoint every N steps")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ColbertRetrieverError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"colbert-retriever {args.command}: error: {e}", file=sys.stderr)
+    except _user_errors() as e:
+        msg = " ".join(str(e).split())  # one line
+        print(f"colbert-retriever {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -71,6 +71,47 @@ def load_corpus(path: Path, limit: Optional[int] = None) -> tuple[list[str], lis
     return ids, texts, metas
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+
+
+def load_text_folder(path: Path, limit: Optional[int] = None) -> tuple[list[str], list[str], list[dict]]:
+    """A folder of text files (``TEXT_SUFFIXES``, searched recursively, hidden ones skipped): one document per
+    file, id = the path relative to the folder (with /), metadata ``{"path": id}``. Empty files are skipped."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    ids, texts, metas = [], [], []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidArgument(f"{f}: not UTF-8 text (byte {e.start})") from None
+        if not text.strip():
+            continue
+        rel = f.relative_to(path).as_posix()
+        ids.append(rel), texts.append(text), metas.append({"path": rel})
+        if limit and len(ids) >= limit:
+            break
+    if not ids:
+        raise InvalidArgument(f"{path} holds no corpus.jsonl and no non-empty text files ({', '.join(TEXT_SUFFIXES)})")
+    return ids, texts, metas
+
+
+def load_documents(path: Path, limit: Optional[int] = None) -> tuple[list[str], list[str], list[dict], str]:
+    """Documents from a BEIR folder, a .jsonl[.gz] file or a folder of text files. Returns ids, texts,
+    metadatas and the layout found ("beir", "jsonl" or "text")."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        if (path / "corpus.jsonl").exists() or (path / "corpus.jsonl.gz").exists():
+            return (*load_corpus(path, limit), "beir")
+        return (*load_text_folder(path, limit), "text")
+    if not path.name.endswith((".jsonl", ".jsonl.gz")):
+        raise InvalidArgument(f"{path}: expected a BEIR folder, a .jsonl[.gz] file or a folder of text files")
+    return (*load_corpus(path, limit), "jsonl")
+
+
 def load_queries(folder: Path) -> dict[str, str]:
     return {str(r["_id"]): r["text"] for r in read_jsonl(Path(folder) / "queries.jsonl")}
 

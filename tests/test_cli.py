@@ -64,3 +64,83 @@ def test_doc_maxlen_is_restored_on_open(beir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(idx), "capital of france", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["id"] == "a"
+
+
+def test_version_and_help(capsys):
+    from colbert_retriever import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"colbert-retriever {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("index", "search", "eval", "add", "delete", "info"):
+        assert f"  {cmd}" in out
+    import argparse
+
+    from colbert_retriever.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"index", "search", "eval", "add", "delete", "info", "train", "bench"}
+    for cmd, parser in sub.choices.items():  # every subcommand, argument and flag has a help text
+        assert any(c.dest == cmd and c.help for c in sub._choices_actions), cmd
+        for action in parser._actions:
+            assert action.help, (cmd, action.dest)
+
+
+def test_text_folder_add_delete_info_exhaustive(tmp_path, capsys):
+    docs = tmp_path / "notes"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "paris.txt").write_text("Paris is the capital of France.")
+    (docs / "sub" / "piano.md").write_text("# Piano\n\nA piano has 88 keys.")
+    (docs / ".hidden.txt").write_text("secret")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    long = " ".join(f"Sentence {i} talks about the river near town {i}." for i in range(300)) + " Ends with marzipan."
+    (docs / "long.txt").write_text(long)
+    idx = tmp_path / "idx"
+    assert main(["index", str(docs), str(idx), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 3 and out["rows"] > 3  # the long file is passages (chunk is the CLI default)
+    assert main(["search", str(idx), "how many keys does a piano have", "--json", "-k", "1"]) == 0
+    hit = json.loads(capsys.readouterr().out)[0]
+    assert hit["id"] == "sub/piano.md" and hit["metadata"] == {"path": "sub/piano.md"}
+    assert main(["search", str(idx), "marzipan", "--json", "--exhaustive", "-k", "3"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["id"] == "long.txt" and "marzipan" in hits[0]["text"] and hits[0]["passage"] > 0
+    assert len({h["id"] for h in hits}) == 3
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"_id": "paris.txt", "text": "Paris hosts the Louvre."}) + "\n")
+    assert main(["add", str(idx), str(more), "--quiet"]) == 2
+    assert "already in the index" in capsys.readouterr().err
+    assert main(["add", str(idx), str(more), "--quiet", "--on-conflict", "replace"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 3
+    assert main(["delete", str(idx), "--filter", '{"path": "sub/piano.md"}']) == 0
+    assert json.loads(capsys.readouterr().out) == {"index": str(idx), "deleted": 1, "documents": 2}
+    assert main(["delete", str(idx)]) == 2
+    assert main(["delete", str(idx), "--filter", "{bad"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["info", str(idx), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == 2 and info["model"]["name"] and info["codec"]["nbits"] == 2
+    assert info["size_bytes"] > 0 and info["provenance"]["layout"] == "text"
+    assert main(["info", str(idx)]) == 0
+    assert "documents    2 live" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):
+    idx = tmp_path / "idx"
+    assert main(["index", str(beir), str(idx), "--quiet"]) == 0
+    capsys.readouterr()
+    cases = [
+        (["eval", str(beir / "corpus.jsonl"), str(idx)], "needs a BEIR folder"),
+        (["index", str(beir), str(idx), "--quiet"], "pass --overwrite"),
+        (["index", str(tmp_path / "nothing"), str(tmp_path / "x")], "does not exist"),
+        (["index", str(tmp_path / "idx" / "metadata.json"), str(tmp_path / "y")], "expected a BEIR folder"),
+        (["search", str(idx), "q", "--filter", '{"a": {"$like": 1}}'], "unknown filter operator"),
+        (["info", str(tmp_path / "missing")], "missing"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
