@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench bench-scale bench-updates clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates clean
 
 $(PY):
 	python3 -m venv .venv
@@ -35,6 +35,9 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu"
+
+notebooks: setup
+	$(PY) notebooks/execute.py
 
 bench: setup
 	$(PY) benchmarks/run.py
