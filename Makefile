@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds clean
 
 $(PY):
 	python3 -m venv .venv
@@ -47,6 +47,9 @@ bench-scale: setup
 
 bench-updates: setup
 	$(PY) benchmarks/updates.py
+
+bench-single-adds: setup
+	$(PY) benchmarks/single_adds.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

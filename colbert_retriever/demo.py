@@ -4,7 +4,6 @@ with the offline default model, then search it."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -34,8 +33,8 @@ def main(argv=None):
     model = ColBERT.default()
     t1 = time.perf_counter()
     print(f"loaded {model} in {t1 - t0:.1f}s; indexing {len(texts)} docstrings from {args.data}")
-    shutil.rmtree(args.index, ignore_errors=True)
-    index = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model)
+    # overwrite=True replaces an index of ours atomically and refuses a folder holding anything else
+    index = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, overwrite=True)
     t2 = time.perf_counter()
     meta = index.metadata
     print(f"built {args.index} in {t2 - t1:.1f}s: {meta['counts']['documents']} docs, "

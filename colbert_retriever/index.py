@@ -49,6 +49,9 @@ copied O(log n) times over any sequence of adds."""
 VERIFY_AUTO_BYTES = 1 << 30
 """``verify="auto"`` checks the crc32 of every file of an index up to this size on open; above it, of the small
 files only (codec, document lengths, inverted-file offsets). Structure (shapes, types, ranges) is always checked."""
+REENCODE_MAX_EMBEDDINGS = 200_000
+"""``compact`` re-trains by re-encoding the stored texts (not from decompressed embeddings) below this many
+embeddings (about 5,000 passages of 40 tokens: a minute or two of encoding on 2 CPU cores)."""
 DEFAULT_LOCK_TIMEOUT = 60.0
 _OPEN_RETRIES = 5
 
@@ -729,12 +732,19 @@ class Index:
         c = self._current().meta.codec
         return c.embeddings_added > RECLUSTER_RATIO * max(1, c.embeddings_at_training)
 
-    def compact(self, *, recluster: Optional[bool] = None, show_progress: bool = False) -> None:
-        """Rewrite the index without deleted documents, in one segment. ``recluster=None`` re-trains the centroids
-        (from the decompressed embeddings) when more than ``RECLUSTER_RATIO`` of the embeddings were added after
-        the centroids were trained; True/False forces it. Atomic."""
+    def compact(self, *, recluster: Optional[bool] = None, reencode: Optional[bool] = None,
+                show_progress: bool = False) -> None:
+        """Rewrite the index without deleted documents, in one segment. Atomic.
+
+        recluster: re-train the centroids; None (default) does when more than ``RECLUSTER_RATIO`` of the embeddings
+        were added after the centroids were trained. reencode: when re-training, encode the stored texts again
+        (exact: what a fresh build gives) instead of re-training on the decompressed embeddings (no encoder pass,
+        but every re-training adds the old codec's error, which compounds when a collection grows from a few
+        documents); None (default) re-encodes indexes under ``REENCODE_MAX_EMBEDDINGS`` embeddings."""
         if recluster is not None:
             _validate.flag(recluster, "recluster")
+        if reencode is not None:
+            _validate.flag(reencode, "reencode")
         with self._write() as meta:
             snap = self._snapshot_of(meta, None)  # the committed generation's arrays
             arrays, n, gen = snap.arrays, meta.counts.documents, meta.generation
@@ -745,25 +755,37 @@ class Index:
             if recluster is None:
                 recluster = c.embeddings_added > RECLUSTER_RATIO * max(1, c.embeddings_at_training)
             old_codec = codec = arrays.codec
-            if recluster and len(live):
-                idx, _ = gather_rows(offsets, live)
-                sample = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))]
-                sample = sample[: config.kmeans_sample_tokens].sort().values
-                embs = codec.decompress(arrays.codes.take(sample), arrays.residuals.take(sample))
-                codec = ResidualCodec.fit(embs, config, int(idx.numel()))
-                codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=self.device)
+            if reencode is None:
+                reencode = meta.counts.embeddings < REENCODE_MAX_EMBEDDINGS
+            if recluster and reencode and len(live):  # exact: encode the stored texts (rows) again
+                texts = [r[2] for rows in snap.docstore.iter_visible(n, gen) for r in rows]
+                times = StageTimes()
+                codec, cache, _ = train_codec(self.model, texts, config, 32, show_progress, times)
+                with SegmentWriter(self.path, codec) as writer:
+                    encode_and_compress(self.model, codec, texts, writer, cache, 32, 1024, show_progress, times,
+                                        desc="re-encoding")
+                    seg = writer.finish()
+            else:
+                if recluster and len(live):  # re-train on a sample of the decompressed embeddings
+                    idx, _ = gather_rows(offsets, live)
+                    sample = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))]
+                    sample = sample[: config.kmeans_sample_tokens].sort().values
+                    embs = codec.decompress(arrays.codes.take(sample), arrays.residuals.take(sample))
+                    codec = ResidualCodec.fit(embs, config, int(idx.numel()))
+                    codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual,
+                                                      device=self.device)
 
-            def chunks():
-                for s in range(0, live.numel(), 8192):
-                    idx, sub = gather_rows(offsets, live[s : s + 8192])
-                    codes, residuals = arrays.codes.take(idx), arrays.residuals.take(idx)
-                    if recluster:  # re-compress the decompressed embeddings against the new centroids
-                        codes, residuals = codec.compress(old_codec.decompress(codes, residuals))
-                        yield codes, residuals, sub[1:] - sub[:-1]
-                    else:
-                        yield codes.to(torch.int64), residuals, sub[1:] - sub[:-1], arrays.inv_norms.take(idx)
+                def chunks():
+                    for s in range(0, live.numel(), 8192):
+                        idx, sub = gather_rows(offsets, live[s : s + 8192])
+                        codes, residuals = arrays.codes.take(idx), arrays.residuals.take(idx)
+                        if recluster:  # re-compress the decompressed embeddings against the new centroids
+                            codes, residuals = codec.compress(old_codec.decompress(codes, residuals))
+                            yield codes, residuals, sub[1:] - sub[:-1]
+                        else:
+                            yield codes.to(torch.int64), residuals, sub[1:] - sub[:-1], arrays.inv_norms.take(idx)
 
-            seg = write_segment(self.path, codec, chunks())
+                seg = write_segment(self.path, codec, chunks())
             docstore = layout.new_docstore_name()
             with DocStore(self.path / docstore, create=True) as new_ds:
                 pid = 0

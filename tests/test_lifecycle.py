@@ -131,3 +131,27 @@ def test_chunk_into_an_index_from_before_passages(built_index, corpus_200):
     idx.add([long], ids=["long"], truncate="chunk")
     assert len(idx) == 201 and idx.get("long")[0].text == long
     assert [h.id for h in idx.search(corpus_200[3], k=300, exhaustive=True)].count("long") == 1
+
+
+def test_reencoding_recluster_equals_a_fresh_build(tmp_path, tiny_model, corpus_200):
+    """Growing one document at a time, then re-training by re-encoding, lands where a one-shot build lands; the
+    decompressed re-training (no encoder pass) is what big indexes use."""
+    idx = Index.build(tmp_path / "grown", corpus_200[:1], ids=["d0"], model=tiny_model, show_progress=False)
+    for i in range(1, 40):
+        idx.add([corpus_200[i]], ids=[f"d{i}"])
+    assert idx.needs_recluster
+    idx.compact()  # recluster and reencode chosen automatically (a small index)
+    assert not idx.needs_recluster
+    fresh = Index.build(tmp_path / "fresh", corpus_200[:40], ids=[f"d{i}" for i in range(40)], model=tiny_model,
+                        show_progress=False)
+    assert idx.metadata["codec"]["num_centroids"] == fresh.metadata["codec"]["num_centroids"]
+    for q in corpus_200[100:105]:
+        a = idx.search(q, k=10, exhaustive=True)
+        b = fresh.search(q, k=10, exhaustive=True)
+        assert [h.id for h in a] == [h.id for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    gen = idx.generation
+    idx.compact(recluster=True, reencode=False)
+    assert idx.generation == gen + 1 and len(idx) == 40
+    with pytest.raises(InvalidType, match="reencode"):
+        idx.compact(reencode="yes")
