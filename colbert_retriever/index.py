@@ -34,7 +34,7 @@ from .errors import (IncompatibleModelError, IndexClosedError, IndexFormatError,
                      InvalidType)
 from .hits import Hit, Record
 from .layout import Counts, IndexMeta, SegmentMeta
-from .plaid import IndexArrays, IvfPart, Rows, search_one
+from .plaid import IndexArrays, IvfPart, Rows, exact_scores, search_one
 from .strided import gather_rows, inverted_file, offsets_from_lengths
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ copied O(log n) times over any sequence of adds."""
 VERIFY_AUTO_BYTES = 1 << 30
 """``verify="auto"`` checks the crc32 of every file of an index up to this size on open; above it, of the small
 files only (codec, document lengths, inverted-file offsets). Structure (shapes, types, ranges) is always checked."""
+SEARCH_MODES = ("colbert", "bm25", "hybrid", "bm25_rerank")
+FUSIONS = ("rrf", "normalized")
+DEFAULT_FUSION = "rrf"
+"""Hybrid fusion when none is given (chosen on the shared judged sets: see BENCHMARKS.md "Hybrid")."""
+RRF_K = 60
+HYBRID_DEPTH = 100
+"""Documents each side of a hybrid search ranks before fusion (at least k)."""
 REENCODE_MAX_EMBEDDINGS = 200_000
 """``compact`` re-trains by re-encoding the stored texts (not from decompressed embeddings) below this many
 embeddings (about 5,000 passages of 40 tokens: a minute or two of encoding on 2 CPU cores)."""
@@ -169,7 +176,7 @@ class Index:
               nbits: Optional[int] = None, *, codec_config: Optional[CodecConfig] = None, batch_size: int = 32,
               chunk_docs: int = 1024, show_progress: bool = True, overwrite: bool = False,
               provenance: Optional[dict] = None, codec: Optional[ResidualCodec] = None, device=None,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, truncate: str = "warn") -> "Index":
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, truncate: str = "warn", lexical: bool = False) -> "Index":
         """Encode, compress and write ``texts`` as a new index at ``path``.
 
         ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: a ``ColBERT``, a hub
@@ -177,7 +184,8 @@ class Index:
         ``load_model``); truncate: what to do with texts longer than the model's ``doc_maxlen`` — "warn" (index
         their start; one warning states how many tokens were dropped), "error" (refuse before writing) or
         "chunk" (index overlapping passages that fit, under the document's id: search returns the document once,
-        with its best passage's score and text; ``get`` returns the whole text); nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
+        with its best passage's score and text; ``get`` returns the whole text); lexical: also build the BM25
+        side (SQLite FTS5 in the document store; for ``search(mode="bm25"|"hybrid"|"bm25_rerank")``); nbits: residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else
         2). ``path`` must be new, empty, or hold an index of ours: a folder with other files is refused and nothing
         in it is touched. An existing index is replaced only with ``overwrite=True``, atomically (it stays readable
         until the new one is committed; files that are not ours stay). ``codec``: an already trained
@@ -193,6 +201,7 @@ class Index:
             raise InvalidArgument(f"nbits={nbits} contradicts codec_config.nbits={codec_config.nbits}; give one")
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
         _validate.flag(overwrite, "overwrite")
+        _validate.flag(lexical, "lexical")
         model = load_model(model, device=device)
         rows = _rows(model, ids, texts, metadatas, truncate)
         storage.check_ownership(path)  # before the lock file is created
@@ -223,7 +232,7 @@ class Index:
                     seg = writer.finish()
                 t0 = time.perf_counter()
                 docstore = layout.new_docstore_name()
-                with DocStore(path / docstore, create=True) as ds:
+                with DocStore(path / docstore, create=True, lexical=lexical) as ds:
                     ds.insert(0, rows.ids, rows.texts, rows.metadatas, rows.spans)
                     ds.checkpoint()
                 codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
@@ -480,21 +489,56 @@ class Index:
     def search(self, queries: Union[str, Sequence[str]], k: int = 10, *, filter: Optional[dict] = None,
                ids: Optional[Sequence[str]] = None, ncells: Optional[int] = None,
                centroid_score_threshold: Optional[float] = None, ndocs: Optional[int] = None,
-               exhaustive: bool = False) -> Union[list[Hit], list[list[Hit]]]:
+               exhaustive: bool = False, mode: str = "colbert", fusion: str = DEFAULT_FUSION,
+               depth: Optional[int] = None) -> Union[list[Hit], list[list[Hit]]]:
         """Top-k documents for one query (list[Hit]) or several (list[list[Hit]]), best first.
 
         filter: metadata filter (see ``docstore.compile_filter``); ids: restrict to these document ids.
         ncells, centroid_score_threshold, ndocs: PLAID knobs for this call only (defaults depend on k);
-        exhaustive: decompress and score every allowed document (the reference). Returns exactly
-        min(k, number of matching live documents) unique hits per query.
+        exhaustive: decompress and score every allowed document (the reference).
+
+        mode: "colbert" (PLAID over the token embeddings; exactly min(k, matching live documents) hits), "bm25"
+        (the lexical side only: documents holding at least one query word, up to k), "hybrid" (both, each to
+        ``depth`` documents, default max(k, 100), fused by ``fusion``: "rrf" (reciprocal rank, 60) or
+        "normalized" (min-max scores, summed); exactly min(k, matching live documents) hits) or "bm25_rerank"
+        (BM25's top ``depth``, re-scored with exact MaxSim over their stored embeddings). Filters and ids apply
+        to both sides before fusion. The modes other than "colbert" need the lexical side (``lexical=True``
+        at build, or ``add_lexical()``). Hit.score is MaxSim, BM25 or the fused score.
         """
         single = isinstance(queries, str)
         qs = _validate.texts_list(queries, "query" if single else "queries")
         k = _validate.positive_int(k, "k")
         cfg = self._search_config(ncells, centroid_score_threshold, ndocs, exhaustive)
-        self._current()  # a closed index fails before encoding
-        Q = self.model.encode_queries(qs).to(self.device)
-        results = self.search_embeddings(Q, k, filter=filter, ids=ids, config=cfg)
+        if mode not in SEARCH_MODES:
+            raise InvalidArgument(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if fusion not in FUSIONS:
+            raise InvalidArgument(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        depth = max(k, HYBRID_DEPTH) if depth is None else max(k, _validate.positive_int(depth, "depth"))
+        snap = self._current()  # a closed index fails before encoding
+        if mode == "colbert":
+            Q = self.model.encode_queries(qs).to(self.device)
+            results = self.search_embeddings(Q, k, filter=filter, ids=ids, config=cfg)
+            return results[0] if single else results
+        if not snap.docstore.has_lexical():
+            raise InvalidArgument(f"mode={mode!r} needs the lexical (BM25) side, which the index at {self.path} "
+                                  f"lacks: call index.add_lexical() once (or build with lexical=True)")
+        if filter is not None and not isinstance(filter, dict):
+            raise InvalidType(f"filter must be a dict, got {type(filter).__name__}")
+        if ids is not None:
+            ids = _validate.id_selection(ids, "ids")
+        n, gen = snap.meta.counts.documents, snap.meta.generation
+        lexical = [snap.docstore.bm25(q, k if mode == "bm25" else depth, n, gen, filter, ids) for q in qs]
+        if mode == "bm25":
+            out = [([p for p, _ in r], [sc for _, sc in r]) for r in lexical]
+        else:
+            Q = self.model.encode_queries(qs).to(self.device).float()
+            if mode == "bm25_rerank":
+                out = [self._rerank(snap, Q[i], [p for p, _ in r], k) for i, r in enumerate(lexical)]
+            else:
+                dense = self._colbert_top(snap, Q, depth, filter, ids, cfg)
+                out = [self._fuse(snap, d, ([p for p, _ in r], [sc for _, sc in r]), k, fusion)
+                       for d, r in zip(dense, lexical)]
+        results = self._hits(snap, out)
         return results[0] if single else results
 
     @staticmethod
@@ -517,12 +561,16 @@ class Index:
         k = _validate.positive_int(k, "k")
         if not isinstance(config, SearchConfig):
             raise InvalidType(f"config must be a SearchConfig, got {type(config).__name__}")
-        snap = self._current()
-        arrays = snap.arrays
-        allowed, n_allowed = self._allowed(snap, filter, ids)
         Q = Q.to(self.device).float()
         if not torch.isfinite(Q).all():
             raise InvalidArgument("query embeddings hold NaN or infinite values")
+        snap = self._current()
+        return self._hits(snap, self._colbert_top(snap, Q, k, filter, ids, config))
+
+    def _colbert_top(self, snap: _Snapshot, Q: torch.Tensor, k: int, filter, ids, config) -> list[tuple[list, list]]:
+        """(pids, MaxSim scores) of the top-k documents per query of Q, by PLAID."""
+        arrays = snap.arrays
+        allowed, n_allowed = self._allowed(snap, filter, ids)
         Sc_all = arrays.codec.centroids @ Q.reshape(-1, Q.shape[-1]).T  # (K, n * q_len)
         out = []
         with torch.inference_mode():
@@ -531,9 +579,47 @@ class Index:
                 q = Q[qi][rows]
                 Sc = Sc_all[:, qi * Q.shape[1] : (qi + 1) * Q.shape[1]][:, rows]
                 out.append(self._top_documents(snap, q, Sc, arrays, k, config, allowed, n_allowed))
+        return out
+
+    @staticmethod
+    def _hits(snap: _Snapshot, out: list[tuple[list, list]]) -> list[list[Hit]]:
         docs = snap.docstore.fetch(sorted({p for pids, _ in out for p in pids}))
         return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2], passage=docs[p][3])
                  for r, (p, s) in enumerate(zip(pids, scores))] for pids, scores in out]
+
+    def _rerank(self, snap: _Snapshot, q: torch.Tensor, pids: list, k: int) -> tuple[list, list]:
+        """Exact MaxSim of the given rows (best passages) against one query, top k."""
+        if not pids:
+            return [], []
+        q = q[q.abs().sum(-1) > 0]
+        arrays = snap.arrays
+        t = torch.tensor(sorted(pids), dtype=torch.long, device=arrays.doc_offsets.device)
+        with torch.inference_mode():
+            scores = exact_scores(q, arrays, t, arrays.codec.centroids @ q.T)
+        top = torch.topk(scores, min(k, t.numel()))
+        return t[top.indices].cpu().tolist(), top.values.cpu().tolist()
+
+    @staticmethod
+    def _fuse(snap: _Snapshot, dense: tuple[list, list], lexical: tuple[list, list], k: int,
+              fusion: str) -> tuple[list, list]:
+        """Fuse two ranked lists of rows by document id (a document's row: the dense side's best passage)."""
+        ids = snap.docstore.fetch(sorted(set(dense[0]) | set(lexical[0])))
+        fused: dict[str, float] = {}
+        row: dict[str, int] = {}
+        for pids, scores in (dense, lexical):
+            if not pids:
+                continue
+            if fusion == "rrf":
+                contrib = [1.0 / (RRF_K + r + 1) for r in range(len(pids))]
+            else:
+                lo, hi = min(scores), max(scores)
+                contrib = [1.0 if hi == lo else (sc - lo) / (hi - lo) for sc in scores]
+            for p, c in zip(pids, contrib):
+                doc = ids[p][0]
+                fused[doc] = fused.get(doc, 0.0) + c
+                row.setdefault(doc, p)
+        best = sorted(fused, key=lambda d: (-fused[d], row[d]))[:k]
+        return [row[d] for d in best], [fused[d] for d in best]
 
     @staticmethod
     def _top_documents(snap: _Snapshot, q, Sc, arrays, k, config, allowed, n_allowed) -> tuple[list, list]:
@@ -726,6 +812,22 @@ class Index:
         return len(pids)
 
     @property
+    def has_lexical(self) -> bool:
+        """Whether the index has its lexical (BM25) side."""
+        return self._current().docstore.has_lexical()
+
+    def add_lexical(self) -> None:
+        """Give an existing index its lexical (BM25) side: every stored text (passage) is indexed by SQLite FTS5
+        in the document store, in one transaction; later add/delete/compact keep it in step. Idempotent."""
+        with self._write() as meta:
+            with DocStore(self.path / meta.docstore) as ds:
+                if ds.has_lexical():
+                    return
+                ds.add_lexical()
+                ds.checkpoint()
+            self._commit(dataclasses.replace(meta, generation=meta.generation + 1))
+
+    @property
     def needs_recluster(self) -> bool:
         """True when the centroids were trained on fewer than 1 / (1 + ``RECLUSTER_RATIO``) of the embeddings
         added since (``compact()`` would then re-train them)."""
@@ -787,7 +889,7 @@ class Index:
 
                 seg = write_segment(self.path, codec, chunks())
             docstore = layout.new_docstore_name()
-            with DocStore(self.path / docstore, create=True) as new_ds:
+            with DocStore(self.path / docstore, create=True, lexical=snap.docstore.has_lexical()) as new_ds:
                 pid = 0
                 for rows in snap.docstore.iter_visible(n, gen):
                     new_ds.insert(pid, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
