@@ -34,10 +34,10 @@ def _user_errors() -> tuple:
             json.JSONDecodeError, UnicodeDecodeError)
 
 
-def _load(data: str, limit):
+def _load(data: str, limit, format: str = "auto"):
     from .evaluation import load_documents
 
-    ids, texts, metas, layout = load_documents(Path(data), limit=limit)
+    ids, texts, metas, layout = load_documents(Path(data), limit=limit, format=format)
     return ids, texts, metas, layout
 
 
@@ -46,14 +46,14 @@ def _cmd_index(args) -> int:
     from .errors import InvalidArgument
     from .evaluation import TITLE_JOIN
 
-    ids, texts, metas, layout = _load(args.data, args.limit)
+    ids, texts, metas, layout = _load(args.data, args.limit, args.format)
     model = load_model(args.model, dtype=args.dtype)
     if args.doc_maxlen:
         model = model.with_config(model.config.replace(doc_maxlen=args.doc_maxlen))
     try:
         idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
                           codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet,
-                          overwrite=args.overwrite, truncate=args.truncate,
+                          overwrite=args.overwrite, truncate=args.truncate, lexical=args.lexical,
                           provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
     except InvalidArgument as e:
         raise InvalidArgument(str(e).replace("pass overwrite=True (CLI: --overwrite)", "pass --overwrite")) from None
@@ -87,7 +87,8 @@ def _cmd_search(args) -> int:
     from . import Index
 
     idx = Index.open(args.index)
-    hits = idx.search(args.query, k=args.k, filter=_json_arg(args.filter, "--filter"), **_search_kwargs(args))
+    hits = idx.search(args.query, k=args.k, filter=_json_arg(args.filter, "--filter"), mode=args.mode,
+                      **_search_kwargs(args))
     if args.json:
         print(json.dumps([h.__dict__ for h in hits], ensure_ascii=False))
     else:
@@ -104,10 +105,12 @@ def _cmd_eval(args) -> int:
 
     data = Path(args.data)
     if not data.is_dir():
-        raise InvalidArgument(f"eval needs a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv); {data} is "
+        raise InvalidArgument(f"eval needs a judged folder (BEIR, colbert-ai TSV or LoTTE); {data} is "
                               f"{'a file' if data.exists() else 'missing'}")
     idx = Index.open(args.index)
-    m = evaluate(idx, data, k=max(args.k, 100), **_search_kwargs(args))
+    drop = {"auto": None, "yes": True, "no": False}[args.drop_query_id]
+    m = evaluate(idx, data, k=max(args.k, 100), format=args.format, split=args.split, drop_query_id=drop,
+                 mode=args.mode, **_search_kwargs(args))
     if args.json:
         print(json.dumps(m))
     else:
@@ -119,7 +122,7 @@ def _cmd_eval(args) -> int:
 def _cmd_add(args) -> int:
     from . import Index
 
-    ids, texts, metas, _ = _load(args.data, None)
+    ids, texts, metas, _ = _load(args.data, None, args.format)
     idx = Index.open(args.index)
     before = len(idx)
     idx.add(texts, ids=ids, metadatas=metas, on_conflict=args.on_conflict, truncate=args.truncate,
@@ -195,7 +198,17 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_format(s) -> None:
+    s.add_argument("--format", choices=("auto", "beir", "jsonl", "text", "colbert", "lotte"), default="auto",
+                   help="DATA's layout (auto: inferred): BEIR folder, .jsonl[.gz], folder of text files, colbert-ai "
+                        "TSV (collection.tsv, queries.tsv, qrels), LoTTE (collection.tsv, questions.*.tsv, "
+                        "qas.*.jsonl)")
+
+
 def _add_knobs(s) -> None:
+    s.add_argument("--mode", choices=("colbert", "bm25", "hybrid", "bm25_rerank"), default="colbert",
+                   help="colbert (default), bm25, hybrid (both, fused) or bm25_rerank; all but colbert need an "
+                        "index built with --lexical")
     g = s.add_argument_group("search knobs (PLAID; defaults depend on k)")
     g.add_argument("--exhaustive", action="store_true", help="score every document exactly (the reference; slow)")
     g.add_argument("--ncells", type=int, help="centroids probed per query token")
@@ -220,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="build an index from documents",
                        description="Build an index. DATA: a BEIR folder (corpus.jsonl), a .jsonl[.gz] file of "
-                                   "{_id|id, title?, text, ...} (other fields become metadata) or a folder of "
-                                   ".txt/.md files (one document per file, id = relative path).")
-    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, or folder of text files")
+                                   "{_id|id, title?, text, ...} (other fields become metadata), a colbert-ai or "
+                                   "LoTTE folder or file (collection.tsv: pid<TAB>passage[<TAB>title]), or a "
+                                   "folder of .txt/.md files (one document per file, id = relative path).")
+    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, colbert-ai/LoTTE collection.tsv (or its folder), or folder of text files")
     s.add_argument("index", help="the index folder to create (new, empty, or an index of ours with --overwrite)")
     s.add_argument("--model", default="default", help="hub id, checkpoint folder or 'default' (offline MiniLM)")
     s.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2, help="residual bits per dimension")
@@ -231,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
     s.add_argument("--limit", type=int, default=None, help="index only the first N documents")
     s.add_argument("--overwrite", action="store_true", help="replace an existing index (atomically)")
+    s.add_argument("--lexical", action="store_true", help="also build the BM25 side (for --mode bm25/hybrid)")
+    _add_format(s)
     _add_truncate(s, "chunk")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_index)
@@ -246,21 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("eval", help="evaluate an index on a judged BEIR set",
-                       description="Search every judged query of a BEIR folder and print nDCG@10, MRR@10, "
-                                   "recall@10/100 and latency.")
-    s.add_argument("data", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv")
+                       description="Search every judged query of a BEIR, colbert-ai TSV or LoTTE folder and "
+                                   "print nDCG@10, MRR@10, recall@10/100, success@5 (LoTTE's measure) and "
+                                   "latency.")
+    s.add_argument("data", help="judged folder: BEIR, colbert-ai TSV or LoTTE")
     s.add_argument("index", help="an index built from that folder")
     s.add_argument("-k", type=int, default=10, help="cut-off reported (documents retrieved: max(k, 100))")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_format(s)
+    s.add_argument("--split", choices=("search", "forum"), default="search", help="LoTTE query set")
+    s.add_argument("--drop-query-id", choices=("auto", "yes", "no"), default="auto",
+                   help="drop a hit whose id equals the query id (BEIR's rule; auto: only for arguana and quora)")
     _add_knobs(s)
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("add", help="add documents to an index", description="Add documents (same DATA forms as "
                                                                               "index) to an existing index. Atomic.")
     s.add_argument("index", help="the index folder")
-    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, or folder of text files")
+    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, colbert-ai/LoTTE collection.tsv (or its folder), or folder of text files")
     s.add_argument("--on-conflict", choices=("error", "replace"), default="error",
                    help="an id already in the index: error (default, nothing written) or replace (upsert)")
+    _add_format(s)
     _add_truncate(s, "chunk")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_add)

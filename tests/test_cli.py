@@ -133,10 +133,10 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):
     assert main(["index", str(beir), str(idx), "--quiet"]) == 0
     capsys.readouterr()
     cases = [
-        (["eval", str(beir / "corpus.jsonl"), str(idx)], "needs a BEIR folder"),
+        (["eval", str(beir / "corpus.jsonl"), str(idx)], "needs a judged folder"),
         (["index", str(beir), str(idx), "--quiet"], "pass --overwrite"),
         (["index", str(tmp_path / "nothing"), str(tmp_path / "x")], "does not exist"),
-        (["index", str(tmp_path / "idx" / "metadata.json"), str(tmp_path / "y")], "expected a BEIR folder"),
+        (["index", str(tmp_path / "idx" / "metadata.json"), str(tmp_path / "y")], "expected a .jsonl"),
         (["search", str(idx), "q", "--filter", '{"a": {"$like": 1}}'], "unknown filter operator"),
         (["info", str(tmp_path / "missing")], "missing"),
     ]
@@ -144,3 +144,46 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("layout,extra", [("colbert_tsv", []), ("lotte", []), ("lotte", ["--split", "forum"])])
+def test_colbert_tsv_and_lotte_layouts(tmp_path, capsys, layout, extra):
+    data = FIXTURES / layout
+    idx = tmp_path / "idx"
+    assert main(["index", str(data), str(idx), "--quiet", "--lexical"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["documents"] == len((data / "collection.tsv").read_text().splitlines())
+    meta = json.loads((idx / "metadata.json").read_text())
+    assert meta["provenance"]["layout"] == ("colbert" if layout == "colbert_tsv" else "lotte")
+    for mode in ("colbert", "hybrid"):
+        assert main(["eval", str(data), str(idx), "--json", "--mode", mode, *extra]) == 0
+        m = json.loads(capsys.readouterr().out)
+        assert m["layout"] == ("colbert" if layout == "colbert_tsv" else "lotte")
+        assert m["num_queries"] == (1 if extra else 3) and m["success@5"] == pytest.approx(1.0)
+        assert m["drop_query_id"] is False
+    if layout == "colbert_tsv":  # the title column is joined and kept
+        assert main(["search", str(idx), "capital of France", "--json", "-k", "1"]) == 0
+        hit = json.loads(capsys.readouterr().out)[0]
+        assert hit["id"] == "0" and hit["text"].startswith("Paris. ") and hit["metadata"] == {"title": "Paris"}
+    # a single collection.tsv file indexes too
+    assert main(["index", str(data / "collection.tsv"), str(tmp_path / "file"), "--quiet"]) == 0
+
+
+def test_format_errors(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "collection.tsv").write_text("only-one-field\n")
+    assert main(["index", str(bad), str(tmp_path / "i"), "--quiet"]) == 2
+    assert "expected pid<TAB>passage" in capsys.readouterr().err
+    (bad / "collection.tsv").write_text("0\tsome text here\n")
+    assert main(["index", str(bad), str(tmp_path / "i"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(bad), str(tmp_path / "i")]) == 2
+    assert "no queries at" in capsys.readouterr().err
+    (bad / "queries.tsv").write_text("1\tsome text\n")
+    (bad / "qrels.tsv").write_text("1 0 0 x\n")
+    assert main(["eval", str(bad), str(tmp_path / "i")]) == 2
+    assert "is not a number" in capsys.readouterr().err
