@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid clean
 
 $(PY):
 	python3 -m venv .venv
@@ -50,6 +50,9 @@ bench-updates: setup
 
 bench-single-adds: setup
 	$(PY) benchmarks/single_adds.py
+
+bench-hybrid: setup
+	$(PY) benchmarks/hybrid.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

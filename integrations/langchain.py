@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ColBERTVectorStore", "ColBERTRetriever", "ColBERTReranker", "ColBERTTextSplitter"]
 
 SEARCH_KEYS = frozenset({"k", "filter", "score_threshold", "ids", "ncells", "centroid_score_threshold", "ndocs",
-                         "exhaustive"})
+                         "exhaustive", "mode", "fusion", "depth"})
 """What ``search_kwargs`` (and keyword arguments to ``invoke``) may hold."""
 LONG_TEXTS = {"split": "chunk", "error": "error", "truncate": "warn"}
 """The vector store's ``long_texts`` choices and the ``Index`` ``truncate`` mode each one uses."""
@@ -134,21 +134,26 @@ class ColBERTVectorStore(VectorStore):
     index_path: the folder (created on the first add when it holds no index yet). model: a ``ColBERT``, a hub id,
     a checkpoint folder or "default" (loaded once per process). long_texts: "split" (default), "error" or
     "truncate" (see the module docstring). show_progress: None = a bar when one call adds over 256 texts.
-    Scores are MaxSim (higher is better); relevance scores are MaxSim / query tokens, in [0, 1].
+    lexical: keep the BM25 side too, for ``similarity_search(..., mode="hybrid" | "bm25" | "bm25_rerank")``
+    (``search_kwargs={"mode": "hybrid"}`` in a retriever). Scores are MaxSim (higher is better); relevance scores
+    are MaxSim / query tokens, in [0, 1] (mode "colbert" only).
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None, *, nbits: int = 2,
-                 long_texts: str = "split", show_progress: Optional[bool] = None, auto_recluster: bool = True):
+                 long_texts: str = "split", show_progress: Optional[bool] = None, auto_recluster: bool = True,
+                 lexical: bool = False):
         if long_texts not in LONG_TEXTS:
             raise InvalidArgument(f"long_texts must be one of {LONG_TEXTS}, got {long_texts!r}")
         self.path = Path(index_path)
         self.model = load_model(model)
         self.nbits, self.long_texts, self.show_progress = nbits, long_texts, show_progress
-        self.auto_recluster = auto_recluster
+        self.auto_recluster, self.lexical = auto_recluster, lexical
         self._index: Optional[Index] = None
         if storage.holds_our_index(self.path):
             self._index = Index.open(self.path, model=self.model)
             self.model = self._index.model
+            if lexical and not self._index.has_lexical:
+                self._index.add_lexical()
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -196,7 +201,8 @@ class ColBERTVectorStore(VectorStore):
         if self._index is None:
             try:
                 self._index = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model,
-                                          nbits=self.nbits, show_progress=progress, truncate=truncate)
+                                          nbits=self.nbits, show_progress=progress, truncate=truncate,
+                                          lexical=self.lexical)
                 built = True
             except InvalidArgument:
                 if not storage.holds_our_index(self.path):
@@ -240,6 +246,13 @@ class ColBERTVectorStore(VectorStore):
                 raise InvalidArgument("query is empty or whitespace only")
             return [], 1
         threshold = kwargs.pop("score_threshold", None)
+        if kwargs.get("mode", "colbert") != "colbert":
+            if threshold is not None:
+                raise InvalidArgument("score_threshold applies to mode='colbert' (MaxSim); hybrid and BM25 scores "
+                                      "have no fixed scale")
+            return self._index.search(query, k=k, **kwargs), 1
+        kwargs.pop("mode", None)
+        kwargs.pop("fusion", None), kwargs.pop("depth", None)
         Q = self._index.model.encode_queries([query])
         n_q = int((Q[0].abs().sum(-1) > 0).sum())
         cfg = Index._search_config(kwargs.pop("ncells", None), kwargs.pop("centroid_score_threshold", None),
@@ -403,7 +416,11 @@ class ColBERTRetriever(BaseRetriever):
         k = params.pop("k")
         if threshold is None:
             hits = self.index.search(query, k=k, **params)
+        elif params.get("mode", "colbert") != "colbert":
+            raise InvalidArgument("score_threshold applies to mode='colbert' (MaxSim); hybrid and BM25 scores have no "
+                                  "fixed scale")
         else:
+            params.pop("mode", None), params.pop("fusion", None), params.pop("depth", None)
             Q = self.index.model.encode_queries([query])
             n_q = int((Q[0].abs().sum(-1) > 0).sum())
             cfg = Index._search_config(params.pop("ncells", None), params.pop("centroid_score_threshold", None),

@@ -194,14 +194,16 @@ class ColBERTIndex(BaseManagedIndex):
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None,
                  nodes: Optional[Sequence[BaseNode]] = None, *, nbits: int = 2, overwrite: bool = False,
                  show_progress: Optional[bool] = None, transformations: Optional[list] = None,
-                 callback_manager=None, **kwargs: Any) -> None:
+                 lexical: bool = False, callback_manager=None, **kwargs: Any) -> None:
         self.path = Path(index_path)
         self.model = load_model(model)
-        self.nbits, self.progress = nbits, show_progress
+        self.nbits, self.progress, self.lexical = nbits, show_progress, lexical
         self._colbert: Optional[Index] = None
         if storage.holds_our_index(self.path) and not overwrite:
             self._colbert = Index.open(self.path, model=self.model)
             self.model = self._colbert.model
+            if lexical and not self._colbert.has_lexical:
+                self._colbert.add_lexical()
         super().__init__(index_struct=IndexDict(summary="colbert-retriever index"), show_progress=bool(show_progress),
                          callback_manager=callback_manager, transformations=transformations or
                          [colbert_splitter(self.model)], **kwargs)
@@ -235,7 +237,8 @@ class ColBERTIndex(BaseManagedIndex):
         progress = self.progress if self.progress is not None else len(texts) > _PROGRESS_MIN_DOCS
         if self._colbert is None or overwrite:
             self._colbert = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model,
-                                        nbits=self.nbits, overwrite=overwrite, show_progress=progress)
+                                        nbits=self.nbits, overwrite=overwrite, show_progress=progress,
+                                        lexical=self.lexical)
         else:
             self._colbert.add(texts, ids=ids, metadatas=metas, on_conflict="replace", show_progress=progress)
         if self._colbert.needs_recluster:
@@ -289,9 +292,17 @@ class ColBERTIndex(BaseManagedIndex):
 
     def as_retriever(self, **kwargs: Any) -> "ColBERTRetriever":
         """``similarity_top_k`` (default 4), ``filters`` (``MetadataFilters`` or a dict), ``search_kwargs``
-        (PLAID knobs)."""
+        (PLAID knobs; ``mode``/``fusion`` for hybrid search), ``vector_store_query_mode`` (LlamaIndex's name:
+        "default" = ColBERT, "hybrid", "sparse"/"text_search" = BM25; needs ``lexical=True``)."""
         if self._colbert is None:
             raise InvalidArgument(f"the ColBERTIndex at {self.path} is empty: insert documents first")
+        qmode = kwargs.pop("vector_store_query_mode", None)
+        if qmode is not None:
+            qmode = getattr(qmode, "value", qmode)
+            modes = {"default": "colbert", "hybrid": "hybrid", "sparse": "bm25", "text_search": "bm25"}
+            if qmode not in modes:
+                raise InvalidArgument(f"vector_store_query_mode {qmode!r} is not supported; use one of {sorted(modes)}")
+            kwargs["search_kwargs"] = {**kwargs.get("search_kwargs", {}), "mode": modes[qmode]}
         allowed = {"similarity_top_k", "filters", "search_kwargs", "callback_manager", "verbose"}
         unknown = sorted(set(kwargs) - allowed - {"llm", "response_mode", "streaming", "node_postprocessors",
                                                   "text_qa_template", "refine_template", "summary_template",

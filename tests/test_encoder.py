@@ -99,3 +99,31 @@ def test_default_model_offline(default_model):
     hits = default_model.rerank("how do I parse JSON", ["Deserialize a JSON document to a Python object.",
                                                         "Return the sum of the numbers in a list."])
     assert hits[0].id == "0"
+
+
+def test_light_default_backbone_matches_transformers(default_model, tmp_path):
+    """load_model("default") runs BERT without importing transformers (_bert.LiteBert + tokenizers): same weights
+    hash (so the same model identity in an index), same embeddings, same tokens; it saves and reloads."""
+    from colbert_retriever import ColBERT
+    from colbert_retriever._bert import FastTokenizer, LiteBert
+
+    assert isinstance(default_model.backbone, LiteBert) and isinstance(default_model.hf_tokenizer, FastTokenizer)
+    ref = ColBERT.default(dtype=default_model.dtype)
+    assert ref.identity == default_model.identity and type(ref.backbone).__name__ == "BertModel"
+    texts = ["Paris is the capital of France.", "Ünïcödé, punctuation; numbers 3.14 — and [brackets]!",
+             " ".join(["word"] * 400)]
+    for a, b in zip(default_model.encode_documents(texts), ref.encode_documents(texts)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-3 if a.dtype != torch.float32 else 1e-5)
+    assert torch.allclose(default_model.encode_queries(texts), ref.encode_queries(texts), atol=1e-3)
+    assert default_model.tokenizer.count_tokens(texts) == ref.tokenizer.count_tokens(texts)
+    assert default_model.passage_spans(texts[2]) == ref.passage_spans(texts[2])
+    default_model.save(tmp_path / "ckpt")  # colbert-ai layout, loadable by transformers
+    again = ColBERT.from_pretrained(tmp_path / "ckpt")
+    assert again.identity == default_model.identity
+    script = ("import sys; from colbert_retriever import Index, load_model; load_model('default'); "
+              "print(any(m.startswith('transformers') for m in sys.modules))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

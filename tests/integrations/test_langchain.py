@@ -231,3 +231,21 @@ def test_text_splitter(default_model):
     for c in chunks:
         assert text[c.metadata["start_index"]:].startswith(c.page_content)
     assert chunks[-1].page_content.endswith("tangerine-zeppelin.")
+
+
+def test_vectorstore_hybrid(tmp_path, default_model):
+    store = ColBERTVectorStore.from_documents(lc_docs(), index_path=tmp_path / "s", model=default_model, lexical=True)
+    assert store.index.has_lexical
+    assert store.similarity_search("json.loads", k=1, mode="bm25")[0].id == "lc4"
+    hits = store.similarity_search("capital city", k=3, mode="hybrid", filter={"source": "geo.md"})
+    assert sorted(d.id for d in hits) == ["lc0", "lc1"]  # the filter acts on both sides: only 2 match
+    r = store.as_retriever(search_kwargs={"k": 2, "mode": "hybrid", "fusion": "normalized"})
+    assert len(r.invoke("piano keys")) == 2 and r.invoke("piano keys")[0].id == "lc3"
+    with pytest.raises(InvalidArgument, match="score_threshold applies to mode='colbert'"):
+        store.similarity_search("piano", k=2, mode="hybrid", score_threshold=0.5)
+    retriever = ColBERTRetriever(index=store.index, search_kwargs={"mode": "bm25_rerank", "k": 1})
+    assert retriever.invoke("violin bow")[0].id == "lc2"
+    # an existing store gains the lexical side when asked
+    plain = ColBERTVectorStore.from_documents(lc_docs(), index_path=tmp_path / "p", model=default_model)
+    assert not plain.index.has_lexical
+    assert ColBERTVectorStore(tmp_path / "p", model=default_model, lexical=True).index.has_lexical

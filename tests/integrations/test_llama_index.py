@@ -182,3 +182,13 @@ async def test_aretrieve_runs_off_the_event_loop(tmp_path, default_model):
     assert [res[0].node.node_id for res in results[:4]] == ["n2", "n3", "n0", "n4"]
     assert max(s for s, _, _ in spans) < min(e for _, e, _ in spans)  # all four ran at the same time
     assert threading.get_ident() not in {t for _, _, t in spans} and len(loop_ticks) == 5
+
+
+def test_managed_index_hybrid_query_mode(tmp_path, default_model):
+    index = ColBERTIndex(tmp_path / "idx", model=default_model, nodes=nodes(), lexical=True)
+    r = index.as_retriever(similarity_top_k=2, vector_store_query_mode="hybrid")
+    assert r.search_kwargs == {"mode": "hybrid"} and r.retrieve("json.loads parses")[0].node.node_id == "n4"
+    sparse = index.as_retriever(similarity_top_k=5, vector_store_query_mode="sparse").retrieve("capital")
+    assert sorted(n.node.node_id for n in sparse) == ["n0", "n1"]  # BM25: only documents with the word
+    with pytest.raises(InvalidArgument, match="vector_store_query_mode"):
+        index.as_retriever(vector_store_query_mode="mmr")
