@@ -146,8 +146,8 @@ def hybrid_tables() -> list[str]:
         return []
     h = json.loads(path.read_text())
     labels = [("bm25s_baseline", "BM25 (bm25s baseline)"), ("bm25", "BM25 (our lexical side, FTS5)"),
-              ("colbert", "ColBERT (PLAID)"), ("hybrid_rrf", "hybrid, RRF (default)"),
-              ("hybrid_normalized", "hybrid, min-max"), ("bm25_rerank", "BM25 top-100 + ColBERT rerank")]
+              ("colbert", "ColBERT (PLAID)"), ("hybrid_rrf", "hybrid, RRF"),
+              ("hybrid_normalized", "hybrid, min-max (default)"), ("bm25_rerank", "BM25 top-100 + ColBERT rerank")]
     out = ["## Hybrid retrieval (`make bench-hybrid`)", "",
            "One index per set with its lexical side (`lexical=True`), default model, 2 bits; every judged query, "
            "k=100. Latency per query including query encoding (BM25 needs none). The query-id rule is off "

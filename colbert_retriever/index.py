@@ -51,7 +51,7 @@ VERIFY_AUTO_BYTES = 1 << 30
 files only (codec, document lengths, inverted-file offsets). Structure (shapes, types, ranges) is always checked."""
 SEARCH_MODES = ("colbert", "bm25", "hybrid", "bm25_rerank")
 FUSIONS = ("rrf", "normalized")
-DEFAULT_FUSION = "rrf"
+DEFAULT_FUSION = "normalized"
 """Hybrid fusion when none is given (chosen on the shared judged sets: see BENCHMARKS.md "Hybrid")."""
 RRF_K = 60
 HYBRID_DEPTH = 100
@@ -499,8 +499,8 @@ class Index:
 
         mode: "colbert" (PLAID over the token embeddings; exactly min(k, matching live documents) hits), "bm25"
         (the lexical side only: documents holding at least one query word, up to k), "hybrid" (both, each to
-        ``depth`` documents, default max(k, 100), fused by ``fusion``: "rrf" (reciprocal rank, 60) or
-        "normalized" (min-max scores, summed); exactly min(k, matching live documents) hits) or "bm25_rerank"
+        ``depth`` documents, default max(k, 100), fused by ``fusion``: "normalized" (default: each side's scores
+        min-max scaled to [0, 1], summed) or "rrf" (reciprocal rank, constant 60); exactly min(k, matching live documents) hits) or "bm25_rerank"
         (BM25's top ``depth``, re-scored with exact MaxSim over their stored embeddings). Filters and ids apply
         to both sides before fusion. The modes other than "colbert" need the lexical side (``lexical=True``
         at build, or ``add_lexical()``). Hit.score is MaxSim, BM25 or the fused score.

@@ -41,7 +41,7 @@ def test_modes_return_k_unique_hits_with_filters(idx):
     for side in (dense, lex):
         for h in side:
             rrf[h.id] = rrf.get(h.id, 0.0) + 1 / (60 + h.rank)
-    hybrid = idx.search(q, k=4, mode="hybrid")
+    hybrid = idx.search(q, k=4, mode="hybrid", fusion="rrf")
     assert [h.id for h in hybrid] == sorted(rrf, key=lambda d: -rrf[d])[:4]
     assert [h.score for h in hybrid] == pytest.approx(sorted(rrf.values(), reverse=True)[:4])
     norm = {}
@@ -51,6 +51,7 @@ def test_modes_return_k_unique_hits_with_filters(idx):
             norm[h.id] = norm.get(h.id, 0.0) + (h.score - lo) / (hi - lo)
     assert [h.score for h in idx.search(q, k=4, mode="hybrid", fusion="normalized")] == pytest.approx(
         sorted(norm.values(), reverse=True)[:4])
+    assert idx.search(q, k=4, mode="hybrid") == idx.search(q, k=4, mode="hybrid", fusion="normalized")  # default
     # bm25_rerank re-scores BM25's candidates with exact MaxSim: the scores are the ColBERT exhaustive scores
     exact = {h.id: h.score for h in idx.search("capital of Germany", k=8, exhaustive=True)}
     for h in idx.search("capital of Germany", k=2, mode="bm25_rerank"):

@@ -157,3 +157,39 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     assert short_q.exact_docs * 20 * 4 <= 3 << 17
     big_k = SearchConfig().plan(1000, q_len=32, avg_doclen=200)
     assert big_k.exact_docs >= 1000 and big_k.stage2_docs >= 8000
+
+
+def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
+    """With default knobs and a collection larger than the exact-stage budget, search must go through candidate
+    generation, centroid interaction and the exact stage on a subset (not the exhaustive fallback), and still
+    agree with exhaustive search."""
+    from colbert_retriever import plaid
+
+    texts = make_corpus(2000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
+    queries = make_corpus(12, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
+    calls = {"candidates": 0, "interaction": 0, "exact_docs": []}
+    real = (plaid.candidate_pids, plaid.centroid_interaction, plaid.exact_scores)
+
+    def candidates(*a, **k):
+        calls["candidates"] += 1
+        return real[0](*a, **k)
+
+    def interaction(*a, **k):
+        calls["interaction"] += 1
+        return real[1](*a, **k)
+
+    def exact(Q, arrays, pids, *a, **k):
+        calls["exact_docs"].append(int(pids.numel()))
+        return real[2](Q, arrays, pids, *a, **k)
+
+    monkeypatch.setattr(plaid, "candidate_pids", candidates)
+    monkeypatch.setattr(plaid, "centroid_interaction", interaction)
+    monkeypatch.setattr(plaid, "exact_scores", exact)
+    got = [ids_of(idx.search(q, k=10)) for q in queries]
+    assert calls["candidates"] == len(queries) and calls["interaction"] >= 1, calls
+    assert max(calls["exact_docs"]) < len(texts) / 2  # the exact stage scored a subset
+    monkeypatch.undo()
+    ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
+    agree = sum(len(set(g) & set(r)) for g, r in zip(got, ref)) / (10 * len(queries))
+    assert agree >= 0.9
