@@ -165,9 +165,9 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monke
     agree with exhaustive search."""
     from colbert_retriever import plaid
 
-    texts = make_corpus(2000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
+    texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
-    queries = make_corpus(12, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
+    queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
     calls = {"candidates": 0, "interaction": 0, "exact_docs": []}
     real = (plaid.candidate_pids, plaid.centroid_interaction, plaid.exact_scores)
 
