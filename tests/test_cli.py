@@ -187,3 +187,15 @@ def test_format_errors(tmp_path, capsys):
     (bad / "qrels.tsv").write_text("1 0 0 x\n")
     assert main(["eval", str(bad), str(tmp_path / "i")]) == 2
     assert "is not a number" in capsys.readouterr().err
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch, beir, tmp_path):
+    """A bug is not a user mistake: it propagates (traceback, exit status 1), never a one-line exit 2."""
+    import colbert_retriever.evaluation as ev
+
+    def broken(*a, **k):
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(ev, "load_documents", broken)
+    with pytest.raises(RuntimeError, match="internal bug"):
+        main(["index", str(beir), str(tmp_path / "i"), "--quiet"])
