@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from colbert_retriever import CheckpointError, ColBERT, InvalidArgument, InvalidType
+from colbert_retriever import ColBERT, InvalidArgument, InvalidType
 from colbert_retriever.encoder import DEFAULT_MODEL_NAME
 
 

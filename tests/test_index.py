@@ -1,17 +1,15 @@
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from colbert_retriever import (CodecConfig, IncompatibleModelError, Index, IndexFormatError, IndexNotFoundError,
+from colbert_retriever import (IncompatibleModelError, Index, IndexFormatError, IndexNotFoundError,
                                InvalidArgument, InvalidType)
 
 from .conftest import make_corpus
