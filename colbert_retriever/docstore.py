@@ -64,6 +64,13 @@ _OPS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "
 FILTER_OPERATORS = sorted(list(_OPS) + ["$in", "$nin", "$and", "$or", "$not", "$exists"])
 
 
+def _no_fts5(e: sqlite3.OperationalError) -> None:
+    """Raise the clear error when SQLite failed for want of FTS5."""
+    if "fts5" in str(e).lower():
+        raise InvalidArgument(f"this Python's SQLite ({sqlite3.sqlite_version}) has no FTS5, which the lexical "
+                              f"(BM25) side needs") from None
+
+
 class DocStore:
     """One SQLite file. Writers hold the index's writer lock; any number of readers (threads share one
     connection, serialised by a lock). ``read_only``: open without ever writing (a read-only folder or mount);
@@ -74,6 +81,7 @@ class DocStore:
         if not create and not self.path.is_file():
             raise IndexFormatError(f"document store {self.path} is missing")
         self._lock = threading.RLock()
+        self._spans = False
         self.conn = None
         if not create and not read_only and not os.access(self.path.parent, os.W_OK):
             read_only = True
@@ -149,9 +157,7 @@ class DocStore:
         try:
             self.conn.executescript(_LEXICAL_SCHEMA)
         except sqlite3.OperationalError as e:
-            if "fts5" in str(e).lower():
-                raise InvalidArgument(f"this Python's SQLite ({sqlite3.sqlite_version}) has no FTS5, which the "
-                                      f"lexical (BM25) side needs") from None
+            _no_fts5(e)
             raise
 
     def add_lexical(self) -> None:
@@ -168,9 +174,7 @@ class DocStore:
                         self.conn.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as e:
-                if "fts5" in str(e).lower():
-                    raise InvalidArgument(f"this Python's SQLite ({sqlite3.sqlite_version}) has no FTS5, which the "
-                                          f"lexical (BM25) side needs") from None
+                _no_fts5(e)
                 raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
 
     def bm25(self, query: str, limit: int, n: int, gen: int, flt: Optional[dict] = None,
@@ -203,8 +207,11 @@ class DocStore:
                      ("UPDATE docs SET deleted_gen = NULL WHERE deleted_gen > ?", (gen,))])
 
     def has_spans(self) -> bool:
-        """Whether this store has the ``span`` column (stores from before passages existed do not)."""
-        return any(r[1] == "span" for r in self._query("PRAGMA table_info(docs)"))
+        """Whether this store has the ``span`` column (stores from before passages existed do not; a writer may
+        add it later, and once there it stays, so only a yes is remembered)."""
+        if not self._spans:
+            self._spans = any(r[1] == "span" for r in self._query("PRAGMA table_info(docs)"))
+        return self._spans
 
     def insert(self, first_pid: int, ids: Sequence[str], texts: Sequence[str], metadatas: Sequence[dict],
                spans: Optional[Sequence[Optional[tuple]]] = None) -> None:

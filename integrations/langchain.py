@@ -74,6 +74,29 @@ def _relevance(hit_score: float, n_query_tokens: int) -> float:
     return min(1.0, max(0.0, hit_score / max(1, n_query_tokens)))
 
 
+def _search_index(index: Index, query: str, k: int, params: dict) -> tuple[list[Hit], int]:
+    """Search with LangChain's keyword arguments (``SEARCH_KEYS`` less k). Returns the hits and the number of
+    query tokens (relevance = MaxSim / tokens); ``score_threshold`` keeps hits whose relevance reaches it
+    (ColBERT mode only: hybrid and BM25 scores have no fixed scale)."""
+    params = dict(params)
+    threshold = params.pop("score_threshold", None)
+    if params.get("mode", "colbert") != "colbert":
+        if threshold is not None:
+            raise InvalidArgument("score_threshold applies to mode='colbert' (MaxSim); hybrid and BM25 scores have no "
+                                  "fixed scale")
+        return index.search(query, k=k, **params), 1
+    for key in ("mode", "fusion", "depth"):
+        params.pop(key, None)
+    Q = index.model.encode_queries([query])
+    n_q = int((Q[0].abs().sum(-1) > 0).sum())
+    cfg = Index._search_config(params.pop("ncells", None), params.pop("centroid_score_threshold", None),
+                               params.pop("ndocs", None), params.pop("exhaustive", False))
+    hits = index.search_embeddings(Q, k, config=cfg, **params)[0]
+    if threshold is not None:
+        hits = [h for h in hits if _relevance(h.score, n_q) >= threshold]
+    return hits, n_q
+
+
 class ColBERTTextSplitter:
     """Split texts into passages that fit a ColBERT model: windows of at most ``doc_maxlen`` of the model's own
     tokens (less its special tokens), overlapping by ``chunk_overlap`` tokens, ending at a sentence or line end
@@ -245,23 +268,7 @@ class ColBERTVectorStore(VectorStore):
             if not query.strip():
                 raise InvalidArgument("query is empty or whitespace only")
             return [], 1
-        threshold = kwargs.pop("score_threshold", None)
-        if kwargs.get("mode", "colbert") != "colbert":
-            if threshold is not None:
-                raise InvalidArgument("score_threshold applies to mode='colbert' (MaxSim); hybrid and BM25 scores "
-                                      "have no fixed scale")
-            return self._index.search(query, k=k, **kwargs), 1
-        kwargs.pop("mode", None)
-        kwargs.pop("fusion", None), kwargs.pop("depth", None)
-        Q = self._index.model.encode_queries([query])
-        n_q = int((Q[0].abs().sum(-1) > 0).sum())
-        cfg = Index._search_config(kwargs.pop("ncells", None), kwargs.pop("centroid_score_threshold", None),
-                                   kwargs.pop("ndocs", None), kwargs.pop("exhaustive", False))
-        hits = self._index.search_embeddings(Q, k, filter=kwargs.pop("filter", None), ids=kwargs.pop("ids", None),
-                                             config=cfg)[0]
-        if threshold is not None:
-            hits = [h for h in hits if _relevance(h.score, n_q) >= threshold]
-        return hits, n_q
+        return _search_index(self._index, query, k, kwargs)
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         return [d for d, _ in self.similarity_search_with_score(query, k, **kwargs)]
@@ -410,23 +417,9 @@ class ColBERTRetriever(BaseRetriever):
                                 **kwargs: Any) -> list[Document]:
         query = _query_text(query)
         params = self._params(kwargs)
-        threshold = params.pop("score_threshold", None)
-        if threshold is None and self.search_type == "similarity_score_threshold":
+        if params.get("score_threshold") is None and self.search_type == "similarity_score_threshold":
             raise InvalidArgument("score_threshold is missing")
-        k = params.pop("k")
-        if threshold is None:
-            hits = self.index.search(query, k=k, **params)
-        elif params.get("mode", "colbert") != "colbert":
-            raise InvalidArgument("score_threshold applies to mode='colbert' (MaxSim); hybrid and BM25 scores have no "
-                                  "fixed scale")
-        else:
-            params.pop("mode", None), params.pop("fusion", None), params.pop("depth", None)
-            Q = self.index.model.encode_queries([query])
-            n_q = int((Q[0].abs().sum(-1) > 0).sum())
-            cfg = Index._search_config(params.pop("ncells", None), params.pop("centroid_score_threshold", None),
-                                       params.pop("ndocs", None), params.pop("exhaustive", False))
-            hits = self.index.search_embeddings(Q, k, config=cfg, **params)[0]
-            hits = [h for h in hits if _relevance(h.score, n_q) >= threshold]
+        hits, _ = _search_index(self.index, query, params.pop("k"), params)
         return [_to_document(h, self.score_key, self.rank_key) for h in hits]
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
