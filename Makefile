@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-peers clean
 
 $(PY):
 	python3 -m venv .venv
@@ -53,6 +53,15 @@ bench-single-adds: setup
 
 bench-hybrid: setup
 	$(PY) benchmarks/hybrid.py
+
+bench-contention: setup
+	$(PY) benchmarks/contention.py
+
+# colbert-ai 0.2.22 in its own virtualenv (it wants transformers 4.57; compiles its C++ extensions at first use)
+PEERS_VENV := benchmarks/work/peers-venv
+bench-peers:
+	bash benchmarks/peers/setup.sh $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

@@ -92,66 +92,15 @@ class CodecConfig(_Config):
 
 
 @dataclass(frozen=True)
-class SearchPlan:
-    """Resolved PLAID work for one query: cells probed per query token, pruning threshold, documents kept after
-    pruned centroid interaction (stage 2) and after full centroid interaction (stage 3, scored exactly)."""
-
-    ncells: int
-    centroid_score_threshold: float
-    stage2_docs: int
-    exact_docs: int
-    exhaustive: bool = False
-
-
-@dataclass(frozen=True)
 class SearchConfig(_Config):
-    """PLAID knobs for one call. ``None`` fields take defaults that depend on k, the query's length and the index's
-    mean document length (see ``plan``); a knob given explicitly is used as is, with PLAID's meaning."""
+    """PLAID knobs for one call, nothing else. ``None`` fields take defaults that depend on k, the query's length
+    and the index's mean document length (``colbert_retriever.plaid.plan``); a knob given explicitly is used as
+    is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents after pruned
+    centroid interaction (centroids scoring below ``centroid_score_threshold`` for every query token count 0) and
+    ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly. ``exhaustive`` scores every
+    document exactly."""
 
     ncells: Optional[int] = None
     centroid_score_threshold: Optional[float] = None
     ndocs: Optional[int] = None
     exhaustive: bool = False
-
-    CELLS_PER_QUERY = 48
-
-    @staticmethod
-    def _defaults(k: int) -> tuple[int, float, int, int]:
-        """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage)"""
-        if k <= 10:
-            return 2, 0.45, 512, 3 << 17
-        if k <= 100:
-            return 4, 0.4, 2048, 1 << 20
-        return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k)
-
-    def plan(self, k: int, q_len: int = 32, avg_doclen: float = 64.0) -> SearchPlan:
-        """Resolve the knobs for one query of ``q_len`` tokens on an index whose documents average ``avg_doclen``.
-
-        Explicit knobs keep PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents
-        after pruned centroid interaction and ``max(ndocs // 4, k)`` after full centroid interaction. Defaults
-        start from colbert-ai's table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4, max(4k, 4096)),
-        raised from measured latency-vs-agreement curves (BENCHMARKS.md) and adapted to the workload:
-
-        - a short query probes more cells per token, so that at least ``CELLS_PER_QUERY`` cells are probed;
-        - the documents kept for the exact stage fill a budget of token x query-token scores (its cost), never
-          fewer than PLAID's ndocs/4. Short documents and short queries (centroid scores tie a lot there: 100k
-          WordNet glosses, 1-3-word queries) get many more documents scored exactly for the same work; the
-          pruned stage keeps at least as many.
-        """
-        nc, thr, nd, pairs = self._defaults(k)
-        per_doc = max(1.0, avg_doclen * max(1, q_len))
-        budget_docs = int(pairs // per_doc)
-        if self.ndocs is not None:
-            stage2, exact = self.ndocs, max(self.ndocs // 4, k)
-        else:
-            exact = max(nd // 4, k, budget_docs)
-            stage2 = max(nd, exact)
-        return SearchPlan(
-            ncells=self.ncells if self.ncells is not None else max(nc, -(-self.CELLS_PER_QUERY // max(1, q_len))),
-            centroid_score_threshold=(
-                self.centroid_score_threshold if self.centroid_score_threshold is not None else thr
-            ),
-            stage2_docs=max(stage2, k),
-            exact_docs=exact,
-            exhaustive=self.exhaustive,
-        )

@@ -180,8 +180,17 @@ class ColBERT(nn.Module):
         with torch.inference_mode():
             for s in range(0, len(queries), batch_size):
                 b = self.tokenizer.queries(queries[s : s + batch_size])
-                q = self._embed(b.input_ids, b.attention_mask)
-                outs.append(q * b.keep.to(self.device)[..., None])
+                ids, att, keep = b.input_ids, b.attention_mask, b.keep
+                width = ids.shape[1]
+                if not self.config.mask_augmentation:
+                    # padding is masked out of attention: run the backbone on the batch's longest query only
+                    # (same embeddings; a 5-token query costs 5 positions, not query_maxlen) and pad with zeros
+                    n = max(1, int(att.sum(1).max()))
+                    ids, att, keep = ids[:, :n], att[:, :n], keep[:, :n]
+                q = self._embed(ids, att) * keep.to(self.device)[..., None]
+                if q.shape[1] < width:
+                    q = torch.nn.functional.pad(q, (0, 0, 0, width - q.shape[1]))
+                outs.append(q)
         return torch.cat(outs)
 
     def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,

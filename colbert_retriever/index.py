@@ -34,7 +34,8 @@ from .errors import (IncompatibleModelError, IndexClosedError, IndexFormatError,
                      InvalidType)
 from .hits import Hit, Record
 from .layout import Counts, IndexMeta, SegmentMeta
-from .plaid import IndexArrays, IvfPart, Rows, exact_scores, search_one
+from . import plaid
+from .plaid import IndexArrays, IvfPart, Rows, exact_scores
 from .strided import gather_rows, inverted_file, offsets_from_lengths
 
 logger = logging.getLogger(__name__)
@@ -571,15 +572,10 @@ class Index:
         """(pids, MaxSim scores) of the top-k documents per query of Q, by PLAID."""
         arrays = snap.arrays
         allowed, n_allowed = self._allowed(snap, filter, ids)
-        Sc_all = arrays.codec.centroids @ Q.reshape(-1, Q.shape[-1]).T  # (K, n * q_len)
-        out = []
         with torch.inference_mode():
-            for qi in range(Q.shape[0]):
-                rows = Q[qi].abs().sum(-1) > 0
-                q = Q[qi][rows]
-                Sc = Sc_all[:, qi * Q.shape[1] : (qi + 1) * Q.shape[1]][:, rows]
-                out.append(self._top_documents(snap, q, Sc, arrays, k, config, allowed, n_allowed))
-        return out
+            ScT = Q.reshape(-1, Q.shape[-1]) @ arrays.codec.centroids.T  # (n * q_len, K): one matmul per batch
+            return [self._top_documents(snap, Q[qi], ScT[qi * Q.shape[1] : (qi + 1) * Q.shape[1]], k, config,
+                                        allowed, n_allowed) for qi in range(Q.shape[0])]
 
     @staticmethod
     def _hits(snap: _Snapshot, out: list[tuple[list, list]]) -> list[list[Hit]]:
@@ -622,12 +618,12 @@ class Index:
         return [row[d] for d in best], [fused[d] for d in best]
 
     @staticmethod
-    def _top_documents(snap: _Snapshot, q, Sc, arrays, k, config, allowed, n_allowed) -> tuple[list, list]:
+    def _top_documents(snap: _Snapshot, q, ScT, k, config, allowed, n_allowed) -> tuple[list, list]:
         """Top-k rows, then (when documents are stored as passages) the best passage of each document, asking
         for more rows until k documents are found or every allowed row was ranked."""
         k_rows = k
         while True:
-            pids, scores = search_one(q, Sc, arrays, k_rows, config, allowed, n_allowed)
+            pids, scores = plaid.search(q, snap.arrays, k_rows, config, allowed, n_allowed, ScT)
             pids, scores = pids.cpu().tolist(), scores.cpu().tolist()
             if not snap.passages:
                 return pids, scores

@@ -4,11 +4,17 @@
 2. centroid interaction with pruning (centroids scoring below ``centroid_score_threshold`` for every query token
    count 0) keeps ``ndocs`` candidates; 3. centroid interaction without pruning keeps ``max(ndocs // 4, k)``;
 4. those are scored exactly with MaxSim over their decompressed embeddings. Unset knobs adapt to the query and
-   the index (``SearchConfig.plan``). ``exhaustive`` skips 1-3 and scores every allowed document.
+   the index (``plan``); with default knobs and k <= 10, stage 3 is skipped. ``exhaustive`` skips 1-3 and scores
+   every allowed document.
+
+``search`` is the one entry point (planning, candidates, pruning, exact scoring). The stage functions it calls
+have slow twins kept for tests: ``pruned_interaction`` (the reference for ``_pruned_candidates``) and
+``centroid_interaction``; ``exact_scores`` with ``exhaustive`` is the reference for all of it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +25,14 @@ from .codec import ResidualCodec
 from .config import SearchConfig
 from .scoring import segment_maxsim
 from .strided import gather_rows
+
+
+def _select(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` along dim 0. ``index_select`` is ~10x faster than advanced indexing for rows of bytes on CPU
+    (0.08 vs 0.8 ms for 28k residual rows); uint16 has no index_select kernel, so it moves as int16."""
+    if t.dtype == torch.uint16:
+        return t.view(torch.int16).index_select(0, idx).view(torch.uint16)
+    return t.index_select(0, idx)
 
 
 class Rows:
@@ -43,11 +57,11 @@ class Rows:
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """Rows ``idx`` (int64, any order), as a new tensor."""
         if len(self.parts) == 1:
-            return self.parts[0][idx]
+            return _select(self.parts[0], idx)
         bases = self.bases.to(idx.device)
         if idx.numel() < 2 or bool((idx[1:] >= idx[:-1]).all()):  # ascending (the usual case): slice per segment
             cuts = [0, *torch.searchsorted(idx, bases[1:-1]).tolist(), idx.numel()]
-            pieces = [self.parts[s][idx[a:b] - bases[s]].to(idx.device)
+            pieces = [_select(self.parts[s], idx[a:b] - bases[s]).to(idx.device)
                       for s, (a, b) in enumerate(zip(cuts, cuts[1:])) if b > a]
             if len(pieces) == 1:
                 return pieces[0]
@@ -62,7 +76,7 @@ class Rows:
                           device=idx.device)
         for s in seg.unique().tolist():
             m = (seg == s).nonzero().flatten()
-            rows = self.parts[s][idx[m] - bases[s]].to(idx.device)
+            rows = _select(self.parts[s], idx[m] - bases[s]).to(idx.device)
             out[m] = rows.view(torch.int16) if as_int16 else rows
         return out.view(torch.uint16) if as_int16 else out
 
@@ -112,7 +126,7 @@ def ivf_lists(arrays: IndexArrays, cells: torch.Tensor) -> tuple[torch.Tensor, t
     pids, cents = [], []
     for part in arrays.ivf:
         idx, sub = gather_rows(part.offsets, cells)
-        pids.append(part.pids[idx].long() + part.doc_base)
+        pids.append(part.pids.index_select(0, idx).long() + part.doc_base)
         cents.append(torch.repeat_interleave(cells, sub[1:] - sub[:-1], output_size=idx.numel()))
     if not pids:
         empty = torch.empty(0, dtype=torch.long, device=cells.device)
@@ -201,34 +215,170 @@ def _topk(pids: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tenso
     return pids[top.indices], top.values
 
 
-def search_one(Q: torch.Tensor, Sc: torch.Tensor, arrays: IndexArrays, k: int, cfg: SearchConfig,
-               allowed: Optional[torch.Tensor], n_allowed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (pids, scores) for one query, best first.
+# ------------------------------------------------------------------ planning
 
-    Q: (q_len, dim) real query tokens; Sc: (num_centroids, q_len) = centroids @ Q.T; allowed: (n_docs,) bool of
-    documents that may be returned (live and matching the filter) or None for all; n_allowed: its count.
-    Always returns min(k, n_allowed) documents.
+CELLS_PER_QUERY = 48
+"""A short query probes more cells per token, so that at least this many cells are probed in all."""
+STAGE_THREADS = 1
+"""Intra-op threads for the candidate, pruning and exact stages: many small steps, each of which would otherwise
+pay a thread rendezvous, and under a competing CPU load wait for a descheduled thread (benchmarks/contention.py).
+The query-centroid matmul and exhaustive scoring use the caller's ``torch.get_num_threads()``."""
+DENSE_DOCS_MAX = 1 << 22
+"""Up to this many documents, the candidate stage keeps per-query tables indexed by document (a fill of 4 bytes
+per document, cheaper than sorting the candidates); beyond it, it sorts."""
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Resolved PLAID work for one query: cells probed per query token, pruning threshold, documents kept after
+    pruned centroid interaction (stage 2), after full centroid interaction (stage 3; ``None``: no such stage,
+    stage 2 picks the documents scored exactly) and scored exactly."""
+
+    ncells: int
+    centroid_score_threshold: float
+    stage2_docs: int
+    stage3_docs: Optional[int]
+    exact_docs: int
+    exhaustive: bool = False
+
+
+def _defaults(k: int) -> tuple[int, float, int, int, bool]:
+    """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage, full
+    centroid-interaction stage)"""
+    if k <= 10:
+        return 2, 0.45, 64, 3 << 17, False
+    if k <= 100:
+        return 4, 0.4, 2048, 1 << 20, True
+    return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k), True
+
+
+def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0) -> SearchPlan:
+    """Resolve ``config``'s knobs for one query of ``q_len`` tokens on an index whose documents average
+    ``avg_doclen`` tokens.
+
+    Explicit knobs keep PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents
+    after pruned centroid interaction and ``max(ndocs // 4, k)`` after full centroid interaction; those are scored
+    exactly. Unset knobs start from colbert-ai's table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4,
+    max(4k, 4096)), changed where measured latency-vs-agreement curves said so (BENCHMARKS.md):
+
+    - k <= 10 skips full centroid interaction: the pruned stage's best documents go straight to the exact stage
+      (scifact: 64 documents that way agree 0.9915 with exhaustive top-10 against 0.9965 for 512 -> 64 through
+      full interaction, at ~2/3 of the time);
+    - a short query probes more cells per token (at least ``CELLS_PER_QUERY`` in all);
+    - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
+      never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,
+      where centroid scores tie a lot) get many more documents scored exactly for the same work.
+    """
+    nc, thr, nd, pairs, full_stage = _defaults(k)
+    per_doc = max(1.0, avg_doclen * max(1, q_len))
+    budget_docs = int(pairs // per_doc)
+    ncells = config.ncells if config.ncells is not None else max(nc, -(-CELLS_PER_QUERY // max(1, q_len)))
+    threshold = config.centroid_score_threshold if config.centroid_score_threshold is not None else thr
+    if config.ndocs is not None:
+        exact = max(config.ndocs // 4, k)
+        return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, exact, config.exhaustive)
+    if full_stage:
+        exact = max(nd // 4, k, budget_docs)
+        return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive)
+    exact = max(nd, k, budget_docs)
+    return SearchPlan(ncells, threshold, exact, None, exact, config.exhaustive)
+
+
+# ------------------------------------------------------------------ the fast candidate stage
+
+def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, threshold: float,
+                       allowed: Optional[torch.Tensor], ScT: Optional[torch.Tensor] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 1 and 2 in one pass over the inverted lists: the candidates (documents in the lists of each query
+    token's ``ncells`` best centroids, restricted to ``allowed``) and their pruned centroid interaction, equal to
+    ``candidate_pids`` then ``pruned_interaction`` (tested). ScT: ``Sc.T`` stored contiguous, when the caller has
+    it: the top cells and the best score of each centroid read it along its rows (~10x faster for the latter).
+    Returns (sorted pids int64, scores float32)."""
+    n_docs = arrays.num_docs
+    view = ScT.T if ScT is not None else Sc
+    pids = candidate_pids(view, arrays, ncells)
+    if allowed is not None:
+        pids = pids[allowed.index_select(0, pids)]
+    if pids.numel() == 0:
+        return pids, torch.empty(0, dtype=torch.float32, device=pids.device)
+    keep = view.amax(1) >= threshold
+    kept = keep.nonzero().flatten()
+    ivf_cost = int(arrays.ivf_sizes.index_select(0, kept).sum())
+    token_cost = int((arrays.doc_offsets.index_select(0, pids + 1) - arrays.doc_offsets.index_select(0, pids)).sum())
+    if token_cost <= ivf_cost or n_docs > DENSE_DOCS_MAX or _kernels.use_triton(Sc):
+        return pids, pruned_interaction(Sc, arrays, pids, threshold)
+    # position of each candidate in ``pids`` by document: one fill and one scatter, no search
+    posmap = torch.full((n_docs,), -1, dtype=torch.int32, device=pids.device)
+    posmap[pids] = torch.arange(pids.numel(), dtype=torch.int32, device=pids.device)
+    scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
+    if kept.numel():
+        pair_pids, cents = ivf_lists(arrays, kept)
+        pos = posmap.index_select(0, pair_pids)
+        hit = (pos >= 0).nonzero().flatten()
+        pos = pos.index_select(0, hit).long()
+        rows = Sc.index_select(0, cents.index_select(0, hit))
+        scores.scatter_reduce_(0, pos[:, None].expand(-1, Sc.shape[1]), rows, "amax")
+    return pids, scores.sum(-1)
+
+
+def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(),
+           allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
+           ScT: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PLAID search for one query: the top-k (pids, exact MaxSim scores), best first.
+
+    Q: (q_len, dim) query embeddings; all-zero rows (padding) are ignored. allowed: (n_docs,) bool of documents
+    that may be returned (live and matching a filter) or None for all; n_allowed: its count (computed when not
+    given). ScT: ``Q @ centroids.T`` (q_len, num_centroids) when the caller computed it for a batch. Always returns min(k, n_allowed)
+    documents. Owns planning, candidate generation, pruning and exact scoring; ``config`` holds knobs only.
     """
     dev = arrays.doc_offsets.device
+    rows = Q.abs().sum(-1) > 0
+    if not bool(rows.all()):
+        Q = Q[rows]
+        ScT = ScT[rows] if ScT is not None else None
+    if n_allowed is None:
+        n_allowed = arrays.num_docs if allowed is None else int(allowed.sum())
     if n_allowed == 0:
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
-    plan = cfg.plan(k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
+    Q = Q.to(arrays.codec.centroids.device, torch.float32)
+    if ScT is None:
+        ScT = Q @ arrays.codec.centroids.T
+    Sc = ScT.T.contiguous()  # (num_centroids, q_len): rows gathered by centroid id
+    p = plan(config, k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
 
     def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
         return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
 
-    if plan.exhaustive or n_allowed <= plan.exact_docs:
+    if p.exhaustive or n_allowed <= p.exact_docs or Q.shape[0] == 0:
         return score_all_allowed()
-    pids = candidate_pids(Sc, arrays, plan.ncells)
-    if allowed is not None:
-        pids = pids[allowed[pids]]
-    if pids.numel() < k:  # widen: too few candidates, score every allowed document
-        return score_all_allowed()
-    if pids.numel() > plan.stage2_docs:
-        pids, _ = _topk(pids, pruned_interaction(Sc, arrays, pids, plan.centroid_score_threshold), plan.stage2_docs)
-        pids = pids.sort().values
-    if pids.numel() > plan.exact_docs:
-        pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), plan.exact_docs)
-        pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
-    return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
+    with _threads(STAGE_THREADS):  # many small steps (see README, "Threads")
+        pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
+        if pids.numel() < k:  # widen: too few candidates, score every allowed document
+            return score_all_allowed()
+        if pids.numel() > p.stage2_docs:
+            pids, approx = _topk(pids, approx, p.stage2_docs)
+            order = torch.argsort(pids)
+            pids, approx = pids[order], approx[order]
+        if p.stage3_docs is not None and pids.numel() > p.stage3_docs:
+            pids, approx = _topk(pids, centroid_interaction(Sc, arrays, pids), p.stage3_docs)
+            pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
+        if pids.numel() > p.exact_docs:
+            pids, _ = _topk(pids, approx, p.exact_docs)
+            pids = pids.sort().values
+        return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
+
+
+@contextmanager
+def _threads(n: int):
+    """Run a block with ``n`` intra-op threads in the calling thread (OpenMP keeps the count per thread, so
+    concurrent searches do not see each other's setting), then restore the caller's count."""
+    old = torch.get_num_threads()
+    if old == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -127,3 +127,18 @@ def test_light_default_backbone_matches_transformers(default_model, tmp_path):
 
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_queries_without_augmentation_run_on_their_own_length(default_model):
+    """Without [MASK] augmentation the backbone runs on the batch's longest query, not query_maxlen: the
+    embeddings equal those of the fully padded batch, and the output keeps its (n, query_maxlen, dim) shape."""
+    m = default_model
+    assert not m.config.mask_augmentation
+    queries = ["short one", "a somewhat longer query about protein folding and heat shock responses", "x"]
+    got = m.encode_queries(queries)
+    b = m.tokenizer.queries(queries)
+    with torch.inference_mode():
+        ref = m._embed(b.input_ids, b.attention_mask) * b.keep[..., None]
+    assert got.shape == (3, m.config.query_maxlen, m.config.dim)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert int((got[0].abs().sum(-1) > 0).sum()) == int(b.keep[0].sum()) < 8  # zero rows past the real tokens

@@ -143,51 +143,76 @@ def test_pruned_interaction_paths_agree():
 
 def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     from colbert_retriever import SearchConfig
+    from colbert_retriever.plaid import CELLS_PER_QUERY, plan
 
-    explicit = SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64).plan(10, q_len=3, avg_doclen=20)
-    assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.exact_docs) == \
-        (1, 0.5, 64, 16)
-    assert SearchConfig(ndocs=8).plan(10).exact_docs == 10  # never fewer than k
-    long_q = SearchConfig().plan(10, q_len=32, avg_doclen=200)  # scifact-like: PLAID's table
-    short_q = SearchConfig().plan(10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
-    assert long_q.ncells == 2 and long_q.stage2_docs == 512 and long_q.exact_docs == 128
-    assert short_q.ncells == 12  # at least CELLS_PER_QUERY cells probed in all
+    explicit = plan(SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64), 10, q_len=3, avg_doclen=20)
+    assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.stage3_docs,
+            explicit.exact_docs) == (1, 0.5, 64, 16, 16)
+    assert plan(SearchConfig(ndocs=8), 10).exact_docs == 10  # never fewer than k
+    long_q = plan(SearchConfig(), 10, q_len=32, avg_doclen=200)  # scifact-like
+    short_q = plan(SearchConfig(), 10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
+    # k <= 10 by default: no full centroid-interaction stage; pruned interaction picks the exact stage's documents
+    assert long_q.ncells == 2 and long_q.stage3_docs is None and long_q.stage2_docs == long_q.exact_docs == 64
+    assert short_q.ncells == -(-CELLS_PER_QUERY // 4)  # at least CELLS_PER_QUERY cells probed in all
     assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
     # the exact stage's work (document tokens x query tokens) stays within the same budget
     assert short_q.exact_docs * 20 * 4 <= 3 << 17
-    big_k = SearchConfig().plan(1000, q_len=32, avg_doclen=200)
+    k100 = plan(SearchConfig(), 100, q_len=32, avg_doclen=200)
+    assert k100.stage3_docs == k100.exact_docs >= 512 and k100.stage2_docs == 2048
+    big_k = plan(SearchConfig(), 1000, q_len=32, avg_doclen=200)
     assert big_k.exact_docs >= 1000 and big_k.stage2_docs >= 8000
+
+
+def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
+    """``_pruned_candidates`` (one pass over the inverted lists with a by-document position table) gives the same
+    candidates and scores as ``candidate_pids`` then ``pruned_interaction``, with and without a filter."""
+    from colbert_retriever import plaid
+
+    texts = make_corpus(400, seed=5, min_words=8, max_words=20)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
+    arrays = idx._current().arrays
+    Q = idx.model.encode_queries(make_corpus(6, seed=6, min_words=3, max_words=9))
+    allowed = torch.rand(arrays.num_docs, generator=torch.Generator().manual_seed(0)) < 0.5
+    checked = 0
+    for q in Q:
+        q = q[q.abs().sum(-1) > 0]
+        Sc = arrays.codec.centroids @ q.T
+        for ncells, threshold in ((1, 0.5), (2, 0.3), (4, 0.0), (2, 0.99)):
+            for mask in (None, allowed):
+                pids, scores = plaid._pruned_candidates(Sc, arrays, ncells, threshold, mask)
+                ref = plaid.candidate_pids(Sc, arrays, ncells)
+                if mask is not None:
+                    ref = ref[mask[ref]]
+                assert torch.equal(pids, ref)
+                assert torch.allclose(scores, plaid.pruned_interaction(Sc, arrays, ref, threshold), atol=1e-6)
+                checked += int(pids.numel() > 0)
+    assert checked > 20
 
 
 def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
     """With default knobs and a collection larger than the exact-stage budget, search must go through candidate
-    generation, centroid interaction and the exact stage on a subset (not the exhaustive fallback), and still
+    generation, pruned centroid interaction and the exact stage on a subset (not the exhaustive fallback), and still
     agree with exhaustive search."""
     from colbert_retriever import plaid
 
     texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
     queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
-    calls = {"candidates": 0, "interaction": 0, "exact_docs": []}
-    real = (plaid.candidate_pids, plaid.centroid_interaction, plaid.exact_scores)
+    calls = {"candidates": 0, "exact_docs": []}
+    real = (plaid._pruned_candidates, plaid.exact_scores)
 
     def candidates(*a, **k):
         calls["candidates"] += 1
         return real[0](*a, **k)
 
-    def interaction(*a, **k):
-        calls["interaction"] += 1
-        return real[1](*a, **k)
-
     def exact(Q, arrays, pids, *a, **k):
         calls["exact_docs"].append(int(pids.numel()))
-        return real[2](Q, arrays, pids, *a, **k)
+        return real[1](Q, arrays, pids, *a, **k)
 
-    monkeypatch.setattr(plaid, "candidate_pids", candidates)
-    monkeypatch.setattr(plaid, "centroid_interaction", interaction)
+    monkeypatch.setattr(plaid, "_pruned_candidates", candidates)
     monkeypatch.setattr(plaid, "exact_scores", exact)
     got = [ids_of(idx.search(q, k=10)) for q in queries]
-    assert calls["candidates"] == len(queries) and calls["interaction"] >= 1, calls
+    assert calls["candidates"] == len(queries), calls
     assert max(calls["exact_docs"]) < len(texts) / 2  # the exact stage scored a subset
     monkeypatch.undo()
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]

@@ -1,0 +1,120 @@
+"""``make bench-contention``: search latency when the machine is shared (an LLM server, other requests).
+
+On the scifact index (default model), k=10, measures retrieval p50/p95 (excluding encoding) and end-to-end
+``Index.search`` p50/p95 (encode + retrieve + fetch texts) in three situations, each with the small PLAID stages
+run on one thread (the library's choice, ``plaid.STAGE_THREADS = 1``) and on torch's thread count (the previous
+behaviour), side by side in one run:
+
+- idle;
+- busy: one CPU-bound process per core running alongside;
+- concurrent: 4 threads searching at once through one shared ``Index``.
+
+Writes benchmarks/results/contention.json (rendered into BENCHMARKS.md by render.py).
+
+    python benchmarks/contention.py [--queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, WORK, machine_info, percentiles, write_json  # noqa: E402
+
+from colbert_retriever import Index, SearchConfig, plaid  # noqa: E402
+from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries  # noqa: E402
+
+
+def _spin(stop):
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def index_for(folder: Path, path: Path) -> Index:
+    if (path / "metadata.json").exists():
+        return Index.open(path)
+    ids, texts, _ = load_corpus(folder)
+    return Index.build(path, texts, ids=ids, model="default", show_progress=True)
+
+
+def one_pass(index: Index, queries: list[str], Q: torch.Tensor, threads: int = 1) -> dict:
+    """Retrieval-only and end-to-end latencies of every query, spread over ``threads`` searching threads."""
+    snap = index._current()
+    lat_r, lat_e = [], []
+    lock = threading.Lock()
+
+    def worker(part):
+        for i in part:
+            t = time.perf_counter()
+            with torch.inference_mode():
+                index._colbert_top(snap, Q[i : i + 1], 10, None, None, SearchConfig())
+            r = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            index.search(queries[i], k=10)
+            e = (time.perf_counter() - t) * 1000
+            with lock:
+                lat_r.append(r)
+                lat_e.append(e)
+
+    parts = [list(range(j, len(queries), threads)) for j in range(threads)]
+    ts = [threading.Thread(target=worker, args=(p,)) for p in parts]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return {"retrieval_ms": percentiles(lat_r), "end_to_end_ms": percentiles(lat_e)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--data", default="scifact")
+    args = ap.parse_args(argv)
+    folder = SHARED / args.data
+    index = index_for(folder, WORK / f"contention-{args.data}")
+    queries_all, qrels = load_queries(folder), load_qrels(folder)
+    queries = [queries_all[q] for q in queries_all if q in qrels][: args.queries]
+    Q = index.model.encode_queries(queries)
+    index.search(queries[0], k=10)  # warm
+    out = {"machine": machine_info(), "dataset": args.data, "queries": len(queries), "results": {}}
+    default_stage_threads = plaid.STAGE_THREADS
+    for situation in ("idle", "busy", "concurrent"):
+        stop = mp.Event()
+        procs = []
+        if situation == "busy":
+            procs = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)
+        try:
+            for label, stage_threads in (("stages_1_thread", default_stage_threads),
+                                         ("stages_torch_threads", torch.get_num_threads())):
+                plaid.STAGE_THREADS = stage_threads
+                r = one_pass(index, queries, Q, threads=4 if situation == "concurrent" else 1)
+                out["results"].setdefault(situation, {})[label] = r
+                print(situation, label, json.dumps(r), flush=True)
+        finally:
+            plaid.STAGE_THREADS = default_stage_threads
+            stop.set()
+            for p in procs:
+                p.join()
+    write_json("contention.json", out)
+    from render import render
+
+    render()
+
+
+if __name__ == "__main__":
+    main()
