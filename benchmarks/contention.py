@@ -25,7 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,7 +82,8 @@ def main(argv=None):
     ap.add_argument("--data", default="scifact")
     args = ap.parse_args(argv)
     folder = SHARED / args.data
-    index = index_for(folder, WORK / f"contention-{args.data}")
+    built = WORK / f"{args.data}-nbits2"  # make bench's index, when there is one
+    index = index_for(folder, built if (built / "metadata.json").exists() else WORK / f"contention-{args.data}")
     queries_all, qrels = load_queries(folder), load_qrels(folder)
     queries = [queries_all[q] for q in queries_all if q in qrels][: args.queries]
     Q = index.model.encode_queries(queries)

@@ -128,7 +128,13 @@ def float_reference(model, texts, Q: torch.Tensor, k: int) -> list[list[int]]:
     from colbert_retriever.scoring import maxsim_packed
     from colbert_retriever.strided import offsets_from_lengths
 
-    embs, lengths = model.encode_documents_packed(texts, batch_size=32)
+    cache = PEERS / "float-embeddings.pt"  # written by the run that built the checkpoint; reused with --skip-build
+    if cache.exists():
+        embs, lengths = torch.load(cache, weights_only=True)
+    else:
+        embs, lengths = model.encode_documents_packed(texts, batch_size=32)
+        embs = embs.to(torch.float16)
+        torch.save((embs, lengths), cache)
     return maxsim_packed(Q.float(), embs.float(), offsets_from_lengths(lengths)).topk(k, dim=1).indices.tolist()
 
 
@@ -140,7 +146,7 @@ def ndcg(runs_pids: list[list[int]], qids, ids, qrels) -> float:
     from colbert_retriever.evaluation import metrics
 
     run = {q: [ids[p] for p in pids] for q, pids in zip(qids, runs_pids)}
-    return round(float(metrics(run, qrels)["ndcg@10"]), 4)
+    return round(float(metrics(run, {q: qrels[q] for q in qids})["ndcg@10"]), 4)
 
 
 def ratio_at(agree_ours: float, lat_ours: float, curve: list[tuple[float, float]]):
@@ -201,7 +207,7 @@ def measure(args) -> dict:
 
     def run_colbert(qi, k, knobs):
         colbert_configure(searcher, knobs)
-        pids, _ = searcher.dense_search(Q[qi : qi + 1], k)
+        pids = searcher.dense_search(Q[qi : qi + 1], k)[0]  # (pids, ranks, scores)
         return list(pids)
 
     rows = []
@@ -286,15 +292,16 @@ def main(argv=None):
         pass
     builds = {}
     if not args.skip_build:
+        (PEERS / "float-embeddings.pt").unlink(missing_ok=True)
         make_checkpoint()
         for lib, step in (("ours", "build-ours"), ("colbert_ai", "build-colbert")):
             stdout, wall, peak = run_with_peak([sys.executable, __file__, step])
             builds[lib] = {"wall_s": round(wall, 1), "peak_rss_mb": peak,
                            **json.loads(stdout.strip().splitlines()[-1])}
             print(lib, "build", json.dumps(builds[lib]), flush=True)
-    else:
-        old = RESULTS / "peers.json"
-        builds = json.loads(old.read_text()).get("builds", {}) if old.exists() else {}
+        (PEERS / "builds.json").write_text(json.dumps(builds))
+    elif (PEERS / "builds.json").exists():
+        builds = json.loads((PEERS / "builds.json").read_text())
     out = {"machine": info, "builds": builds, **measure(args)}
     write_json("peers.json", out)
     plot(out)

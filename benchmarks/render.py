@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,18 +38,18 @@ def quality_table(b: dict) -> list[str]:
 
 def speed_table(b: dict) -> list[str]:
     out = ["| dataset | method | build s | docs/s | index MB | B/token | peak RSS build MB | peak RSS serving MB | "
-           "p50/p95 ms k=10 excl. enc | p50/p95 ms k=100 excl. enc | query enc p50 ms |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "p50/p95 ms k=10 excl. enc | p50/p95 ms k=100 excl. enc | query enc p50 ms | end-to-end k=10 p50/p95 ms |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in b["datasets"].items():
         if "bm25" in r:
             x = r["bm25"]
             out.append(f"| {name} | BM25 (bm25s) | {x['build_s']} | | | | | | | {x['latency_ms']['p50']}/"
-                       f"{x['latency_ms']['p95']} (incl. tokenising) | |")
+                       f"{x['latency_ms']['p95']} (incl. tokenising) | | |")
         if "single_vector" in r:
             x = r["single_vector"]
             out.append(f"| {name} | single-vector | {x['build_s']} | {x['docs_per_s']} | {x['index_bytes'] / 2**20:.1f} "
                        f"| | | | | {x['latency_ms_excl_encoding']['p50']}/{x['latency_ms_excl_encoding']['p95']} | "
-                       f"{round(x['latency_ms']['p50'] - x['latency_ms_excl_encoding']['p50'], 2)} |")
+                       f"{round(x['latency_ms']['p50'] - x['latency_ms_excl_encoding']['p50'], 2)} | |")
         for nb in (2, 1, 4):
             x = r.get(f"colbert_nbits{nb}")
             if not x:
@@ -66,7 +67,9 @@ def speed_table(b: dict) -> list[str]:
                     f"{x.get('peak_rss_mb_serving_process', '') if first else ''} | "
                     f"{m['latency_ms_excl_encoding_k10']['p50']}/{m['latency_ms_excl_encoding_k10']['p95']} | "
                     f"{m['latency_ms_excl_encoding_k100']['p50']}/{m['latency_ms_excl_encoding_k100']['p95']} | "
-                    f"{x['query_encoding_ms']['p50']} |")
+                    f"{x['query_encoding_ms']['p50']} | "
+                    + (f"{x['end_to_end_ms_k10']['p50']}/{x['end_to_end_ms_k10']['p95']} |"
+                       if first and "end_to_end_ms_k10" in x else "|"))
     out.append("\n\\* nbits 1 and 4 reuse the cached encoding of the same run: build time is compression + writing only.")
     return out
 
@@ -175,6 +178,83 @@ def hybrid_tables() -> list[str]:
     return out
 
 
+def peers_tables() -> list[str]:
+    """benchmarks/results/peers.json (``make bench-peers``): our search against colbert-ai on one machine."""
+    path = RESULTS / "peers.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    m = d["machine"]
+    e = d["exhaustive"]
+    enc = d["query_encoding_ms"]
+    out = ["## Against colbert-ai (`make bench-peers`)", "",
+           f"scifact ({d['documents']} documents, {d['queries']} queries), one colbert-ai-layout checkpoint loaded by "
+           "both (all-MiniLM-L6-v2 + our 128-d head, [MASK] query augmentation to 32, doc_maxlen 180), 2 bits, each "
+           "library's own index. Both search the same query embeddings (colbert-ai's encoder; ours differs by max abs "
+           f"{d['encoders_max_abs_diff']:.1e}); queries interleaved between the libraries, order alternated. "
+           "Retrieval excludes query encoding (colbert-ai: `Searcher.dense_search`; ours: the index's PLAID path "
+           "without fetching texts). Agreement = share of the library's own exhaustive top-10 (exact MaxSim over its "
+           "compressed index) returned; float overlap = share of the top-10 by exact MaxSim over uncompressed "
+           "embeddings (the same reference for both).", "",
+           "| k | knobs (ncells, threshold, ndocs) | colbert-ai p50 / p95 ms | agreement | nDCG@10 | float overlap "
+           "| ours p50 / p95 ms | agreement | nDCG@10 | float overlap | p50 ratio ours/colbert-ai |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = d["runs"]
+    for r in runs:
+        if r["library"] != "colbert_ai":
+            continue
+        o = next(x for x in runs if x["library"] == "ours" and x["k"] == r["k"] and x["knobs"] == r["knobs"])
+        knobs = "defaults" if r["knobs"] == "defaults" else "(" + ", ".join(map(str, r["knobs"])) + ")"
+        out.append(f"| {r['k']} | {knobs} | {r['latency_ms']['p50']} / {r['latency_ms']['p95']} | "
+                   f"{r['agreement@10']:.3f} | {r['ndcg@10']:.4f} | {r['float_overlap@10']:.3f} | "
+                   f"{o['latency_ms']['p50']} / {o['latency_ms']['p95']} | {o['agreement@10']:.3f} | "
+                   f"{o['ndcg@10']:.4f} | {o['float_overlap@10']:.3f} | "
+                   f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f} |")
+    out += ["", "At matched agreement (k=10; colbert-ai's p50 interpolated linearly on its curve between measured "
+            "points; blank where our agreement lies outside its measured range):", "",
+            "| our knobs | our agreement | ours p50 ms | colbert-ai p50 ms at that agreement | ratio |", "|---|---|---|---|---|"]
+    for r in d["ratios_k10"]:
+        knobs = "defaults" if r["knobs"] == "defaults" else "(" + ", ".join(map(str, r["knobs"])) + ")"
+        c = r["colbert_ai_p50_interpolated"]
+        out.append(f"| {knobs} | {r['agreement@10']:.3f} | {r['ours_p50']} | {'' if c is None else c} | "
+                   f"{'' if r['ratio'] is None else r['ratio']} |")
+    b = d.get("builds", {})
+    out += ["", f"Exhaustive nDCG@10 over the compressed index: colbert-ai {e['colbert_ai']['ndcg@10']:.4f}, ours "
+            f"{e['ours']['ndcg@10']:.4f} (float, uncompressed: {e['float']['ndcg@10']:.4f}); exhaustive top-10 overlap "
+            f"with the float reference: colbert-ai {e['colbert_ai']['float_overlap@10']:.3f}, ours "
+            f"{e['ours']['float_overlap@10']:.3f}. Query encoding p50: colbert-ai {enc['colbert_ai']['p50']} ms, ours "
+            f"{enc['ours']['p50']} ms."]
+    if b:
+        out.append("Build (own process, encoding included): " + "; ".join(
+            f"{lib.replace('_', '-')} {v['build_s']} s, peak RSS {v['peak_rss_mb']} MB" for lib, v in b.items()) + ".")
+    out += ["", "![latency vs agreement, both libraries](benchmarks/results/peers.png)", "",
+            f"Machine: {os.cpu_count()} cores as seen by the run ({m.get('cpu_count')}), torch {m['torch']}, colbert-ai "
+            f"{m.get('colbert_ai')}, transformers {m.get('transformers')}, {m['date']}.", ""]
+    return out
+
+
+def contention_tables() -> list[str]:
+    path = RESULTS / "contention.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    m = d["machine"]
+    out = ["## Contention (`make bench-contention`)", "",
+           f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs. Retrieval excludes encoding; "
+           "end-to-end is `Index.search` (encode + retrieve + fetch texts). *busy*: one CPU-bound process per core "
+           "alongside; *concurrent*: 4 threads searching through one shared `Index`. Small stages on one thread "
+           "(the library's choice) vs on torch's thread count (before).", "",
+           "| situation | small stages on | retrieval p50 / p95 ms | end-to-end p50 / p95 ms |", "|---|---|---|---|"]
+    for situation, rows in d["results"].items():
+        for label, r in rows.items():
+            out.append(f"| {situation} | {'1 thread' if label == 'stages_1_thread' else 'torch threads'} | "
+                       f"{r['retrieval_ms']['p50']} / {r['retrieval_ms']['p95']} | "
+                       f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p95']} |")
+    out += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+            f"{m['date']}.", ""]
+    return out
+
+
 def render() -> Path:
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (benchmarks/run.py) and `make bench-scale` (benchmarks/scale.py); raw numbers in "
@@ -186,7 +266,9 @@ def render() -> Path:
         m = b["machine"]
         lines += [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
                   f"transformers {m['transformers']}, colbert-retriever {m['colbert_retriever']}, encoder dtype "
-                  f"{m.get('encoder_dtype')}, {m['date']}.", "",
+                  f"{m.get('encoder_dtype')}, {m['date']}."
+                  + (f" Rows this run did not recompute (baselines, nbits 1 and 4) are from the run of "
+                     f"{b['merged_from_previous_run']}." if b.get("merged_from_previous_run") else ""), "",
                   "## Quality (default model)", "",
                   "nDCG@10 with linear gains, MRR@10, Recall@100; in this table (bench.json, run before the query-id "
                   "rule became an option that is off by default) a retrieved id equal to the query id was dropped; "
@@ -203,6 +285,8 @@ def render() -> Path:
                   "query encoding.", "", *scale_tables(s), "",
                   "![latency vs collection size](benchmarks/results/latency_vs_size.png)",
                   "![latency vs agreement](benchmarks/results/latency_vs_agreement.png)", ""]
+    lines += peers_tables()
+    lines += contention_tables()
     lines += updates_tables()
     lines += hybrid_tables()
     single = RESULTS / "single-adds.json"

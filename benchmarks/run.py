@@ -127,6 +127,13 @@ def bench_colbert(index: Index, queries, qids, qrels, exhaustive: bool):
         index.model.encode_queries([queries[q]])
         enc.append((time.perf_counter() - t) * 1000)
     out = {"query_encoding_ms": percentiles(enc)}
+    e2e = []  # Index.search(text): encode + retrieve + fetch texts, measured as one call
+    index.search(queries[qids[0]], k=10)
+    for q in qids[:100]:
+        t = time.perf_counter()
+        index.search(queries[q], k=10)
+        e2e.append((time.perf_counter() - t) * 1000)
+    out["end_to_end_ms_k10"] = percentiles(e2e)
     modes = [("plaid", SearchConfig())] + ([("exhaustive", SearchConfig(exhaustive=True))] if exhaustive else [])
     top10 = {}
     for name, cfg in modes:
@@ -185,6 +192,9 @@ def main(argv=None):
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--nbits", nargs="*", type=int, default=[2, 1, 4])
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the previous bench.json's entries that this run does not recompute (other nbits, "
+                         "baselines), so a partial re-run updates the tables in place")
     args = ap.parse_args(argv)
     names = args.data or sorted(p.name for p in SHARED.iterdir() if (p / "qrels" / "test.tsv").exists())
     WORK.mkdir(parents=True, exist_ok=True)
@@ -238,6 +248,13 @@ def main(argv=None):
         results["datasets"][name] = r
         del enc
         gc.collect()
+    if args.merge and (RESULTS / "bench.json").exists():
+        old = json.loads((RESULTS / "bench.json").read_text())
+        for name, r in old.get("datasets", {}).items():
+            new = results["datasets"].setdefault(name, {})
+            for key, value in r.items():
+                new.setdefault(key, value)
+        results["merged_from_previous_run"] = old.get("machine", {}).get("date")
     write_json("bench.json", results)
     from render import render
 

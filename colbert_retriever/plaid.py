@@ -4,8 +4,7 @@
 2. centroid interaction with pruning (centroids scoring below ``centroid_score_threshold`` for every query token
    count 0) keeps ``ndocs`` candidates; 3. centroid interaction without pruning keeps ``max(ndocs // 4, k)``;
 4. those are scored exactly with MaxSim over their decompressed embeddings. Unset knobs adapt to the query and
-   the index (``plan``); with default knobs and k <= 10, stage 3 is skipped. ``exhaustive`` skips 1-3 and scores
-   every allowed document.
+   the index (``plan``). ``exhaustive`` skips 1-3 and scores every allowed document.
 
 ``search`` is the one entry point (planning, candidates, pruning, exact scoring). The stage functions it calls
 have slow twins kept for tests: ``pruned_interaction`` (the reference for ``_pruned_candidates``) and
@@ -246,7 +245,7 @@ def _defaults(k: int) -> tuple[int, float, int, int, bool]:
     """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage, full
     centroid-interaction stage)"""
     if k <= 10:
-        return 2, 0.45, 64, 3 << 17, False
+        return 2, 0.45, 512, 3 << 17, True
     if k <= 100:
         return 4, 0.4, 2048, 1 << 20, True
     return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k), True
@@ -261,9 +260,10 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     exactly. Unset knobs start from colbert-ai's table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4,
     max(4k, 4096)), changed where measured latency-vs-agreement curves said so (BENCHMARKS.md):
 
-    - k <= 10 skips full centroid interaction: the pruned stage's best documents go straight to the exact stage
-      (scifact: 64 documents that way agree 0.9915 with exhaustive top-10 against 0.9965 for 512 -> 64 through
-      full interaction, at ~2/3 of the time);
+    - the full centroid-interaction stage stays: skipping it for k <= 10 (pruned interaction picking the exact
+      stage's documents directly) was ~1/3 faster and agreed 0.9915 with exhaustive top-10 on scifact with the
+      default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai"),
+      so ``_defaults`` keeps the switch off;
     - a short query probes more cells per token (at least ``CELLS_PER_QUERY`` in all);
     - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
       never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,

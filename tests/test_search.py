@@ -151,8 +151,7 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     assert plan(SearchConfig(ndocs=8), 10).exact_docs == 10  # never fewer than k
     long_q = plan(SearchConfig(), 10, q_len=32, avg_doclen=200)  # scifact-like
     short_q = plan(SearchConfig(), 10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
-    # k <= 10 by default: no full centroid-interaction stage; pruned interaction picks the exact stage's documents
-    assert long_q.ncells == 2 and long_q.stage3_docs is None and long_q.stage2_docs == long_q.exact_docs == 64
+    assert long_q.ncells == 2 and long_q.stage2_docs == 512 and long_q.stage3_docs == long_q.exact_docs == 128
     assert short_q.ncells == -(-CELLS_PER_QUERY // 4)  # at least CELLS_PER_QUERY cells probed in all
     assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
     # the exact stage's work (document tokens x query tokens) stays within the same budget
@@ -191,15 +190,16 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
 def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
     """With default knobs and a collection larger than the exact-stage budget, search must go through candidate
-    generation, pruned centroid interaction and the exact stage on a subset (not the exhaustive fallback), and still
-    agree with exhaustive search."""
+    generation, pruned centroid interaction and the exact stage on a subset (not the exhaustive fallback) and
+    agree with exhaustive search; explicit knobs keep PLAID's meaning (ndocs after pruning,
+    ndocs // 4 after full centroid interaction, those scored exactly)."""
     from colbert_retriever import plaid
 
     texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
     queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
-    calls = {"candidates": 0, "exact_docs": []}
-    real = (plaid._pruned_candidates, plaid.exact_scores)
+    calls = {"candidates": 0, "interaction": 0, "exact_docs": []}
+    real = (plaid._pruned_candidates, plaid.exact_scores, plaid.centroid_interaction)
 
     def candidates(*a, **k):
         calls["candidates"] += 1
@@ -209,12 +209,64 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monke
         calls["exact_docs"].append(int(pids.numel()))
         return real[1](Q, arrays, pids, *a, **k)
 
+    def interaction(*a, **k):
+        calls["interaction"] += 1
+        return real[2](*a, **k)
+
     monkeypatch.setattr(plaid, "_pruned_candidates", candidates)
     monkeypatch.setattr(plaid, "exact_scores", exact)
+    monkeypatch.setattr(plaid, "centroid_interaction", interaction)
     got = [ids_of(idx.search(q, k=10)) for q in queries]
     assert calls["candidates"] == len(queries), calls
     assert max(calls["exact_docs"]) < len(texts) / 2  # the exact stage scored a subset
+
+    calls.update(candidates=0, interaction=0, exact_docs=[])
+    explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128)) for q in queries]
+    assert calls["candidates"] == len(queries) and calls["interaction"] >= len(queries)  # stage 3 ran
+    assert max(calls["exact_docs"]) == 128 // 4  # PLAID's meaning: ndocs // 4 documents scored exactly
     monkeypatch.undo()
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
-    agree = sum(len(set(g) & set(r)) for g, r in zip(got, ref)) / (10 * len(queries))
-    assert agree >= 0.9
+    for run in (got, explicit):
+        agree = sum(len(set(g) & set(r)) for g, r in zip(run, ref)) / (10 * len(queries))
+        assert agree >= 0.9
+
+
+def test_plaid_finds_planted_answers_in_clustered_embeddings():
+    """Model-free: 4,000 documents of 40 token embeddings drawn around 300 topics (cosine ~0.83 to their topic:
+    clustered like real ColBERT tokens), compressed at 2 bits; each query
+    is 16 noisy copies of one document's tokens. PLAID with default knobs (the real path: the collection is far
+    above the exact-stage budget) ranks the planted document first as often as exhaustive search does, and agrees
+    with exhaustive top-10."""
+    from colbert_retriever import SearchConfig, plaid
+    from colbert_retriever.codec import ResidualCodec
+    from colbert_retriever.config import CodecConfig
+    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+
+    g = torch.Generator().manual_seed(0)
+    dim, n_docs, doclen, topics = 128, 4000, 40, 300
+    centers = torch.nn.functional.normalize(torch.randn(topics, dim, generator=g), dim=-1)
+    doc_topics = torch.randint(0, topics, (n_docs, 3), generator=g)  # each document mixes 3 topics
+    pick = doc_topics.gather(1, torch.randint(0, 3, (n_docs, doclen), generator=g))
+    embs = torch.nn.functional.normalize(centers[pick] + 0.06 * torch.randn(n_docs, doclen, dim, generator=g), dim=-1)
+    flat = embs.reshape(-1, dim)
+    codec = ResidualCodec.fit(flat[torch.randperm(flat.shape[0], generator=g)[:60000]], CodecConfig(nbits=2),
+                              flat.shape[0])
+    codes, packed = codec.compress(flat)
+    lengths = torch.full((n_docs,), doclen)
+    ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), codec.num_centroids)
+    arrays = plaid.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),
+                                      torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
+    planted = torch.randperm(n_docs, generator=g)[:40]
+    hit_plaid = hit_exh = agree = 0
+    for d in planted.tolist():
+        tokens = embs[d, torch.randperm(doclen, generator=g)[:16]]
+        q = torch.nn.functional.normalize(tokens + 0.03 * torch.randn(16, dim, generator=g), dim=-1)
+        pids, scores = plaid.search(q, arrays, 10)
+        ref, ref_scores = plaid.search(q, arrays, 10, SearchConfig(exhaustive=True))
+        assert plaid.plan(SearchConfig(), 10, 16, doclen).exact_docs < n_docs / 4  # not the small-collection path
+        assert bool((scores[:-1] >= scores[1:]).all()) and len(set(pids.tolist())) == 10
+        hit_plaid += int(pids[0] == d)
+        hit_exh += int(ref[0] == d)
+        agree += len(set(pids.tolist()) & set(ref.tolist()))
+    assert hit_exh >= 38 and hit_plaid >= hit_exh
+    assert agree / (10 * len(planted)) >= 0.95

@@ -1,5 +1,10 @@
 """Compression for indexing on a GPU: nearest centroid (max inner product), residual bucketising against the
-cutoffs, and bit packing into ``dim * nbits / 8`` bytes per row (the layout of colbert_retriever/codec.py)."""
+cutoffs, and bit packing into ``dim * nbits / 8`` bytes per row (the layout of colbert_retriever/codec.py).
+
+Precision: the centroid assignment's dot products run in TF32 on purpose (``input_precision="tf32"``; the
+interpreter computes fp32): a near-tie may pick the second-nearest centroid, which the residual absorbs since it
+is always taken against the centroid chosen (the CPU path makes the same trade with bf16). Residuals and buckets
+are computed in fp32."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ def _assign_kernel(x_ptr, c_ptr, out_ptr, n, k, DIM: tl.constexpr, DIM_P2: tl.co
         cmask = cs < k
         c = tl.load(c_ptr + cs[:, None].to(tl.int64) * DIM + dims[None, :],
                     mask=cmask[:, None] & (dims[None, :] < DIM), other=0.0).to(tl.float32)
-        s = tl.dot(x, tl.trans(c))
+        s = tl.dot(x, tl.trans(c), input_precision="tf32")  # see module docstring
         s = tl.where(cmask[None, :], s, float("-inf"))
         m = tl.max(s, axis=1)
         a = tl.argmax(s, axis=1).to(tl.int32) + c0
