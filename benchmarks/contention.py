@@ -2,8 +2,9 @@
 
 On the scifact index (default model), k=10, measures retrieval p50/p95 (excluding encoding) and end-to-end
 ``Index.search`` p50/p95 (encode + retrieve + fetch texts) in three situations, each with the small PLAID stages
-run on one thread (the library's choice, ``plaid.STAGE_THREADS = 1``) and on torch's thread count (the previous
-behaviour), side by side in one run:
+run three ways, side by side in one run: the library's default (``plaid.STAGE_THREADS = None``: torch's thread
+count while one search runs, 1 thread while several run at once), always 1 thread, always torch's count (the
+previous behaviour):
 
 - idle;
 - busy: one CPU-bound process per core running alongside;
@@ -99,7 +100,7 @@ def main(argv=None):
                 p.start()
             time.sleep(1.0)
         try:
-            for label, stage_threads in (("stages_1_thread", default_stage_threads),
+            for label, stage_threads in (("stages_auto", None), ("stages_1_thread", 1),
                                          ("stages_torch_threads", torch.get_num_threads())):
                 plaid.STAGE_THREADS = stage_threads
                 r = one_pass(index, queries, Q, threads=4 if situation == "concurrent" else 1)

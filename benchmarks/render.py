@@ -247,7 +247,8 @@ def contention_tables() -> list[str]:
            "| situation | small stages on | retrieval p50 / p95 ms | end-to-end p50 / p95 ms |", "|---|---|---|---|"]
     for situation, rows in d["results"].items():
         for label, r in rows.items():
-            out.append(f"| {situation} | {'1 thread' if label == 'stages_1_thread' else 'torch threads'} | "
+            name = {"stages_auto": "auto", "stages_1_thread": "1 thread"}.get(label, "torch threads")
+            out.append(f"| {situation} | {name} | "
                        f"{r['retrieval_ms']['p50']} / {r['retrieval_ms']['p95']} | "
                        f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p95']} |")
     out += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "

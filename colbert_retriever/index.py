@@ -620,10 +620,14 @@ class Index:
     @staticmethod
     def _top_documents(snap: _Snapshot, q, ScT, k, config, allowed, n_allowed) -> tuple[list, list]:
         """Top-k rows, then (when documents are stored as passages) the best passage of each document, asking
-        for more rows until k documents are found or every allowed row was ranked."""
+        for more rows until k documents are found or every allowed row was ranked. The first request covers the
+        mean number of rows per document, and every request is planned for k documents (not for the rows asked:
+        a k=10 search must not take the k=100 plan because documents are split)."""
         k_rows = k
+        if snap.passages and snap.live_docs > 0:
+            k_rows = min(n_allowed, -(-k * snap.live_count // snap.live_docs) + k)
         while True:
-            pids, scores = plaid.search(q, snap.arrays, k_rows, config, allowed, n_allowed, ScT)
+            pids, scores = plaid.search(q, snap.arrays, k_rows, config, allowed, n_allowed, ScT, plan_k=k)
             pids, scores = pids.cpu().tolist(), scores.cpu().tolist()
             if not snap.passages:
                 return pids, scores

@@ -13,6 +13,7 @@ have slow twins kept for tests: ``pruned_interaction`` (the reference for ``_pru
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
@@ -218,10 +219,14 @@ def _topk(pids: torch.Tensor, scores: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 CELLS_PER_QUERY = 48
 """A short query probes more cells per token, so that at least this many cells are probed in all."""
-STAGE_THREADS = 1
-"""Intra-op threads for the candidate, pruning and exact stages: many small steps, each of which would otherwise
-pay a thread rendezvous, and under a competing CPU load wait for a descheduled thread (benchmarks/contention.py).
-The query-centroid matmul and exhaustive scoring use the caller's ``torch.get_num_threads()``."""
+STAGE_THREADS: Optional[int] = None
+"""Intra-op threads for the candidate, pruning and exact stages. None (default): the caller's
+``torch.get_num_threads()`` while this search is the only one running in the process, 1 while several run at once
+(their threads would otherwise oversubscribe the cores, each small step paying a rendezvous). Measured on 2 cores
+(benchmarks/contention.py, BENCHMARKS.md "Contention"): idle, 1 thread is ~20% slower than 2; with 4 concurrent
+searches, 1 thread is ~25% faster. An int forces that count."""
+_active = 0
+_active_lock = threading.Lock()
 DENSE_DOCS_MAX = 1 << 22
 """Up to this many documents, the candidate stage keeps per-query tables indexed by document (a fill of 4 bytes
 per document, cheaper than sorting the candidates); beyond it, it sorts."""
@@ -323,12 +328,14 @@ def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thres
 
 def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(),
            allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
-           ScT: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+           ScT: Optional[torch.Tensor] = None, plan_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PLAID search for one query: the top-k (pids, exact MaxSim scores), best first.
 
     Q: (q_len, dim) query embeddings; all-zero rows (padding) are ignored. allowed: (n_docs,) bool of documents
     that may be returned (live and matching a filter) or None for all; n_allowed: its count (computed when not
-    given). ScT: ``Q @ centroids.T`` (q_len, num_centroids) when the caller computed it for a batch. Always returns min(k, n_allowed)
+    given). ScT: ``Q @ centroids.T`` (q_len, num_centroids) when the caller computed it for a batch. plan_k: the k
+    the knobs are planned for when it differs from the rows asked (documents stored as passages); every stage
+    still keeps at least k rows. Always returns min(k, n_allowed)
     documents. Owns planning, candidate generation, pruning and exact scoring; ``config`` holds knobs only.
     """
     dev = arrays.doc_offsets.device
@@ -344,7 +351,10 @@ def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     if ScT is None:
         ScT = Q @ arrays.codec.centroids.T
     Sc = ScT.T.contiguous()  # (num_centroids, q_len): rows gathered by centroid id
-    p = plan(config, k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
+    p = plan(config, plan_k or k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
+    if k > p.exact_docs:
+        p = SearchPlan(p.ncells, p.centroid_score_threshold, max(p.stage2_docs, k),
+                       None if p.stage3_docs is None else max(p.stage3_docs, k), k, p.exhaustive)
 
     def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
@@ -352,21 +362,35 @@ def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
 
     if p.exhaustive or n_allowed <= p.exact_docs or Q.shape[0] == 0:
         return score_all_allowed()
-    with _threads(STAGE_THREADS):  # many small steps (see README, "Threads")
-        pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
-        if pids.numel() < k:  # widen: too few candidates, score every allowed document
-            return score_all_allowed()
-        if pids.numel() > p.stage2_docs:
-            pids, approx = _topk(pids, approx, p.stage2_docs)
-            order = torch.argsort(pids)
-            pids, approx = pids[order], approx[order]
-        if p.stage3_docs is not None and pids.numel() > p.stage3_docs:
-            pids, approx = _topk(pids, centroid_interaction(Sc, arrays, pids), p.stage3_docs)
-            pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
-        if pids.numel() > p.exact_docs:
-            pids, _ = _topk(pids, approx, p.exact_docs)
-            pids = pids.sort().values
-        return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
+    global _active
+    with _active_lock:
+        _active += 1
+        concurrent = _active > 1
+    try:
+        n = STAGE_THREADS if STAGE_THREADS is not None else (1 if concurrent else torch.get_num_threads())
+        with _threads(n):  # many small steps (see README, "Threads")
+            return _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed)
+    finally:
+        with _active_lock:
+            _active -= 1
+
+
+def _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed):
+    """Stages 1-4 of ``search`` for one query."""
+    pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
+    if pids.numel() < k:  # widen: too few candidates, score every allowed document
+        return score_all_allowed()
+    if pids.numel() > p.stage2_docs:
+        pids, approx = _topk(pids, approx, p.stage2_docs)
+        order = torch.argsort(pids)
+        pids, approx = pids[order], approx[order]
+    if p.stage3_docs is not None and pids.numel() > p.stage3_docs:
+        pids, approx = _topk(pids, centroid_interaction(Sc, arrays, pids), p.stage3_docs)
+        pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
+    if pids.numel() > p.exact_docs:
+        pids, _ = _topk(pids, approx, p.exact_docs)
+        pids = pids.sort().values
+    return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
 
 
 @contextmanager

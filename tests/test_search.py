@@ -270,3 +270,32 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
         agree += len(set(pids.tolist()) & set(ref.tolist()))
     assert hit_exh >= 38 and hit_plaid >= hit_exh
     assert agree / (10 * len(planted)) >= 0.95
+
+
+def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200, monkeypatch):
+    """The stage thread count (auto, forced 1, forced 2) changes no result, and a search leaves the caller's
+    torch thread count as it found it, in its own thread and in others."""
+    import threading
+
+    from colbert_retriever import plaid
+
+    before = torch.get_num_threads()
+    results = {}
+    for n in (None, 1, 2):
+        monkeypatch.setattr(plaid, "STAGE_THREADS", n)
+        results[n] = [ids_of(built_index.search(q, k=5, ncells=1, ndocs=16)) for q in corpus_200[:6]]
+        assert torch.get_num_threads() == before
+    assert results[None] == results[1] == results[2]
+    seen = []
+
+    def worker():
+        torch.set_num_threads(1)
+        built_index.search(corpus_200[0], k=5)
+        seen.append(torch.get_num_threads())
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
