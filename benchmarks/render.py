@@ -242,8 +242,10 @@ def contention_tables() -> list[str]:
     out = ["## Contention (`make bench-contention`)", "",
            f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs. Retrieval excludes encoding; "
            "end-to-end is `Index.search` (encode + retrieve + fetch texts). *busy*: one CPU-bound process per core "
-           "alongside; *concurrent*: 4 threads searching through one shared `Index`. Small stages on one thread "
-           "(the library's choice) vs on torch's thread count (before).", "",
+           "alongside; *concurrent*: 4 threads searching through one shared `Index`. Small PLAID stages on: "
+           "*auto* (the default: torch's count while one search runs, 1 thread while several do), always 1 thread, "
+           "always torch's count (before). Idle, *auto* and *torch threads* run the same code: their gap is this "
+           "VM's run-to-run noise (~30%).", "",
            "| situation | small stages on | retrieval p50 / p95 ms | end-to-end p50 / p95 ms |", "|---|---|---|---|"]
     for situation, rows in d["results"].items():
         for label, r in rows.items():
