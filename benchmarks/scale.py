@@ -25,7 +25,7 @@ from colbert_retriever.evaluation import load_corpus  # noqa: E402
 
 CURVE = [(None, None, None), (1, 0.5, 256), (2, 0.45, 512), (4, 0.4, 1024), (8, 0.4, 2048), (12, 0.4, 2048),
          (12, 0.4, 4096), (16, 0.4, 4096), (16, 0.4, 8192)]
-"""(ncells, centroid_score_threshold, ndocs); None: the adaptive default (SearchConfig.plan)."""
+"""(ncells, centroid_score_threshold, ndocs); None: the adaptive default (colbert_retriever.plaid.plan)."""
 
 
 def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
