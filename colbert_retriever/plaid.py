@@ -235,25 +235,23 @@ per document, cheaper than sorting the candidates); beyond it, it sorts."""
 @dataclass(frozen=True)
 class SearchPlan:
     """Resolved PLAID work for one query: cells probed per query token, pruning threshold, documents kept after
-    pruned centroid interaction (stage 2), after full centroid interaction (stage 3; ``None``: no such stage,
-    stage 2 picks the documents scored exactly) and scored exactly."""
+    pruned centroid interaction (stage 2), after full centroid interaction (stage 3) and scored exactly."""
 
     ncells: int
     centroid_score_threshold: float
     stage2_docs: int
-    stage3_docs: Optional[int]
+    stage3_docs: int  # = exact_docs: the documents full centroid interaction keeps are those scored exactly
     exact_docs: int
     exhaustive: bool = False
 
 
-def _defaults(k: int) -> tuple[int, float, int, int, bool]:
-    """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage, full
-    centroid-interaction stage)"""
+def _defaults(k: int) -> tuple[int, float, int, int]:
+    """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage)"""
     if k <= 10:
-        return 2, 0.45, 512, 3 << 17, True
+        return 2, 0.45, 512, 3 << 17
     if k <= 100:
-        return 4, 0.4, 2048, 1 << 20, True
-    return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k), True
+        return 4, 0.4, 2048, 1 << 20
+    return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k)
 
 
 def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0) -> SearchPlan:
@@ -267,14 +265,13 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
 
     - the full centroid-interaction stage stays: skipping it for k <= 10 (pruned interaction picking the exact
       stage's documents directly) was ~1/3 faster and agreed 0.9915 with exhaustive top-10 on scifact with the
-      default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai"),
-      so ``_defaults`` keeps the switch off;
+      default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
     - a short query probes more cells per token (at least ``CELLS_PER_QUERY`` in all);
     - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
       never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,
       where centroid scores tie a lot) get many more documents scored exactly for the same work.
     """
-    nc, thr, nd, pairs, full_stage = _defaults(k)
+    nc, thr, nd, pairs = _defaults(k)
     per_doc = max(1.0, avg_doclen * max(1, q_len))
     budget_docs = int(pairs // per_doc)
     ncells = config.ncells if config.ncells is not None else max(nc, -(-CELLS_PER_QUERY // max(1, q_len)))
@@ -282,11 +279,8 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     if config.ndocs is not None:
         exact = max(config.ndocs // 4, k)
         return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, exact, config.exhaustive)
-    if full_stage:
-        exact = max(nd // 4, k, budget_docs)
-        return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive)
-    exact = max(nd, k, budget_docs)
-    return SearchPlan(ncells, threshold, exact, None, exact, config.exhaustive)
+    exact = max(nd // 4, k, budget_docs)
+    return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive)
 
 
 # ------------------------------------------------------------------ the fast candidate stage
@@ -353,8 +347,7 @@ def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     Sc = ScT.T.contiguous()  # (num_centroids, q_len): rows gathered by centroid id
     p = plan(config, plan_k or k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
     if k > p.exact_docs:
-        p = SearchPlan(p.ncells, p.centroid_score_threshold, max(p.stage2_docs, k),
-                       None if p.stage3_docs is None else max(p.stage3_docs, k), k, p.exhaustive)
+        p = SearchPlan(p.ncells, p.centroid_score_threshold, max(p.stage2_docs, k), k, k, p.exhaustive)
 
     def score_all_allowed():
         pids = allowed.nonzero().flatten() if allowed is not None else torch.arange(arrays.num_docs, device=dev)
@@ -381,15 +374,10 @@ def _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed):
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
         return score_all_allowed()
     if pids.numel() > p.stage2_docs:
-        pids, approx = _topk(pids, approx, p.stage2_docs)
-        order = torch.argsort(pids)
-        pids, approx = pids[order], approx[order]
-    if p.stage3_docs is not None and pids.numel() > p.stage3_docs:
-        pids, approx = _topk(pids, centroid_interaction(Sc, arrays, pids), p.stage3_docs)
+        pids = _topk(pids, approx, p.stage2_docs)[0].sort().values
+    if pids.numel() > p.stage3_docs:
+        pids, _ = _topk(pids, centroid_interaction(Sc, arrays, pids), p.stage3_docs)
         pids = pids.sort().values  # ascending rows gather segment by segment (Rows.take)
-    if pids.numel() > p.exact_docs:
-        pids, _ = _topk(pids, approx, p.exact_docs)
-        pids = pids.sort().values
     return _topk(pids, exact_scores(Q, arrays, pids, Sc), k)
 
 
