@@ -23,7 +23,7 @@ import torch
 from . import _kernels
 from .codec import ResidualCodec
 from .config import SearchConfig
-from .scoring import segment_maxsim
+from .scoring import padded_positions, segment_maxsim
 from .strided import gather_rows
 
 
@@ -141,24 +141,26 @@ def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.
     return ivf_lists(arrays, cells)[0].unique()
 
 
-def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor,
-                         chunk_tokens: int = 1 << 18) -> torch.Tensor:
+def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor) -> torch.Tensor:
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
-    pids: sorted unique int64. Returns (len(pids),) float32."""
+    pids: sorted unique int64. Returns (len(pids),) float32. The centroid scores are gathered straight into
+    blocks of documents padded to a common length and reduced with ``amax`` (``scoring.padded_positions``): ~2x
+    faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its slow twin."""
     if _kernels.use_triton(Sc):
         return _kernels.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids)
-    out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
-    lengths = arrays.doc_offsets[pids + 1] - arrays.doc_offsets[pids]
-    bounds = torch.cumsum(lengths, 0)
-    s = 0
-    while s < pids.numel():
-        base = int(bounds[s - 1]) if s else 0
-        e = int(torch.searchsorted(bounds, base + chunk_tokens, right=True))
-        e = min(max(e, s + 1), pids.numel())
-        idx, sub = gather_rows(arrays.doc_offsets, pids[s:e])
-        out[s:e] = segment_maxsim(Sc.index_select(0, arrays.codes.take(idx).to(torch.int32)), sub)
-        s = e
+    out = torch.zeros(pids.numel(), dtype=torch.float32, device=pids.device)
+    starts = arrays.doc_offsets.index_select(0, pids)
+    lengths = arrays.doc_offsets.index_select(0, pids + 1) - starts
+    for docs, pos in padded_positions(starts, lengths):
+        codes = arrays.codes.take(pos.flatten()).to(torch.int32)
+        out.index_copy_(0, docs, Sc.index_select(0, codes).view(*pos.shape, Sc.shape[1]).amax(0).sum(-1))
     return out
+
+
+def centroid_interaction_scatter(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor) -> torch.Tensor:
+    """``centroid_interaction`` by a scatter-max over the candidates' packed tokens (the reference)."""
+    idx, sub = gather_rows(arrays.doc_offsets, pids)
+    return segment_maxsim(Sc.index_select(0, arrays.codes.take(idx).to(torch.int32)), sub)
 
 
 def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, threshold: float) -> torch.Tensor:

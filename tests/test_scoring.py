@@ -47,3 +47,31 @@ def test_segment_maxsim_empty_documents_score_zero():
     sim = torch.tensor([[0.5, -0.2], [0.1, 0.3], [-0.4, -0.6]])
     off = offsets_from_lengths([2, 0, 1])
     assert torch.allclose(segment_maxsim(sim, off), torch.tensor([0.8, 0.0, -1.0]))
+
+
+def test_padded_positions_blocks_cover_each_document_once():
+    from colbert_retriever.scoring import padded_positions, segment_max
+
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(0, 40, (57,), generator=g)
+    lengths[[0, 9, 56]] = 0  # documents with no tokens are left out
+    off = offsets_from_lengths(lengths)
+    sim = torch.randn(int(off[-1]), 5, generator=g)
+    ref = segment_maxsim(sim, off)
+    for max_rows in (1, 16, 200, 1 << 20):  # one document per block ... everything in one block
+        seen, blocks = [], 0
+        out = torch.zeros(57)
+        for docs, pos in padded_positions(off[:-1], lengths, max_rows):
+            blocks += 1
+            assert pos.shape == (int(lengths[docs].max()), docs.numel())
+            assert pos.shape[0] * pos.shape[1] <= max(max_rows, pos.shape[0])
+            for j, d in enumerate(docs.tolist()):  # each column: the document's rows, then its last row repeated
+                rows = list(range(int(off[d]), int(off[d + 1])))
+                assert pos[:, j].tolist() == rows + [rows[-1]] * (pos.shape[0] - len(rows))
+            seen += docs.tolist()
+            out[docs] = sim[pos.flatten()].view(*pos.shape, 5).amax(0).sum(-1)
+        assert sorted(seen) == [d for d in range(57) if lengths[d] > 0]
+        assert blocks == 1 if max_rows >= 57 * 40 else blocks > 1
+        assert torch.allclose(out, ref)
+    assert torch.equal(segment_max(sim, off).sum(-1), ref)
+    assert list(padded_positions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))) == []

@@ -299,3 +299,36 @@ def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200, mo
     for t in threads:
         t.join()
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
+
+
+def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
+    """The padded-block centroid interaction equals the scatter-max reference, over several segments (rows
+    gathered out of order), with empty documents, in one block and in many."""
+    from colbert_retriever import plaid, scoring
+    from colbert_retriever.codec import ResidualCodec
+    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+
+    g = torch.Generator().manual_seed(4)
+    K, dim = 50, 16
+    cents = torch.nn.functional.normalize(torch.randn(K, dim, generator=g), dim=-1)
+    codec = ResidualCodec(cents, torch.tensor([0.0]), torch.tensor([-0.01, 0.01]), 1)
+    lengths = torch.randint(0, 35, (90,), generator=g)
+    lengths[[3, 40]] = 0
+    codes = torch.randint(0, K, (int(lengths.sum()),), generator=g).to(torch.uint8)
+    ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), K)
+    off = offsets_from_lengths(lengths)
+    one = plaid.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
+                                   torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
+    cut = int(off[50])  # the same rows split in two segments
+    two = plaid.IndexArrays(codec, plaid.Rows([codes[:cut], codes[cut:]]), one.residuals, one.inv_norms, off,
+                            one.ivf, one.ivf_sizes)
+    Sc = cents @ torch.nn.functional.normalize(torch.randn(6, dim, generator=g), dim=-1).T
+    pids = torch.tensor([0, 3, 7, 20, 40, 49, 50, 51, 77, 89])
+    ref = plaid.centroid_interaction_scatter(Sc, one, pids)
+    assert float(ref[1]) == 0.0 and float(ref[4]) == 0.0
+    for rows in (None, 40):
+        monkeypatch.setattr(scoring, "PAD_ROWS", rows or scoring.PAD_ROWS)
+        for arrays in (one, two):
+            assert torch.equal(plaid.centroid_interaction(Sc, arrays, pids), ref)
+            assert torch.equal(plaid.centroid_interaction(Sc, arrays, torch.arange(90)),
+                               plaid.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
