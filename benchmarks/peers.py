@@ -7,7 +7,8 @@ Runs inside the peers virtualenv (``benchmarks/peers/setup.sh``: torch 2.13.0, c
    [MASK] query augmentation, query_maxlen 32, doc_maxlen 180, saved with ``ColBERT.save``;
 2. scifact indexed by each library at 2 bits, each build in its own process (build time, peak RSS);
 3. the 300 test queries encoded once by colbert-ai (``Searcher.encode``; ours is checked to agree), then, for
-   each knob tuple (ncells, centroid_score_threshold, ndocs) and each library's defaults, retrieval timed
+   each knob tuple (ncells, centroid_score_threshold, ndocs) and each library's defaults (and, for each tuple,
+   ours with probed scoring, our default stage 2, at comparable work: ``PROBED``), retrieval timed
    excluding query encoding (colbert-ai: ``Searcher.dense_search``; ours: the index's PLAID path without fetching
    texts), queries interleaved between the libraries and the order alternated, so background load hits both;
 4. top-10 agreement with each library's own exhaustive MaxSim over its compressed index, nDCG@10, and top-10
@@ -46,6 +47,10 @@ CKPT = PEERS / "checkpoint"
 OURS = PEERS / "ours-scifact"
 COLBERT_ROOT = PEERS / "colbert-ai"
 KNOBS = [(1, 0.5, 256), (2, 0.45, 1024), (4, 0.4, 4096), (8, 0.4, 8192)]
+PROBED = {(1, 0.5, 256): (4, None, 256), (2, 0.45, 1024): (8, None, 1024), (4, 0.4, 4096): (16, None, 4096),
+          (8, 0.4, 8192): (32, None, 8192)}
+"""Our default stage 2 (probed scoring: no threshold) at comparable work, timed in the same interleaved loop as
+each of colbert-ai's knob tuples (library "ours_probed")."""
 NBITS, DOC_MAXLEN = 2, 180
 
 
@@ -213,18 +218,21 @@ def measure(args) -> dict:
     rows = []
     for k in args.k:
         for knobs in [None, *KNOBS]:
-            lat = {"colbert_ai": [], "ours": []}
-            res = {"colbert_ai": [], "ours": []}
+            libs = ["colbert_ai", "ours"] + (["ours_probed"] if knobs in PROBED else [])
+            lat = {lib: [] for lib in libs}
+            res = {lib: [] for lib in libs}
             for qi in range(len(qids)):
-                order = ("colbert_ai", "ours") if qi % 2 else ("ours", "colbert_ai")
-                for lib in order:
+                for lib in (libs if qi % 2 else libs[::-1]):
                     fn = run_colbert if lib == "colbert_ai" else run_ours
+                    kn = PROBED[knobs] if lib == "ours_probed" else knobs
                     t = time.perf_counter()
-                    pids = fn(qi, k, knobs)
+                    pids = fn(qi, k, kn)
                     lat[lib].append((time.perf_counter() - t) * 1000)
                     res[lib].append(pids)
-            for lib, exh in (("colbert_ai", exh_c), ("ours", exh_o)):
-                row = {"library": lib, "k": k, "knobs": "defaults" if knobs is None else list(knobs),
+            for lib in libs:
+                exh = exh_c if lib == "colbert_ai" else exh_o
+                kn = PROBED[knobs] if lib == "ours_probed" else knobs
+                row = {"library": lib, "k": k, "knobs": "defaults" if kn is None else list(kn),
                        "latency_ms": percentiles(lat[lib][1:]), "agreement@10": agreement(res[lib], exh),
                        "ndcg@10": ndcg(res[lib], qids, ids, qrels), "float_overlap@10": agreement(res[lib], ref)}
                 rows.append(row)
@@ -234,7 +242,7 @@ def measure(args) -> dict:
     curve = [(r["agreement@10"], r["latency_ms"]["p50"]) for r in rows if r["library"] == "colbert_ai" and r["k"] == 10]
     out["ratios_k10"] = []
     for r in rows:
-        if r["library"] == "ours" and r["k"] == 10:
+        if r["library"] in ("ours", "ours_probed") and r["k"] == 10:
             ratio, c_lat = ratio_at(r["agreement@10"], r["latency_ms"]["p50"], curve)
             out["ratios_k10"].append({"knobs": r["knobs"], "agreement@10": r["agreement@10"],
                                       "ours_p50": r["latency_ms"]["p50"], "colbert_ai_p50_interpolated": c_lat,
@@ -250,11 +258,13 @@ def plot(out: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, k in zip(axes, (10, 100)):
-        for lib, style in (("colbert_ai", "o--"), ("ours", "s-")):
+        for lib, style in (("colbert_ai", "o--"), ("ours", "s-"), ("ours_probed", "^-")):
             pts = sorted((r["agreement@10"], r["latency_ms"]["p50"]) for r in out["runs"]
                          if r["library"] == lib and r["k"] == k and r["knobs"] != "defaults")
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=lib.replace("_", "-"))
+                name = {"colbert_ai": "colbert-ai", "ours": "ours, pruned (same knobs)",
+                        "ours_probed": "ours, probed scoring (default stage 2)"}[lib]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
             d = [r for r in out["runs"] if r["library"] == lib and r["k"] == k and r["knobs"] == "defaults"]
             if d:
                 ax.plot(d[0]["agreement@10"], d[0]["latency_ms"]["p50"], "*", ms=12, label=f"{lib} defaults")

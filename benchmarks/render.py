@@ -210,11 +210,22 @@ def peers_tables() -> list[str]:
                    f"{o['latency_ms']['p50']} / {o['latency_ms']['p95']} | {o['agreement@10']:.3f} | "
                    f"{o['ndcg@10']:.4f} | {o['float_overlap@10']:.3f} | "
                    f"{o['latency_ms']['p50'] / r['latency_ms']['p50']:.2f} |")
+    probed = [x for x in runs if x["library"] == "ours_probed"]
+    if probed:
+        out += ["", "Ours with probed scoring (our default stage 2: no threshold), in the same interleaved loop as "
+                "colbert-ai's row with comparable work:", "",
+                "| k | our knobs (ncells, -, ndocs) | ours p50 / p95 ms | agreement | nDCG@10 | float overlap |",
+                "|---|---|---|---|---|---|"]
+        for o in probed:
+            out.append(f"| {o['k']} | ({o['knobs'][0]}, -, {o['knobs'][2]}) | {o['latency_ms']['p50']} / "
+                       f"{o['latency_ms']['p95']} | {o['agreement@10']:.3f} | {o['ndcg@10']:.4f} | "
+                       f"{o['float_overlap@10']:.3f} |")
     out += ["", "At matched agreement (k=10; colbert-ai's p50 interpolated linearly on its curve between measured "
             "points; blank where our agreement lies outside its measured range):", "",
             "| our knobs | our agreement | ours p50 ms | colbert-ai p50 ms at that agreement | ratio |", "|---|---|---|---|---|"]
     for r in d["ratios_k10"]:
-        knobs = "defaults" if r["knobs"] == "defaults" else "(" + ", ".join(map(str, r["knobs"])) + ")"
+        knobs = "defaults" if r["knobs"] == "defaults" else "(" + ", ".join(
+            "-" if v is None else str(v) for v in r["knobs"]) + ")"
         c = r["colbert_ai_p50_interpolated"]
         out.append(f"| {knobs} | {r['agreement@10']:.3f} | {r['ours_p50']} | {'' if c is None else c} | "
                    f"{'' if r['ratio'] is None else r['ratio']} |")

@@ -236,24 +236,26 @@ per document, cheaper than sorting the candidates); beyond it, it sorts."""
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """Resolved PLAID work for one query: cells probed per query token, pruning threshold, documents kept after
-    pruned centroid interaction (stage 2), after full centroid interaction (stage 3) and scored exactly."""
+    """Resolved PLAID work for one query: cells probed per query token, the pruning threshold (None: candidates
+    are scored from their probed cells instead, see ``probed_scores``), documents kept after stage 2, after full
+    centroid interaction (stage 3) and scored exactly."""
 
     ncells: int
-    centroid_score_threshold: float
+    centroid_score_threshold: Optional[float]
     stage2_docs: int
     stage3_docs: int  # = exact_docs: the documents full centroid interaction keeps are those scored exactly
     exact_docs: int
     exhaustive: bool = False
 
 
-def _defaults(k: int) -> tuple[int, float, int, int]:
-    """(ncells, threshold, ndocs, budget of document-token x query-token scores for the exact stage)"""
+def _defaults(k: int) -> tuple[int, float, int, int, int]:
+    """(ncells with a threshold, threshold, ndocs, budget of document-token x query-token scores for the exact
+    stage, ncells for probed scoring)"""
     if k <= 10:
-        return 2, 0.45, 512, 3 << 17
+        return 2, 0.45, 512, 3 << 17, 8
     if k <= 100:
-        return 4, 0.4, 2048, 1 << 20
-    return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k)
+        return 4, 0.4, 2048, 1 << 20, 16
+    return 8, 0.35, max(8 * k, 8192), max(1 << 21, 2048 * k), 32
 
 
 def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0) -> SearchPlan:
@@ -261,28 +263,76 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     ``avg_doclen`` tokens.
 
     Explicit knobs keep PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents
-    after pruned centroid interaction and ``max(ndocs // 4, k)`` after full centroid interaction; those are scored
-    exactly. Unset knobs start from colbert-ai's table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4,
-    max(4k, 4096)), changed where measured latency-vs-agreement curves said so (BENCHMARKS.md):
+    after stage 2 and ``max(ndocs // 4, k)`` after full centroid interaction; those are scored exactly. Stage 2
+    is PLAID's pruned centroid interaction when ``centroid_score_threshold`` is given; without it (the default)
+    the candidates are scored from the cells probed for each query token (``probed_scores``), which measured both
+    faster and closer to exhaustive search (BENCHMARKS.md). Unset knobs start from colbert-ai's table (k<=10: 1,
+    0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4, max(4k, 4096)), changed where measured latency-vs-agreement
+    curves said so:
 
+    - probed scoring looks at 8 / 16 / 32 cells per query token (k <= 10 / <= 100 / more), with a threshold 2 / 4
+      / 8; a short query probes more cells per token (at least ``CELLS_PER_QUERY`` in all);
     - the full centroid-interaction stage stays: skipping it for k <= 10 (pruned interaction picking the exact
       stage's documents directly) was ~1/3 faster and agreed 0.9915 with exhaustive top-10 on scifact with the
       default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
-    - a short query probes more cells per token (at least ``CELLS_PER_QUERY`` in all);
     - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
       never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,
       where centroid scores tie a lot) get many more documents scored exactly for the same work.
     """
-    nc, thr, nd, pairs = _defaults(k)
+    nc, thr, nd, pairs, probe = _defaults(k)
     per_doc = max(1.0, avg_doclen * max(1, q_len))
     budget_docs = int(pairs // per_doc)
-    ncells = config.ncells if config.ncells is not None else max(nc, -(-CELLS_PER_QUERY // max(1, q_len)))
-    threshold = config.centroid_score_threshold if config.centroid_score_threshold is not None else thr
+    threshold = config.centroid_score_threshold
+    if config.ncells is not None:
+        ncells = config.ncells
+    else:
+        ncells = max(nc if threshold is not None else probe, -(-CELLS_PER_QUERY // max(1, q_len)))
     if config.ndocs is not None:
         exact = max(config.ndocs // 4, k)
         return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, exact, config.exhaustive)
     exact = max(nd // 4, k, budget_docs)
     return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive)
+
+
+# ------------------------------------------------------------------ probed scoring (stage 2 without a threshold)
+
+IMPUTE = 0.8
+"""Probed scoring: a query token none of a candidate's probed cells serves gets this fraction of the score of
+the last cell probed for it (an upper bound on any cell not probed). Chosen on scifact (BENCHMARKS.md): 0 and 1
+both agreed less with exhaustive search."""
+
+
+def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: Optional[torch.Tensor] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 1 and 2 from the probed cells alone (WARP's candidate scoring, arXiv 2501.17788): each query token
+    probes its ``ncells`` best centroids; a document in those inverted lists scores, per query token, the best
+    centroid score among the cells probed for that token that list it (at least 0), or ``IMPUTE`` x the score of
+    the token's last probed cell when none does; summed over query tokens. Touches only the probed lists (no
+    token or pruned-centroid pass), so it costs little more than candidate generation.
+    ScT: (q_len, num_centroids) query-centroid scores. Returns (sorted candidate pids int64, scores float32)."""
+    q = ScT.shape[0]
+    ncells = min(ncells, ScT.shape[1])
+    top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
+    cells, vals = top.indices.flatten(), top.values.flatten()
+    docs, which = [], []
+    for part in arrays.ivf:
+        idx, sub = gather_rows(part.offsets, cells)
+        d = part.pids.index_select(0, idx).long()
+        docs.append(d + part.doc_base if part.doc_base else d)
+        which.append(torch.repeat_interleave(torch.arange(cells.numel(), device=cells.device), sub[1:] - sub[:-1],
+                                             output_size=idx.numel()))
+    docs = torch.cat(docs) if len(docs) != 1 else docs[0]
+    which = torch.cat(which) if len(which) != 1 else which[0]  # the (token, cell) pair each entry came from
+    if allowed is not None:
+        ok = allowed.index_select(0, docs).nonzero().flatten()
+        docs, which = docs.index_select(0, ok), which.index_select(0, ok)
+    pids, inv = torch.unique(docs, return_inverse=True)
+    best = torch.zeros(pids.numel() * q, dtype=torch.float32, device=ScT.device)
+    best.scatter_reduce_(0, inv * q + torch.div(which, ncells, rounding_mode="floor"), vals.index_select(0, which),
+                         "amax")
+    best = best.view(-1, q)
+    missing = (IMPUTE * vals.view(q, ncells)[:, -1].clamp_min(0.0))[None, :].expand_as(best)
+    return pids, torch.where(best > 0, best, missing).sum(-1)
 
 
 # ------------------------------------------------------------------ the fast candidate stage
@@ -372,7 +422,10 @@ def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
 
 def _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed):
     """Stages 1-4 of ``search`` for one query."""
-    pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
+    if p.centroid_score_threshold is None:
+        pids, approx = probed_scores(ScT, arrays, p.ncells, allowed)
+    else:
+        pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
         return score_all_allowed()
     if pids.numel() > p.stage2_docs:

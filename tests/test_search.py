@@ -151,7 +151,10 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     assert plan(SearchConfig(ndocs=8), 10).exact_docs == 10  # never fewer than k
     long_q = plan(SearchConfig(), 10, q_len=32, avg_doclen=200)  # scifact-like
     short_q = plan(SearchConfig(), 10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
-    assert long_q.ncells == 2 and long_q.stage2_docs == 512 and long_q.stage3_docs == long_q.exact_docs == 128
+    assert long_q.ncells == 8 and long_q.stage2_docs == 512 and long_q.stage3_docs == long_q.exact_docs == 128
+    assert long_q.centroid_score_threshold is None  # default stage 2: probed scoring
+    pruned = plan(SearchConfig(centroid_score_threshold=0.45), 10, q_len=32, avg_doclen=200)  # PLAID's stage 2
+    assert (pruned.ncells, pruned.centroid_score_threshold, pruned.stage2_docs) == (2, 0.45, 512)
     assert short_q.ncells == -(-CELLS_PER_QUERY // 4)  # at least CELLS_PER_QUERY cells probed in all
     assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
     # the exact stage's work (document tokens x query tokens) stays within the same budget
@@ -189,21 +192,25 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
 
 def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
-    """With default knobs and a collection larger than the exact-stage budget, search must go through candidate
-    generation, pruned centroid interaction and the exact stage on a subset (not the exhaustive fallback) and
-    agree with exhaustive search; explicit knobs keep PLAID's meaning (ndocs after pruning,
-    ndocs // 4 after full centroid interaction, those scored exactly)."""
+    """With default knobs and a collection larger than the exact-stage budget, search must go through probed
+    scoring, full centroid interaction and the exact stage on a subset (not the exhaustive fallback) and agree
+    with exhaustive search; explicit knobs keep PLAID's meaning (a threshold: pruned centroid interaction; ndocs
+    after it, ndocs // 4 after full centroid interaction, those scored exactly)."""
     from colbert_retriever import plaid
 
     texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
     queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
-    calls = {"candidates": 0, "interaction": 0, "exact_docs": []}
-    real = (plaid._pruned_candidates, plaid.exact_scores, plaid.centroid_interaction)
+    calls = {"candidates": 0, "probed": 0, "interaction": 0, "exact_docs": []}
+    real = (plaid._pruned_candidates, plaid.exact_scores, plaid.centroid_interaction, plaid.probed_scores)
 
     def candidates(*a, **k):
         calls["candidates"] += 1
         return real[0](*a, **k)
+
+    def probed(*a, **k):
+        calls["probed"] += 1
+        return real[3](*a, **k)
 
     def exact(Q, arrays, pids, *a, **k):
         calls["exact_docs"].append(int(pids.numel()))
@@ -216,13 +223,15 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monke
     monkeypatch.setattr(plaid, "_pruned_candidates", candidates)
     monkeypatch.setattr(plaid, "exact_scores", exact)
     monkeypatch.setattr(plaid, "centroid_interaction", interaction)
+    monkeypatch.setattr(plaid, "probed_scores", probed)
     got = [ids_of(idx.search(q, k=10)) for q in queries]
-    assert calls["candidates"] == len(queries), calls
+    assert calls["probed"] == len(queries) and calls["candidates"] == 0, calls  # default stage 2: probed scoring
     assert max(calls["exact_docs"]) < len(texts) / 2  # the exact stage scored a subset
 
-    calls.update(candidates=0, interaction=0, exact_docs=[])
+    calls.update(candidates=0, probed=0, interaction=0, exact_docs=[])
     explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128)) for q in queries]
-    assert calls["candidates"] == len(queries) and calls["interaction"] >= len(queries)  # stage 3 ran
+    assert calls["candidates"] == len(queries) and calls["probed"] == 0  # a threshold: PLAID's pruned stage 2
+    assert calls["interaction"] >= len(queries)  # stage 3 ran
     assert max(calls["exact_docs"]) == 128 // 4  # PLAID's meaning: ndocs // 4 documents scored exactly
     monkeypatch.undo()
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
@@ -257,19 +266,25 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     arrays = plaid.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),
                                       torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
     planted = torch.randperm(n_docs, generator=g)[:40]
-    hit_plaid = hit_exh = agree = 0
+    hit_exh = 0
+    hit = {"probed": 0, "pruned": 0}
+    agree = {"probed": 0, "pruned": 0}
+    configs = {"probed": SearchConfig(), "pruned": SearchConfig(centroid_score_threshold=0.45)}
     for d in planted.tolist():
         tokens = embs[d, torch.randperm(doclen, generator=g)[:16]]
         q = torch.nn.functional.normalize(tokens + 0.03 * torch.randn(16, dim, generator=g), dim=-1)
-        pids, scores = plaid.search(q, arrays, 10)
         ref, ref_scores = plaid.search(q, arrays, 10, SearchConfig(exhaustive=True))
-        assert plaid.plan(SearchConfig(), 10, 16, doclen).exact_docs < n_docs / 4  # not the small-collection path
-        assert bool((scores[:-1] >= scores[1:]).all()) and len(set(pids.tolist())) == 10
-        hit_plaid += int(pids[0] == d)
         hit_exh += int(ref[0] == d)
-        agree += len(set(pids.tolist()) & set(ref.tolist()))
-    assert hit_exh >= 38 and hit_plaid >= hit_exh
-    assert agree / (10 * len(planted)) >= 0.95
+        for name, cfg in configs.items():  # the default stage 2 and PLAID's pruned one
+            pids, scores = plaid.search(q, arrays, 10, cfg)
+            assert plaid.plan(cfg, 10, 16, doclen).exact_docs < n_docs / 4  # not the small-collection path
+            assert bool((scores[:-1] >= scores[1:]).all()) and len(set(pids.tolist())) == 10
+            hit[name] += int(pids[0] == d)
+            agree[name] += len(set(pids.tolist()) & set(ref.tolist()))
+    assert hit_exh >= 38
+    for name in configs:
+        assert hit[name] >= hit_exh, (name, hit)
+        assert agree[name] / (10 * len(planted)) >= 0.95, (name, agree)
 
 
 def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200, monkeypatch):
@@ -332,3 +347,49 @@ def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
             assert torch.equal(plaid.centroid_interaction(Sc, arrays, pids), ref)
             assert torch.equal(plaid.centroid_interaction(Sc, arrays, torch.arange(90)),
                                plaid.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
+
+
+def test_probed_scores_equal_a_direct_loop():
+    """Probed scoring (the default stage 2): candidates are the documents in each query token's ``ncells`` best
+    cells; per token, a document scores its best probed cell that lists it (>= 0), else IMPUTE x the token's last
+    probed cell's score; summed. Checked against a loop, over two segments, with and without a filter."""
+    from colbert_retriever import plaid
+    from colbert_retriever.codec import ResidualCodec
+    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+
+    g = torch.Generator().manual_seed(6)
+    K, dim, q_len = 30, 16, 5
+    cents = torch.nn.functional.normalize(torch.randn(K, dim, generator=g), dim=-1)
+    codec = ResidualCodec(cents, torch.tensor([0.0]), torch.tensor([-0.01, 0.01]), 1)
+    lengths = torch.randint(1, 12, (80,), generator=g)
+    codes = torch.randint(0, K, (int(lengths.sum()),), generator=g)
+    off = offsets_from_lengths(lengths)
+    parts = []
+    for lo, hi in ((0, 50), (50, 80)):  # two segments, each with its own inverted file
+        c = codes[off[lo] : off[hi]]
+        p, o = inverted_file(c.numpy(), lengths[lo:hi].numpy(), K)
+        parts.append(plaid.IvfPart(torch.from_numpy(p), torch.from_numpy(o), lo))
+    sizes = sum(p.offsets[1:] - p.offsets[:-1] for p in parts)
+    arrays = plaid.IndexArrays(codec, plaid.Rows([codes]), plaid.Rows([torch.zeros(codes.numel(), 2, dtype=torch.uint8)]),
+                               plaid.Rows([torch.ones(codes.numel())]), off, parts, sizes)
+    ScT = torch.nn.functional.normalize(torch.randn(q_len, dim, generator=g), dim=-1) @ cents.T
+    allowed = torch.rand(80, generator=g) < 0.6
+    for ncells in (1, 3, 7):
+        top = torch.topk(ScT, ncells, dim=1)
+        for mask in (None, allowed):
+            pids, scores = plaid.probed_scores(ScT, arrays, ncells, mask)
+            expect = {}
+            for d in range(80):
+                if mask is not None and not mask[d]:
+                    continue
+                cells = set(codes[off[d] : off[d + 1]].tolist())
+                per_token, probed = [], False
+                for j in range(q_len):
+                    served = [float(v) for c, v in zip(top.indices[j].tolist(), top.values[j]) if c in cells]
+                    probed |= bool(served)
+                    best = max([0.0, *served])
+                    per_token.append(best if best > 0 else plaid.IMPUTE * max(0.0, float(top.values[j, -1])))
+                if probed:
+                    expect[d] = sum(per_token)
+            assert pids.tolist() == sorted(expect)
+            assert torch.allclose(scores, torch.tensor([expect[d] for d in sorted(expect)]), atol=1e-5)
