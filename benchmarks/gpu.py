@@ -70,10 +70,10 @@ def main(argv=None):
             from colbert_retriever.config import SearchConfig
             from colbert_retriever.plaid import search
 
-            ScT = Q @ codec.centroids.T
-            res[f"search_k10_ms_{backend}"] = timeit(lambda: search(Q, arrays, 10, SearchConfig(), ScT=ScT))
+            Sc = codec.centroids @ Q.T
+            res[f"search_k10_ms_{backend}"] = timeit(lambda: search(Q, arrays, 10, SearchConfig(), Sc=Sc))
             res[f"exhaustive_k10_ms_{backend}"] = timeit(
-                lambda: search(Q, arrays, 10, SearchConfig(exhaustive=True), ScT=ScT), reps=3)
+                lambda: search(Q, arrays, 10, SearchConfig(exhaustive=True), Sc=Sc), reps=3)
     print(res)
     write_json("gpu.json", res)
     from render import render

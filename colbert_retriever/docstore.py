@@ -275,6 +275,15 @@ class DocStore:
                 out[pid] = (id_, text, self._meta(meta, pid), None if sp is None else self._span(sp, pid)[0])
         return out
 
+    def doc_ids(self, pids: Sequence[int]) -> dict[int, str]:
+        """pid -> document id only (no text or metadata to decode: what grouping passages by document needs)."""
+        out = {}
+        pids = [int(p) for p in pids]
+        for s in range(0, len(pids), 500):
+            part = pids[s : s + 500]
+            out.update(self._query(f"SELECT pid, id FROM docs WHERE pid IN ({','.join('?' * len(part))})", part))
+        return out
+
     def _span(self, sp: str, pid: int) -> tuple:
         try:
             return tuple(json.loads(sp))

@@ -578,9 +578,9 @@ class Index:
             # on short queries, and dropping them from the (rows, K) product afterwards copies it
             real = Q.abs().sum(-1) > 0  # (n, q_len)
             counts = real.sum(1).tolist()
-            ScT = Q[real] @ arrays.codec.centroids.T  # (real rows, K)
+            Sc = arrays.codec.centroids @ Q[real].T  # (K, real rows), each query's scores a column slice
             bounds = [0, *itertools.accumulate(counts)]
-            return [self._top_documents(snap, Q[qi][real[qi]], ScT[bounds[qi] : bounds[qi + 1]], k, config,
+            return [self._top_documents(snap, Q[qi][real[qi]], Sc[:, bounds[qi] : bounds[qi + 1]], k, config,
                                         allowed, n_allowed) for qi in range(Q.shape[0])]
 
     @staticmethod
@@ -624,7 +624,7 @@ class Index:
         return [row[d] for d in best], [fused[d] for d in best]
 
     @staticmethod
-    def _top_documents(snap: _Snapshot, q, ScT, k, config, allowed, n_allowed) -> tuple[list, list]:
+    def _top_documents(snap: _Snapshot, q, Sc, k, config, allowed, n_allowed) -> tuple[list, list]:
         """Top-k rows, then (when documents are stored as passages) the best passage of each document, asking
         for more rows until k documents are found or every allowed row was ranked. The first request covers the
         mean number of rows per document, and every request is planned for k documents (not for the rows asked:
@@ -633,15 +633,15 @@ class Index:
         if snap.passages and snap.live_docs > 0:
             k_rows = min(n_allowed, -(-k * snap.live_count // snap.live_docs) + k)
         while True:
-            pids, scores = plaid.search(q, snap.arrays, k_rows, config, allowed, n_allowed, ScT, plan_k=k)
+            pids, scores = plaid.search(q, snap.arrays, k_rows, config, allowed, n_allowed, Sc, plan_k=k)
             pids, scores = pids.cpu().tolist(), scores.cpu().tolist()
             if not snap.passages:
                 return pids, scores
-            ids = snap.docstore.fetch(pids)
+            ids = snap.docstore.doc_ids(pids)
             seen, keep = set(), []
             for i, p in enumerate(pids):  # best first: the first row of a document is its best passage
-                if ids[p][0] not in seen:
-                    seen.add(ids[p][0])
+                if ids[p] not in seen:
+                    seen.add(ids[p])
                     keep.append(i)
             if len(keep) >= k or len(pids) < k_rows or k_rows >= n_allowed:
                 keep = keep[:k]

@@ -309,7 +309,8 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     centroid score among the cells probed for that token that list it (at least 0), or ``IMPUTE`` x the score of
     the token's last probed cell when none does; summed over query tokens. Touches only the probed lists (no
     token or pruned-centroid pass), so it costs little more than candidate generation.
-    ScT: (q_len, num_centroids) query-centroid scores. Returns (sorted candidate pids int64, scores float32)."""
+    ScT: (q_len, num_centroids) query-centroid scores (``Sc.T``, a view is fine: the top cells are read along
+    its rows). Returns (sorted candidate pids int64, scores float32)."""
     q = ScT.shape[0]
     ncells = min(ncells, ScT.shape[1])
     top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
@@ -338,15 +339,12 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
 # ------------------------------------------------------------------ the fast candidate stage
 
 def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, threshold: float,
-                       allowed: Optional[torch.Tensor], ScT: Optional[torch.Tensor] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       allowed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1 and 2 in one pass over the inverted lists: the candidates (documents in the lists of each query
     token's ``ncells`` best centroids, restricted to ``allowed``) and their pruned centroid interaction, equal to
-    ``candidate_pids`` then ``pruned_interaction`` (tested). ScT: ``Sc.T`` stored contiguous, when the caller has
-    it: the top cells and the best score of each centroid read it along its rows (~10x faster for the latter).
-    Returns (sorted pids int64, scores float32)."""
+    ``candidate_pids`` then ``pruned_interaction`` (tested). Returns (sorted pids int64, scores float32)."""
     n_docs = arrays.num_docs
-    view = ScT.T if ScT is not None else Sc
+    view = Sc
     pids = candidate_pids(view, arrays, ncells)
     if allowed is not None:
         pids = pids[allowed.index_select(0, pids)]
@@ -374,29 +372,29 @@ def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thres
 
 def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(),
            allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
-           ScT: Optional[torch.Tensor] = None, plan_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+           Sc: Optional[torch.Tensor] = None, plan_k: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PLAID search for one query: the top-k (pids, exact MaxSim scores), best first.
 
     Q: (q_len, dim) query embeddings; all-zero rows (padding) are ignored. allowed: (n_docs,) bool of documents
     that may be returned (live and matching a filter) or None for all; n_allowed: its count (computed when not
-    given). ScT: ``Q @ centroids.T`` (q_len, num_centroids) when the caller computed it for a batch. plan_k: the k
-    the knobs are planned for when it differs from the rows asked (documents stored as passages); every stage
-    still keeps at least k rows. Always returns min(k, n_allowed)
+    given). Sc: ``centroids @ Q.T`` (num_centroids, q_len), any strides (a column slice of a batch's product),
+    when the caller computed it. plan_k: the k the knobs are planned for when it differs from the rows asked
+    (documents stored as passages); every stage still keeps at least k rows. Always returns min(k, n_allowed)
     documents. Owns planning, candidate generation, pruning and exact scoring; ``config`` holds knobs only.
     """
     dev = arrays.doc_offsets.device
     rows = Q.abs().sum(-1) > 0
     if not bool(rows.all()):
         Q = Q[rows]
-        ScT = ScT[rows] if ScT is not None else None
+        Sc = Sc[:, rows] if Sc is not None else None
     if n_allowed is None:
         n_allowed = arrays.num_docs if allowed is None else int(allowed.sum())
     if n_allowed == 0:
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     Q = Q.to(arrays.codec.centroids.device, torch.float32)
-    if ScT is None:
-        ScT = Q @ arrays.codec.centroids.T
-    Sc = ScT.T.contiguous()  # (num_centroids, q_len): rows gathered by centroid id
+    # (num_centroids, q_len), rows gathered by centroid id: computed in this layout (C @ Q.T) rather than
+    # transposed from Q @ C.T (a 2 MB copy for 16k centroids); the top cells read its transpose view
+    Sc = arrays.codec.centroids @ Q.T if Sc is None else Sc.contiguous()
     p = plan(config, plan_k or k, Q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs))
     if k > p.exact_docs:
         p = SearchPlan(p.ncells, p.centroid_score_threshold, max(p.stage2_docs, k), k, k, p.exhaustive)
@@ -414,18 +412,18 @@ def search(Q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     try:
         n = STAGE_THREADS if STAGE_THREADS is not None else (1 if concurrent else torch.get_num_threads())
         with _threads(n):  # many small steps (see README, "Threads")
-            return _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed)
+            return _stages(Q, Sc, arrays, k, p, allowed, score_all_allowed)
     finally:
         with _active_lock:
             _active -= 1
 
 
-def _stages(Q, Sc, ScT, arrays, k, p, allowed, score_all_allowed):
+def _stages(Q, Sc, arrays, k, p, allowed, score_all_allowed):
     """Stages 1-4 of ``search`` for one query."""
     if p.centroid_score_threshold is None:
-        pids, approx = probed_scores(ScT, arrays, p.ncells, allowed)
+        pids, approx = probed_scores(Sc.T, arrays, p.ncells, allowed)
     else:
-        pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed, ScT)
+        pids, approx = _pruned_candidates(Sc, arrays, p.ncells, p.centroid_score_threshold, allowed)
     if pids.numel() < k:  # widen: too few candidates, score every allowed document
         return score_all_allowed()
     if pids.numel() > p.stage2_docs:
