@@ -99,6 +99,10 @@ def scale_tables(s: dict) -> list[str]:
                    f"{row['index_bytes'] / 2**20:.1f} | {row['bytes_per_token']} | {row['peak_rss_mb_build']} | "
                    + " | ".join(f"{lat[k]['p50']}/{lat[k]['p95']}" for k in ("10", "100", "1000"))
                    + f" | {row['batch32_ms_per_query']} | {row['agreement_at_10']} |")
+    reused = sorted({str(r["build_reused_from"]) for r in s["sizes"] if r.get("build_reused_from")})
+    if reused:
+        out += ["", f"Build figures of the rows searched again with `--reuse` come from the run of {', '.join(reused)} "
+                "(same index folders); the search columns are this run's."]
     if s.get("curve"):
         out += ["", f"Latency vs agreement at k=10 on {s['curve_passages']} passages (PLAID knobs):", "",
                 "| ncells | threshold | ndocs | agreement@10 | p50 ms |", "|---:|---:|---:|---:|---:|"]

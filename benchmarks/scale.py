@@ -8,6 +8,7 @@ on the largest index. Writes benchmarks/results/scale.json, two PNG plots and BE
 from __future__ import annotations
 
 import argparse
+import json
 import gc
 import random
 import shutil
@@ -24,8 +25,9 @@ from colbert_retriever import ColBERT, Index, SearchConfig  # noqa: E402
 from colbert_retriever.evaluation import load_corpus  # noqa: E402
 
 CURVE = [(None, None, None), (1, 0.5, 256), (2, 0.45, 512), (4, 0.4, 1024), (8, 0.4, 2048), (12, 0.4, 2048),
-         (12, 0.4, 4096), (16, 0.4, 4096), (16, 0.4, 8192)]
-"""(ncells, centroid_score_threshold, ndocs); None: the adaptive default (colbert_retriever.plaid.plan)."""
+         (12, 0.4, 4096), (16, 0.4, 4096), (16, 0.4, 8192), (8, None, 512), (24, None, 2048), (24, None, 4096)]
+"""(ncells, centroid_score_threshold, ndocs); all None: the adaptive default (colbert_retriever.plaid.plan); a
+threshold of None with other knobs set: probed scoring (the default stage 2) at those knobs."""
 
 
 def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
@@ -42,7 +44,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="*", type=int, default=[10000, 30000, 100000])
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--reuse", action="store_true",
+                    help="search the indexes an earlier run left in benchmarks/work (its build figures are kept "
+                         "from the previous scale.json); re-measures the query side only")
     args = ap.parse_args(argv)
+    previous = {}
+    if args.reuse and (RESULTS / "scale.json").exists():
+        previous = {r["passages"]: r for r in json.loads((RESULTS / "scale.json").read_text())["sizes"]}
     ids, texts, metas = load_corpus(SHARED / "wordnet-glosses")
     rng = random.Random(0)
     order = list(range(len(texts)))
@@ -56,14 +64,18 @@ def main(argv=None):
     for n in args.sizes:
         sel = order[:n]
         path = WORK / f"wordnet-{n}"
-        shutil.rmtree(path, ignore_errors=True)
         index = None
         gc.collect()
-        with PeakRSS() as peak:
-            t = time.perf_counter()
-            index = Index.build(path, [texts[i] for i in sel], ids=[ids[i] for i in sel], model=model,
-                                show_progress=False)
-            build = time.perf_counter() - t
+        reused = args.reuse and n in previous and (path / "metadata.json").exists()
+        if reused:
+            index = Index.open(path, model=model)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            with PeakRSS() as peak:
+                t = time.perf_counter()
+                index = Index.build(path, [texts[i] for i in sel], ids=[ids[i] for i in sel], model=model,
+                                    show_progress=False)
+                build = time.perf_counter() - t
         meta = index.metadata
         lat = {}
         for k in (10, 100, 1000):
@@ -82,10 +94,15 @@ def main(argv=None):
         agree, _ = agreement(index, Q[: len(ref)], SearchConfig(), ref)
         seg = sum((path / f"{s['name']}.{p}.npy").stat().st_size - 128 for s in meta["segments"]
                   for p in ("codes", "residuals"))
-        row = {"passages": n, "embeddings": meta["counts"]["embeddings"], "build_s": round(build, 2),
-               "docs_per_s": round(n / build, 1), "build_stages_s": meta["provenance"]["stages"],
+        if reused:
+            kept = {key: previous[n][key] for key in ("build_s", "docs_per_s", "peak_rss_mb_build")}
+            kept["build_reused_from"] = previous[n].get("build_reused_from", out_prev_date(previous))
+        else:
+            kept = {"build_s": round(build, 2), "docs_per_s": round(n / build, 1), "peak_rss_mb_build": peak.peak_mb}
+        row = {"passages": n, "embeddings": meta["counts"]["embeddings"], **kept,
+               "build_stages_s": meta["provenance"]["stages"],
                "num_centroids": meta["codec"]["num_centroids"], "index_bytes": folder_bytes(path),
-               "bytes_per_token": round(seg / meta["counts"]["embeddings"], 2), "peak_rss_mb_build": peak.peak_mb,
+               "bytes_per_token": round(seg / meta["counts"]["embeddings"], 2),
                "latency_ms_excl_encoding": lat, "batch32_ms_per_query": round(batch, 2), "agreement_at_10": agree}
         out["sizes"].append(row)
         print(row, flush=True)
@@ -96,7 +113,9 @@ def main(argv=None):
     out["curve"] = []
     for nc, thr, nd in CURVE:
         a, p50 = agreement(index, Q[: len(ref)], SearchConfig(nc, thr, nd), ref)
-        out["curve"].append({"ncells": nc or "default", "threshold": thr or "default", "ndocs": nd or "default",
+        probed = nc is not None and thr is None
+        out["curve"].append({"ncells": nc or "default", "threshold": "none (probed)" if probed else thr or "default",
+                             "ndocs": nd or "default",
                              "agreement": a, "p50_ms": p50})
         print(out["curve"][-1], flush=True)
     write_json("scale.json", out)
@@ -104,6 +123,11 @@ def main(argv=None):
     from render import render
 
     render()
+
+
+def out_prev_date(previous: dict) -> str:
+    prev = json.loads((RESULTS / "scale.json").read_text())
+    return prev.get("machine", {}).get("date", "an earlier run")
 
 
 def plot(out):

@@ -212,8 +212,9 @@ def _add_knobs(s) -> None:
     g = s.add_argument_group("search knobs (PLAID; defaults depend on k)")
     g.add_argument("--exhaustive", action="store_true", help="score every document exactly (the reference; slow)")
     g.add_argument("--ncells", type=int, help="centroids probed per query token")
-    g.add_argument("--centroid-score-threshold", type=float, help="prune centroids scoring below this")
-    g.add_argument("--ndocs", type=int, help="candidate documents kept for exact scoring")
+    g.add_argument("--centroid-score-threshold", type=float, help="stage 2 = PLAID's pruned centroid interaction with this threshold (default: none, "
+                        "candidates scored from their probed cells)")
+    g.add_argument("--ndocs", type=int, help="documents kept after stage 2 (ndocs // 4 are scored exactly)")
 
 
 def _add_truncate(s, default: str) -> None:

@@ -95,10 +95,11 @@ class CodecConfig(_Config):
 class SearchConfig(_Config):
     """PLAID knobs for one call, nothing else. ``None`` fields take defaults that depend on k, the query's length
     and the index's mean document length (``colbert_retriever.plaid.plan``); a knob given explicitly is used as
-    is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents after pruned
-    centroid interaction (centroids scoring below ``centroid_score_threshold`` for every query token count 0) and
-    ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly. ``exhaustive`` scores every
-    document exactly."""
+    is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents after stage 2
+    and ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly. Stage 2 is PLAID's
+    pruned centroid interaction (centroids scoring below ``centroid_score_threshold`` for every query token count
+    0) when a threshold is given, and probed scoring (``plaid.probed_scores``: candidates scored from the cells
+    probed for each query token) when it is None, the default. ``exhaustive`` scores every document exactly."""
 
     ncells: Optional[int] = None
     centroid_score_threshold: Optional[float] = None

@@ -143,7 +143,7 @@ def test_pruned_interaction_paths_agree():
 
 def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     from colbert_retriever import SearchConfig
-    from colbert_retriever.plaid import CELLS_PER_QUERY, plan
+    from colbert_retriever.plaid import CELLS_PER_QUERY, PROBED_CELLS_PER_QUERY, plan
 
     explicit = plan(SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64), 10, q_len=3, avg_doclen=20)
     assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.stage3_docs,
@@ -155,7 +155,9 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     assert long_q.centroid_score_threshold is None  # default stage 2: probed scoring
     pruned = plan(SearchConfig(centroid_score_threshold=0.45), 10, q_len=32, avg_doclen=200)  # PLAID's stage 2
     assert (pruned.ncells, pruned.centroid_score_threshold, pruned.stage2_docs) == (2, 0.45, 512)
-    assert short_q.ncells == -(-CELLS_PER_QUERY // 4)  # at least CELLS_PER_QUERY cells probed in all
+    assert short_q.ncells == -(-PROBED_CELLS_PER_QUERY // 4)  # at least that many cells probed in all
+    short_pruned = plan(SearchConfig(centroid_score_threshold=0.45), 10, q_len=4, avg_doclen=20)
+    assert short_pruned.ncells == -(-CELLS_PER_QUERY // 4)
     assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
     # the exact stage's work (document tokens x query tokens) stays within the same budget
     assert short_q.exact_docs * 20 * 4 <= 3 << 17
