@@ -63,6 +63,8 @@ REENCODE_MAX_EMBEDDINGS = 200_000
 embeddings (about 5,000 passages of 40 tokens: a minute or two of encoding on 2 CPU cores)."""
 DEFAULT_LOCK_TIMEOUT = 60.0
 _OPEN_RETRIES = 5
+MATMUL_QUERIES = 64
+"""Queries whose query-centroid scores one matmul computes at once (search of many queries)."""
 
 
 def _now() -> str:
@@ -573,15 +575,19 @@ class Index:
         """(pids, MaxSim scores) of the top-k documents per query of Q, by PLAID."""
         arrays = snap.arrays
         allowed, n_allowed = self._allowed(snap, filter, ids)
+        out = []
         with torch.inference_mode():
-            # one matmul per batch over the queries' real (non-zero) rows: padding rows would cost a third of it
-            # on short queries, and dropping them from the (rows, K) product afterwards copies it
-            real = Q.abs().sum(-1) > 0  # (n, q_len)
-            counts = real.sum(1).tolist()
-            Sc = arrays.codec.centroids @ Q[real].T  # (K, real rows), each query's scores a column slice
-            bounds = [0, *itertools.accumulate(counts)]
-            return [self._top_documents(snap, Q[qi][real[qi]], Sc[:, bounds[qi] : bounds[qi + 1]], k, config,
-                                        allowed, n_allowed) for qi in range(Q.shape[0])]
+            # one matmul per group of queries over their real (non-zero) rows: padding rows would cost a third of
+            # it on short queries, and dropping them from the product afterwards copies it; groups of
+            # MATMUL_QUERIES keep the (K, rows) product bounded (~130 MB for 64 queries x 32 rows x 16k centroids)
+            for s in range(0, Q.shape[0], MATMUL_QUERIES):
+                part = Q[s : s + MATMUL_QUERIES]
+                real = part.abs().sum(-1) > 0  # (n, q_len)
+                Sc = arrays.codec.centroids @ part[real].T  # (K, real rows), each query's scores a column slice
+                bounds = [0, *itertools.accumulate(real.sum(1).tolist())]
+                out += [self._top_documents(snap, part[qi][real[qi]], Sc[:, bounds[qi] : bounds[qi + 1]], k,
+                                            config, allowed, n_allowed) for qi in range(part.shape[0])]
+        return out
 
     @staticmethod
     def _hits(snap: _Snapshot, out: list[tuple[list, list]]) -> list[list[Hit]]:
