@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT  # noqa: E402
@@ -146,12 +147,17 @@ def updates_tables() -> list[str]:
     return out
 
 
+def _result(name: str) -> Optional[dict]:
+    """benchmarks/results/NAME parsed, or None when that benchmark has not been run."""
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def hybrid_tables() -> list[str]:
     """BM25 / ColBERT / hybrid / BM25+rerank per shared judged set (benchmarks/hybrid.py)."""
-    path = RESULTS / "hybrid.json"
-    if not path.exists():
+    h = _result("hybrid.json")
+    if h is None:
         return []
-    h = json.loads(path.read_text())
     labels = [("bm25s_baseline", "BM25 (bm25s baseline)"), ("bm25", "BM25 (our lexical side, FTS5)"),
               ("colbert", "ColBERT (PLAID)"), ("hybrid_rrf", "hybrid, RRF"),
               ("hybrid_normalized", "hybrid, min-max (default)"), ("bm25_rerank", "BM25 top-100 + ColBERT rerank")]
@@ -184,10 +190,9 @@ def hybrid_tables() -> list[str]:
 
 def peers_tables() -> list[str]:
     """benchmarks/results/peers.json (``make bench-peers``): our search against colbert-ai on one machine."""
-    path = RESULTS / "peers.json"
-    if not path.exists():
+    d = _result("peers.json")
+    if d is None:
         return []
-    d = json.loads(path.read_text())
     m = d["machine"]
     e = d["exhaustive"]
     enc = d["query_encoding_ms"]
@@ -249,10 +254,9 @@ def peers_tables() -> list[str]:
 
 
 def contention_tables() -> list[str]:
-    path = RESULTS / "contention.json"
-    if not path.exists():
+    d = _result("contention.json")
+    if d is None:
         return []
-    d = json.loads(path.read_text())
     m = d["machine"]
     out = ["## Contention (`make bench-contention`)", "",
            f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs. Retrieval excludes encoding; "

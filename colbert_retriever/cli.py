@@ -212,7 +212,8 @@ def _add_knobs(s) -> None:
     g = s.add_argument_group("search knobs (PLAID; defaults depend on k)")
     g.add_argument("--exhaustive", action="store_true", help="score every document exactly (the reference; slow)")
     g.add_argument("--ncells", type=int, help="centroids probed per query token")
-    g.add_argument("--centroid-score-threshold", type=float, help="stage 2 = PLAID's pruned centroid interaction with this threshold (default: none, "
+    g.add_argument("--centroid-score-threshold", type=float,
+                   help="stage 2 = PLAID's pruned centroid interaction with this threshold (default: none, "
                         "candidates scored from their probed cells)")
     g.add_argument("--ndocs", type=int, help="documents kept after stage 2 (ndocs // 4 are scored exactly)")
 

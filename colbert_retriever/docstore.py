@@ -237,15 +237,19 @@ class DocStore:
         except (TypeError, ValueError):
             raise IndexFormatError(f"document store {self.path}: the metadata of row {pid} is not valid JSON") from None
 
+    def _rows_in(self, sql: str, keys: Sequence[Any], extra: Sequence[Any] = ()):
+        """Rows of ``sql`` (its ``{marks}`` the placeholders of an ``IN (...)`` list) for ``keys`` in chunks of 500
+        (SQLite's bound on parameters), ``extra`` parameters after each chunk's; chunk by chunk, in order."""
+        for s in range(0, len(keys), 500):
+            part = list(keys[s : s + 500])
+            yield from self._query(sql.format(marks=",".join("?" * len(part))), [*part, *extra])
+
     def pids_of(self, ids: Sequence[str], n: int, gen: int) -> dict[str, list[int]]:
         """Live pids of each given id that exists in the snapshot (several for a document stored as passages)."""
         out: dict[str, list[int]] = {}
-        ids = list(dict.fromkeys(ids))
-        for s in range(0, len(ids), 500):
-            part = ids[s : s + 500]
-            q = f"SELECT id, pid FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {_VISIBLE} ORDER BY pid"
-            for i, p in self._query(q, [*part, n, gen]):
-                out.setdefault(i, []).append(p)
+        q = f"SELECT id, pid FROM docs WHERE id IN ({{marks}}) AND {_VISIBLE} ORDER BY pid"
+        for i, p in self._rows_in(q, list(dict.fromkeys(ids)), (n, gen)):
+            out.setdefault(i, []).append(p)
         return out
 
     def count_documents(self, n: int, gen: int) -> int:
@@ -266,23 +270,15 @@ class DocStore:
     def fetch(self, pids: Sequence[int]) -> dict[int, tuple[str, str, dict, Optional[int]]]:
         """pid -> (id, text, metadata, passage number or None)."""
         out = {}
-        pids = [int(p) for p in pids]
         span = "span" if self.has_spans() else "NULL"
-        for s in range(0, len(pids), 500):
-            part = pids[s : s + 500]
-            q = f"SELECT pid, id, text, metadata, {span} FROM docs WHERE pid IN ({','.join('?' * len(part))})"
-            for pid, id_, text, meta, sp in self._query(q, part):
-                out[pid] = (id_, text, self._meta(meta, pid), None if sp is None else self._span(sp, pid)[0])
+        q = f"SELECT pid, id, text, metadata, {span} FROM docs WHERE pid IN ({{marks}})"
+        for pid, id_, text, meta, sp in self._rows_in(q, [int(p) for p in pids]):
+            out[pid] = (id_, text, self._meta(meta, pid), None if sp is None else self._span(sp, pid)[0])
         return out
 
     def doc_ids(self, pids: Sequence[int]) -> dict[int, str]:
         """pid -> document id only (no text or metadata to decode: what grouping passages by document needs)."""
-        out = {}
-        pids = [int(p) for p in pids]
-        for s in range(0, len(pids), 500):
-            part = pids[s : s + 500]
-            out.update(self._query(f"SELECT pid, id FROM docs WHERE pid IN ({','.join('?' * len(part))})", part))
-        return out
+        return dict(self._rows_in("SELECT pid, id FROM docs WHERE pid IN ({marks})", [int(p) for p in pids]))
 
     def _span(self, sp: str, pid: int) -> tuple:
         try:
@@ -294,18 +290,14 @@ class DocStore:
         """Live (text, metadata) of each given id that exists in the snapshot; a document stored as passages
         comes back whole (its original text)."""
         out: dict[str, tuple[str, dict]] = {}
-        ids = list(dict.fromkeys(ids))
         span = "span" if self.has_spans() else "NULL"
-        for s in range(0, len(ids), 500):
-            part = ids[s : s + 500]
-            q = (f"SELECT id, pid, text, metadata, {span} FROM docs WHERE id IN ({','.join('?' * len(part))}) "
-                 f"AND {_VISIBLE} ORDER BY pid")
-            pieces: dict[str, list] = {}
-            for i, p, t, m, sp in self._query(q, [*part, n, gen]):
-                pieces.setdefault(i, []).append((p, t, m, sp))
-            for i, rows in pieces.items():
-                p, t, m, _ = rows[0]
-                out[i] = (t if len(rows) == 1 else self._join(rows), self._meta(m, p))
+        q = f"SELECT id, pid, text, metadata, {span} FROM docs WHERE id IN ({{marks}}) AND {_VISIBLE} ORDER BY pid"
+        pieces: dict[str, list] = {}
+        for i, p, t, m, sp in self._rows_in(q, list(dict.fromkeys(ids)), (n, gen)):
+            pieces.setdefault(i, []).append((p, t, m, sp))  # an id's rows come in one chunk, ordered by pid
+        for i, rows in pieces.items():
+            p, t, m, _ = rows[0]
+            out[i] = (t if len(rows) == 1 else self._join(rows), self._meta(m, p))
         return out
 
     def _join(self, rows) -> str:

@@ -122,16 +122,21 @@ class IndexArrays:
 
 
 def ivf_lists(arrays: IndexArrays, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inverted lists of ``cells`` over every segment: (global pids int64, the cell of each entry)."""
-    pids, cents = [], []
+    """The inverted lists of ``cells`` over every segment: (global pids int64, for each entry the position in
+    ``cells`` of the cell it came from; ``cells`` may repeat, e.g. one row per (query token, probed cell))."""
+    pids, which = [], []
+    slots = torch.arange(cells.numel(), device=cells.device)
     for part in arrays.ivf:
         idx, sub = gather_rows(part.offsets, cells)
-        pids.append(part.pids.index_select(0, idx).long() + part.doc_base)
-        cents.append(torch.repeat_interleave(cells, sub[1:] - sub[:-1], output_size=idx.numel()))
+        d = part.pids.index_select(0, idx).long()
+        pids.append(d + part.doc_base if part.doc_base else d)
+        which.append(torch.repeat_interleave(slots, sub[1:] - sub[:-1], output_size=idx.numel()))
     if not pids:
         empty = torch.empty(0, dtype=torch.long, device=cells.device)
         return empty, empty
-    return torch.cat(pids), torch.cat(cents)
+    if len(pids) == 1:
+        return pids[0], which[0]
+    return torch.cat(pids), torch.cat(which)
 
 
 def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.Tensor:
@@ -178,10 +183,10 @@ def pruned_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor
         return centroid_interaction(Sc.clamp_min(0.0) * keep[:, None], arrays, pids)
     scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
     if kept.numel():
-        pair_pids, cents = ivf_lists(arrays, kept)
+        pair_pids, which = ivf_lists(arrays, kept)
         pos = torch.searchsorted(pids, pair_pids).clamp(max=pids.numel() - 1)
         hit = pids[pos] == pair_pids
-        cents = cents[hit]
+        cents = kept[which[hit]]
         pos = pos[hit]
         scores.scatter_reduce_(0, pos[:, None].expand(-1, Sc.shape[1]), Sc.index_select(0, cents), "amax")
     return scores.sum(-1)
@@ -323,15 +328,7 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     ncells = min(ncells, ScT.shape[1])
     top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
     cells, vals = top.indices.flatten(), top.values.flatten()
-    docs, which = [], []
-    for part in arrays.ivf:
-        idx, sub = gather_rows(part.offsets, cells)
-        d = part.pids.index_select(0, idx).long()
-        docs.append(d + part.doc_base if part.doc_base else d)
-        which.append(torch.repeat_interleave(torch.arange(cells.numel(), device=cells.device), sub[1:] - sub[:-1],
-                                             output_size=idx.numel()))
-    docs = torch.cat(docs) if len(docs) != 1 else docs[0]
-    which = torch.cat(which) if len(which) != 1 else which[0]  # the (token, cell) pair each entry came from
+    docs, which = ivf_lists(arrays, cells)  # which: the (token, cell) pair each entry came from
     if allowed is not None:
         ok = allowed.index_select(0, docs).nonzero().flatten()
         docs, which = docs.index_select(0, ok), which.index_select(0, ok)
@@ -352,13 +349,12 @@ def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thres
     token's ``ncells`` best centroids, restricted to ``allowed``) and their pruned centroid interaction, equal to
     ``candidate_pids`` then ``pruned_interaction`` (tested). Returns (sorted pids int64, scores float32)."""
     n_docs = arrays.num_docs
-    view = Sc
-    pids = candidate_pids(view, arrays, ncells)
+    pids = candidate_pids(Sc, arrays, ncells)
     if allowed is not None:
         pids = pids[allowed.index_select(0, pids)]
     if pids.numel() == 0:
         return pids, torch.empty(0, dtype=torch.float32, device=pids.device)
-    keep = view.amax(1) >= threshold
+    keep = Sc.amax(1) >= threshold
     kept = keep.nonzero().flatten()
     ivf_cost = int(arrays.ivf_sizes.index_select(0, kept).sum())
     token_cost = int((arrays.doc_offsets.index_select(0, pids + 1) - arrays.doc_offsets.index_select(0, pids)).sum())
@@ -369,11 +365,11 @@ def _pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thres
     posmap[pids] = torch.arange(pids.numel(), dtype=torch.int32, device=pids.device)
     scores = torch.zeros(pids.numel(), Sc.shape[1], dtype=torch.float32, device=pids.device)
     if kept.numel():
-        pair_pids, cents = ivf_lists(arrays, kept)
+        pair_pids, which = ivf_lists(arrays, kept)
         pos = posmap.index_select(0, pair_pids)
         hit = (pos >= 0).nonzero().flatten()
         pos = pos.index_select(0, hit).long()
-        rows = Sc.index_select(0, cents.index_select(0, hit))
+        rows = Sc.index_select(0, kept.index_select(0, which.index_select(0, hit)))
         scores.scatter_reduce_(0, pos[:, None].expand(-1, Sc.shape[1]), rows, "amax")
     return pids, scores.sum(-1)
 

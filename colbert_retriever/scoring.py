@@ -40,18 +40,20 @@ def padded_positions(starts: torch.Tensor, lengths: torch.Tensor, max_rows: Opti
     few large blocks beat many tight ones."""
     max_rows = PAD_ROWS if max_rows is None else max_rows
     n, dev = lengths.numel(), lengths.device
-    if n == 0:
-        return
-    M = int(lengths.max())
+    M = int(lengths.max()) if n else 0
     if M == 0:
         return
-    if n * M <= max_rows:
-        docs = torch.arange(n, device=dev)
-        if not bool((lengths > 0).all()):
-            docs = (lengths > 0).nonzero().flatten()
-            starts, lengths = starts.index_select(0, docs), lengths.index_select(0, docs)
+
+    def block(docs, st, ln, M):
         ar = torch.arange(M, device=dev)[:, None]
-        yield docs, torch.minimum(starts[None, :] + ar, (starts + lengths - 1)[None, :])
+        return docs, torch.minimum(st[None, :] + ar, (st + ln - 1)[None, :])
+
+    if n * M <= max_rows:
+        if bool((lengths > 0).all()):
+            yield block(torch.arange(n, device=dev), starts, lengths, M)
+        else:
+            docs = (lengths > 0).nonzero().flatten()
+            yield block(docs, starts.index_select(0, docs), lengths.index_select(0, docs), M)
         return
     docs = (lengths > 0).nonzero().flatten()
     lens, order = torch.sort(lengths.index_select(0, docs), stable=True)
@@ -62,10 +64,7 @@ def padded_positions(starts: torch.Tensor, lengths: torch.Tensor, max_rows: Opti
     while s < n:
         # the longest block [s, e) whose padded size (e - s) * L[e - 1] fits (lengths ascend)
         e = max(s + bisect.bisect_right(range(s + 1, n + 1), max_rows, key=lambda e: (e - s) * L[e - 1]), s + 1)
-        M = L[e - 1]
-        st, ln = starts[s:e], lens[s:e]
-        ar = torch.arange(M, device=dev)[:, None]
-        yield docs[s:e], torch.minimum(st[None, :] + ar, (st + ln - 1)[None, :])
+        yield block(docs[s:e], starts[s:e], lens[s:e], L[e - 1])
         s = e
 
 
