@@ -2,7 +2,7 @@
 process: BM25 (bm25s), a single-vector baseline of the same backbone (mean-pooled MiniLM, faiss IndexFlatIP), and
 our index (default model) with PLAID and exhaustive search at nbits 2 (and 1, 4).
 
-    python benchmarks/run.py [--data scifact cranfield cisi] [--nbits 2 1 4] [--quick]
+    python benchmarks/run.py [--data scifact cranfield cisi] [--nbits 2 1 4] [--no-baselines] [--merge] [--reuse]
 
 Writes benchmarks/results/bench.json and BENCHMARKS.md (the scale run's tables are kept if present).
 """
@@ -195,7 +195,12 @@ def main(argv=None):
     ap.add_argument("--merge", action="store_true",
                     help="keep the previous bench.json's entries that this run does not recompute (other nbits, "
                          "baselines), so a partial re-run updates the tables in place")
+    ap.add_argument("--reuse", action="store_true",
+                    help="search the nbits 2 indexes an earlier run left in benchmarks/work instead of rebuilding "
+                         "them (their build figures are kept from the previous bench.json); re-measures the query "
+                         "side only")
     args = ap.parse_args(argv)
+    previous = json.loads((RESULTS / "bench.json").read_text()) if (RESULTS / "bench.json").exists() else {}
     names = args.data or sorted(p.name for p in SHARED.iterdir() if (p / "qrels" / "test.tsv").exists())
     WORK.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine_info(), "datasets": {}}
@@ -216,23 +221,30 @@ def main(argv=None):
         enc = RecordingEncoder(model)
         for nbits in args.nbits:
             path = WORK / f"{name}-nbits{nbits}"
-            shutil.rmtree(path, ignore_errors=True)
-            gc.collect()
-            if nbits == 2:
-                # the reference build runs in its own process (the CLI), so its time and peak RSS are clean
-                out, build, peak = run_with_peak([sys.executable, "-m", "colbert_retriever.cli", "index", str(folder),
-                                                 str(path), "--nbits", "2", "--quiet"])
+            prev = previous.get("datasets", {}).get(name, {}).get(f"colbert_nbits{nbits}")
+            if args.reuse and nbits == 2 and (path / "metadata.json").exists() and prev:
                 index = Index.open(path, model=model)
-                extra = {"peak_rss_mb_build_process": peak}
+                build_keys = ("build_wall_s", "docs_per_s", "peak_rss_mb_build_process", "reconstruction_cosine")
+                stats = {**index_stats(index), **{key: prev[key] for key in build_keys if key in prev},
+                         "build_reused_from": previous.get("machine", {}).get("date")}
             else:
-                # nbits 1 and 4 reuse this process's cached encoding: their build time is compression only
-                reused = bool(enc._cache)
-                t = time.perf_counter()
-                index = Index.build(path, texts, ids=ids, model=enc, nbits=nbits, show_progress=False)
-                build = time.perf_counter() - t
-                extra = {"encoding_reused": reused, "reconstruction_cosine": reconstruction(index, enc)}
-            stats = index_stats(index)
-            stats.update({"build_wall_s": round(build, 2), "docs_per_s": round(len(texts) / build, 1), **extra})
+                shutil.rmtree(path, ignore_errors=True)
+                gc.collect()
+                if nbits == 2:
+                    # the reference build runs in its own process (the CLI), so its time and peak RSS are clean
+                    out, build, peak = run_with_peak([sys.executable, "-m", "colbert_retriever.cli", "index",
+                                                      str(folder), str(path), "--nbits", "2", "--quiet"])
+                    index = Index.open(path, model=model)
+                    extra = {"peak_rss_mb_build_process": peak}
+                else:
+                    # nbits 1 and 4 reuse this process's cached encoding: their build time is compression only
+                    reused = bool(enc._cache)
+                    t = time.perf_counter()
+                    index = Index.build(path, texts, ids=ids, model=enc, nbits=nbits, show_progress=False)
+                    build = time.perf_counter() - t
+                    extra = {"encoding_reused": reused, "reconstruction_cosine": reconstruction(index, enc)}
+                stats = index_stats(index)
+                stats.update({"build_wall_s": round(build, 2), "docs_per_s": round(len(texts) / build, 1), **extra})
             if nbits == 2:
                 out, _, peak = run_with_peak([sys.executable, "-m", "colbert_retriever.cli", "eval", str(folder),
                                               str(path), "--json"])
@@ -242,7 +254,7 @@ def main(argv=None):
             r[f"colbert_nbits{nbits}"] = stats
             print(f"colbert nbits={nbits}", json.dumps(stats), flush=True)
             index.close()
-        if 2 in args.nbits:
+        if 2 in args.nbits and enc._cache:  # (a reused index was not encoded here: its previous figure stays)
             path = WORK / f"{name}-nbits2"
             r["colbert_nbits2"]["reconstruction_cosine"] = reconstruction(Index.open(path, model=model), enc)
         results["datasets"][name] = r

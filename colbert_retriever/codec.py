@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
-from . import _kernels
+from . import _halfgemm, _kernels
 from ._device import cpu_supports_bf16
 from .config import CodecConfig
 from .errors import IndexFormatError, InvalidArgument
@@ -57,6 +58,7 @@ class ResidualCodec:
         self._lut = self.bucket_weights.to(self.centroids.device)[parts]  # (256, per) float32
         self._shifts = (torch.arange(per, device=self.centroids.device) * self.nbits).to(torch.int32)
         self._coarse = None
+        self._half = None  # packed float16 centroids for centroid_scores (False: not usable), made at first use
 
     @property
     def dim(self) -> int:
@@ -156,6 +158,24 @@ class ResidualCodec:
         Qr = Q.to(self.centroids.device, torch.float32).reshape(Q.shape[0], self.packed_dim, 8 // self.nbits)
         # one batched matmul (byte position j: (256, per) @ (per, q_len)); ~4x faster than the same einsum on CPU
         return torch.matmul(self._lut, Qr.permute(1, 2, 0)).reshape(-1, Q.shape[0])
+
+    def centroid_scores(self, Q: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Query-centroid scores ``Sc = centroids @ Q.T`` (K, q_len) float32, contiguous, and its transpose
+        (q_len, K) contiguous when that came for free (else None). On CPU, when the centroids are float16 values
+        (always for an index read from disk: they are stored as float16) and fbgemm is there, the product runs on
+        the packed float16 centroids (``_halfgemm``): the same scores up to summation order, 0.7 + 0.3 ms
+        (product + transposed copy) instead of 1.7 ms for 16k centroids and a 22-token query on 2 cores."""
+        Q = Q.to(self.centroids.device, torch.float32)
+        if self._half is None:
+            C = self.centroids
+            self._half = (C.device.type == "cpu" and _halfgemm.available()
+                          and bool(torch.equal(C.to(torch.float16).float(), C)) and _halfgemm.PackedWeights(C))
+        if self._half:
+            ScT = self._half(Q)
+            Sc = torch.empty(ScT.shape[1], ScT.shape[0], dtype=torch.float32)
+            Sc.T.copy_(ScT)  # into a fresh (K, q) buffer: ~2x faster than ScT.T.contiguous() here
+            return Sc, ScT
+        return self.centroids @ Q.T, None
 
     def token_scores(self, Sc: torch.Tensor, lut_q: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor,
                      inv_norms: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:

