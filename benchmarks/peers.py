@@ -6,7 +6,8 @@ Runs inside the peers virtualenv (``benchmarks/peers/setup.sh``: torch 2.13.0, c
 1. a colbert-ai-layout checkpoint both libraries load: the default backbone (all-MiniLM-L6-v2) + our 128-d head,
    [MASK] query augmentation, query_maxlen 32, doc_maxlen 180, saved with ``ColBERT.save``;
 2. scifact indexed by each library at 2 bits, each build in its own process (build time, peak RSS);
-3. the 300 test queries encoded once by colbert-ai (``Searcher.encode``; ours is checked to agree), then, for
+3. the 300 test queries encoded once by colbert-ai (``Searcher.encode``; ours is checked to agree: the run stops
+   if our float32 encoding differs by more than 1e-4), then, for
    each knob tuple (ncells, centroid_score_threshold, ndocs) and each library's defaults (and, for each tuple,
    ours with probed scoring, our default stage 2, at comparable work: ``PROBED``), retrieval timed
    excluding query encoding (colbert-ai: ``Searcher.dense_search``; ours: the index's PLAID path without fetching
@@ -66,7 +67,10 @@ def make_checkpoint():
     from colbert_retriever import ColBERT
 
     model = ColBERT.default(dtype=None)
-    model.set_config(model.config.replace(mask_augmentation=True, query_maxlen=32, doc_maxlen=DOC_MAXLEN))
+    # colbert-ai always inserts its marker tokens ([unused0] / [unused1]; it has no "no marker" setting), so the
+    # checkpoint says so too: both libraries then tokenize, and encode, alike (checked in ``measure``)
+    model.set_config(model.config.replace(mask_augmentation=True, query_maxlen=32, doc_maxlen=DOC_MAXLEN,
+                                          query_marker="[unused0]", doc_marker="[unused1]"))
     shutil.rmtree(CKPT, ignore_errors=True)
     model.save(CKPT)
 
@@ -179,10 +183,16 @@ def measure(args) -> dict:
     snap = index._current()
     out: dict = {"queries": len(qids), "documents": len(texts)}
 
-    # query encoding: the same embeddings for both libraries' searches (checked to agree)
+    # query encoding: the same embeddings for both libraries' searches (checked to agree: float32 weights exactly,
+    # our default float16 query weights to ~2e-4)
     Q = searcher.encode(qtexts).float()
-    Q_ours = model.encode_queries(qtexts).float()
-    out["encoders_max_abs_diff"] = float((Q - Q_ours).abs().max())
+    model.fp16_query_weights = False
+    out["encoders_max_abs_diff"] = float((Q - model.encode_queries(qtexts).float()).abs().max())
+    model.fp16_query_weights = True
+    out["encoders_max_abs_diff_fp16_query_weights"] = float((Q - model.encode_queries(qtexts).float()).abs().max())
+    if out["encoders_max_abs_diff"] > 1e-4:
+        raise SystemExit(f"the two encoders disagree (max abs {out['encoders_max_abs_diff']:.2e}) on {CKPT}: "
+                         "rebuild the checkpoint (run without --skip-build)")
     enc_c, enc_o = [], []
     for i, q in enumerate(qtexts[:100]):
         for which in ((0, 1) if i % 2 else (1, 0)):

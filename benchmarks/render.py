@@ -200,7 +200,10 @@ def peers_tables() -> list[str]:
            f"scifact ({d['documents']} documents, {d['queries']} queries), one colbert-ai-layout checkpoint loaded by "
            "both (all-MiniLM-L6-v2 + our 128-d head, [MASK] query augmentation to 32, doc_maxlen 180), 2 bits, each "
            "library's own index. Both search the same query embeddings (colbert-ai's encoder; ours differs by max abs "
-           f"{d['encoders_max_abs_diff']:.1e}); queries interleaved between the libraries, order alternated. "
+           f"{d['encoders_max_abs_diff']:.1e} with float32 weights"
+           + (f", {d['encoders_max_abs_diff_fp16_query_weights']:.1e} with its default float16 query weights"
+              if "encoders_max_abs_diff_fp16_query_weights" in d else "")
+           + "); queries interleaved between the libraries, order alternated. "
            "Retrieval excludes query encoding (colbert-ai: `Searcher.dense_search`; ours: the index's PLAID path "
            "without fetching texts). Agreement = share of the library's own exhaustive top-10 (exact MaxSim over its "
            "compressed index) returned; float overlap = share of the top-10 by exact MaxSim over uncompressed "
@@ -297,7 +300,8 @@ def query_path_tables() -> list[str]:
             out.append(f"| {name} ({r['queries']} q) | {label} | {r[f'{key}_float32']['p50']} | "
                        f"{r[f'{key}_float16']['p50']} | {r[f'{key}_ratio_p50']} |")
         a = r["agreement_top10"]
-        line = (f"{name}: top-10 agreement with exhaustive {a['float32']} (float32) / {a['float16']} (float16); "
+        line = (f"{name}: top-10 agreement with the exhaustive top-10 of the float32 query embeddings "
+                f"{a['float32']} (float32) / {a['float16']} (float16: near-ties may flip); "
                 f"query embeddings min cosine {r['query_embeddings_min_cosine']}, max abs difference "
                 f"{r['query_embeddings_max_abs_diff']:.1e}")
         q32, q16 = r.get("quality_float32_query_weights"), r.get("quality_float16_query_weights")

@@ -15,6 +15,7 @@ Layout written: colbert-ai, with safetensors weights. Weights are read with safe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import string
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import torch
 
 from .config import EncoderConfig
 from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 ARTIFACT = "artifact.metadata"
 OUR_KEY = "colbert_retriever"
@@ -176,10 +179,17 @@ def _read_pylate(folder: Path) -> Checkpoint:
 def write_colbert_ai(folder: Path, backbone, tokenizer, linear: torch.nn.Linear, config: EncoderConfig,
                      extra: Optional[dict] = None) -> None:
     """Save in colbert-ai layout: config.json, model.safetensors (``{prefix}.*`` + ``linear.weight``),
-    artifact.metadata, tokenizer files."""
+    artifact.metadata, tokenizer files. colbert-ai has no "no marker" setting: a config without markers is saved
+    as it is (this library loads it back unchanged) with a warning that colbert-ai would insert its own."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    missing = [name for name, m in (("query", config.query_marker), ("document", config.doc_marker)) if m is None]
+    if missing:
+        logger.warning("%s: saved in colbert-ai layout without a %s marker. colbert-retriever loads it back as it "
+                       "is, but colbert-ai always inserts its markers ([unused0] / [unused1]) and would encode "
+                       "differently; set query_marker / doc_marker in the encoder config to share the checkpoint "
+                       "with colbert-ai", folder, " or ".join(missing))
     folder.mkdir(parents=True, exist_ok=True)
     backbone.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

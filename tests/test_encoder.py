@@ -101,7 +101,7 @@ def test_default_model_offline(default_model):
     assert hits[0].id == "0"
 
 
-def test_light_default_backbone_matches_transformers(default_model, tmp_path):
+def test_light_default_backbone_matches_transformers(default_model, tmp_path, caplog):
     """load_model("default") runs BERT without importing transformers (_bert.LiteBert + tokenizers): same weights
     hash (so the same model identity in an index), same embeddings, same tokens; it saves and reloads."""
     from colbert_retriever import ColBERT
@@ -117,9 +117,12 @@ def test_light_default_backbone_matches_transformers(default_model, tmp_path):
     assert torch.allclose(default_model.encode_queries(texts), ref.encode_queries(texts), atol=1e-3)
     assert default_model.tokenizer.count_tokens(texts) == ref.tokenizer.count_tokens(texts)
     assert default_model.passage_spans(texts[2]) == ref.passage_spans(texts[2])
-    default_model.save(tmp_path / "ckpt")  # colbert-ai layout, loadable by transformers
+    with caplog.at_level(logging.WARNING, logger="colbert_retriever.checkpoints"):
+        default_model.save(tmp_path / "ckpt")  # colbert-ai layout, loadable by transformers
+    # the default model has no markers; colbert-ai would insert its own: said loudly
+    assert "without a query or document marker" in caplog.text and "colbert-ai always inserts" in caplog.text
     again = ColBERT.from_pretrained(tmp_path / "ckpt")
-    assert again.identity == default_model.identity
+    assert again.identity == default_model.identity and again.config == default_model.config
     script = ("import sys; from colbert_retriever import Index, load_model; load_model('default'); "
               "print(any(m.startswith('transformers') for m in sys.modules))")
     import subprocess

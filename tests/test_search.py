@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -353,10 +355,25 @@ def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
                                plaid.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
 
 
-def test_probed_scores_equal_a_direct_loop():
+def test_unique_inverse_by_table_and_by_sort(monkeypatch):
+    from colbert_retriever import plaid
+
+    g = torch.Generator().manual_seed(3)
+    for n, m in ((1, 5), (50, 200), (1000, 30), (1000, 0)):
+        x = torch.randint(0, n, (m,), generator=g)
+        ref_u, ref_inv = torch.unique(x, return_inverse=True)
+        for ratio in (0, 10**9):  # always sort, always the table
+            monkeypatch.setattr(plaid, "UNIQUE_TABLE_DOCS", 0)
+            monkeypatch.setattr(plaid, "UNIQUE_TABLE_RATIO", ratio)
+            u, inv = plaid._unique_inverse(x, n)
+            assert torch.equal(u, ref_u) and torch.equal(inv, ref_inv) and inv.dtype == torch.long
+
+
+def test_probed_scores_equal_a_direct_loop(monkeypatch):
     """Probed scoring (the default stage 2): candidates are the documents in each query token's ``ncells`` best
     cells; per token, a document scores its best probed cell that lists it (>= 0), else IMPUTE x the token's last
-    probed cell's score; summed. Checked against a loop, over two segments, with and without a filter."""
+    probed cell's score; summed. Checked against a loop, over two segments, with and without a filter, finding
+    the distinct candidates by sorting and by a table."""
     from colbert_retriever import plaid
     from colbert_retriever.codec import ResidualCodec
     from colbert_retriever.strided import inverted_file, offsets_from_lengths
@@ -378,22 +395,23 @@ def test_probed_scores_equal_a_direct_loop():
                                plaid.Rows([torch.ones(codes.numel())]), off, parts, sizes)
     ScT = torch.nn.functional.normalize(torch.randn(q_len, dim, generator=g), dim=-1) @ cents.T
     allowed = torch.rand(80, generator=g) < 0.6
-    for ncells in (1, 3, 7):
+    for ncells, mask, ratio in itertools.product((1, 3, 7), (None, allowed), (0, 10**9)):
+        monkeypatch.setattr(plaid, "UNIQUE_TABLE_DOCS", 0)
+        monkeypatch.setattr(plaid, "UNIQUE_TABLE_RATIO", ratio)
         top = torch.topk(ScT, ncells, dim=1)
-        for mask in (None, allowed):
-            pids, scores = plaid.probed_scores(ScT, arrays, ncells, mask)
-            expect = {}
-            for d in range(80):
-                if mask is not None and not mask[d]:
-                    continue
-                cells = set(codes[off[d] : off[d + 1]].tolist())
-                per_token, probed = [], False
-                for j in range(q_len):
-                    served = [float(v) for c, v in zip(top.indices[j].tolist(), top.values[j]) if c in cells]
-                    probed |= bool(served)
-                    best = max([0.0, *served])
-                    per_token.append(best if best > 0 else plaid.IMPUTE * max(0.0, float(top.values[j, -1])))
-                if probed:
-                    expect[d] = sum(per_token)
-            assert pids.tolist() == sorted(expect)
-            assert torch.allclose(scores, torch.tensor([expect[d] for d in sorted(expect)]), atol=1e-5)
+        pids, scores = plaid.probed_scores(ScT, arrays, ncells, mask)
+        expect = {}
+        for d in range(80):
+            if mask is not None and not mask[d]:
+                continue
+            cells = set(codes[off[d] : off[d + 1]].tolist())
+            per_token, probed = [], False
+            for j in range(q_len):
+                served = [float(v) for c, v in zip(top.indices[j].tolist(), top.values[j]) if c in cells]
+                probed |= bool(served)
+                best = max([0.0, *served])
+                per_token.append(best if best > 0 else plaid.IMPUTE * max(0.0, float(top.values[j, -1])))
+            if probed:
+                expect[d] = sum(per_token)
+        assert pids.tolist() == sorted(expect)
+        assert torch.allclose(scores, torch.tensor([expect[d] for d in sorted(expect)]), atol=1e-5)
