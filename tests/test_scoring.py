@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from colbert_retriever.scoring import maxsim_packed, maxsim_padded, segment_maxsim
@@ -47,6 +48,22 @@ def test_segment_maxsim_empty_documents_score_zero():
     sim = torch.tensor([[0.5, -0.2], [0.1, 0.3], [-0.4, -0.6]])
     off = offsets_from_lengths([2, 0, 1])
     assert torch.allclose(segment_maxsim(sim, off), torch.tensor([0.8, 0.0, -1.0]))
+
+
+@pytest.mark.parametrize("cols", [1, 5, 8, 9, 22])  # segment_reduce up to SEGMENT_REDUCE_MAX_COLS, scatter beyond
+def test_segment_max_equals_a_loop(cols):
+    from colbert_retriever.scoring import SEGMENT_REDUCE_MAX_COLS, segment_max
+
+    assert SEGMENT_REDUCE_MAX_COLS == 8
+    g = torch.Generator().manual_seed(cols)
+    lengths = torch.randint(0, 30, (40,), generator=g)
+    lengths[[0, 17, 39]] = 0
+    off = offsets_from_lengths(lengths)
+    sim = torch.randn(int(off[-1]), cols, generator=g) - 2.0  # mostly negative: an empty document must give 0
+    ref = torch.stack([sim[off[d] : off[d + 1]].amax(0) if lengths[d] else torch.zeros(cols) for d in range(40)])
+    assert torch.equal(segment_max(sim, off), ref)
+    assert segment_max(sim[:0], offsets_from_lengths([0, 0])).tolist() == [[0.0] * cols] * 2
+    assert segment_max(sim[:0], offsets_from_lengths([])).shape == (0, cols)
 
 
 def test_padded_positions_blocks_cover_each_document_once():
