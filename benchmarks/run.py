@@ -226,7 +226,7 @@ def main(argv=None):
                 index = Index.open(path, model=model)
                 build_keys = ("build_wall_s", "docs_per_s", "peak_rss_mb_build_process", "reconstruction_cosine")
                 stats = {**index_stats(index), **{key: prev[key] for key in build_keys if key in prev},
-                         "build_reused_from": previous.get("machine", {}).get("date")}
+                         "build_reused_from": prev.get("build_reused_from") or previous.get("machine", {}).get("date")}
             else:
                 shutil.rmtree(path, ignore_errors=True)
                 gc.collect()
@@ -266,7 +266,8 @@ def main(argv=None):
             new = results["datasets"].setdefault(name, {})
             for key, value in r.items():
                 new.setdefault(key, value)
-        results["merged_from_previous_run"] = old.get("machine", {}).get("date")
+        # where the kept rows were measured: a run that itself merged kept them from its own predecessor
+        results["merged_from_previous_run"] = old.get("merged_from_previous_run") or old.get("machine", {}).get("date")
     write_json("bench.json", results)
     from render import render
 
