@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import subprocess
 import threading
 import time
@@ -16,6 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = Path(os.environ.get("BENCH_WORKDIR", ROOT / "benchmarks" / "work"))
+
+
+def wordnet_sample(metas: list, n_queries: int) -> tuple[list[int], list[str]]:
+    """The scale benchmark's WordNet draw (seed 0): a shuffled order of the glosses (its first n are the n-passage
+    collection) and ``n_queries`` queries, each a sampled gloss's first lemma."""
+    rng = random.Random(0)
+    order = list(range(len(metas)))
+    rng.shuffle(order)
+    return order, [metas[i]["title"].split(",")[0].replace("_", " ") for i in rng.sample(range(len(metas)), n_queries)]
 
 
 def machine_info() -> dict:

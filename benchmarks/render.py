@@ -147,6 +147,11 @@ def updates_tables() -> list[str]:
     return out
 
 
+def _machine_line(m: dict) -> str:
+    """The machine a result file was measured on (``common.machine_info``), as one sentence."""
+    return f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), {m['date']}."
+
+
 def _result(name: str) -> Optional[dict]:
     """benchmarks/results/NAME parsed, or None when that benchmark has not been run."""
     path = RESULTS / name
@@ -260,7 +265,6 @@ def contention_tables() -> list[str]:
     d = _result("contention.json")
     if d is None:
         return []
-    m = d["machine"]
     out = ["## Contention (`make bench-contention`)", "",
            f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs. Retrieval excludes encoding; "
            "end-to-end is `Index.search` (encode + retrieve + fetch texts). *busy*: one CPU-bound process per core "
@@ -275,8 +279,7 @@ def contention_tables() -> list[str]:
             out.append(f"| {situation} | {name} | "
                        f"{r['retrieval_ms']['p50']} / {r['retrieval_ms']['p95']} | "
                        f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p95']} |")
-    out += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
-            f"{m['date']}.", ""]
+    out += ["", _machine_line(d["machine"]), ""]
     return out
 
 
@@ -284,7 +287,6 @@ def query_path_tables() -> list[str]:
     d = _result("query_path.json")
     if d is None:
         return []
-    m = d["machine"]
     out = ["## Query path (`make bench-query-path`)", "",
            "One query at a time, k=10, default knobs; the two float16 switches off (float32 query weights, float32 "
            "query-centroid product) vs on (the default on CPU with fbgemm), interleaved query by query in one "
@@ -309,8 +311,7 @@ def query_path_tables() -> list[str]:
             line += (f"; nDCG@10 {q32['ndcg@10']} / {q16['ndcg@10']}, Recall@100 {q32['recall@100']} / "
                      f"{q16['recall@100']}")
         notes.append(line + ".")
-    out += ["", *notes, "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} "
-            f"threads), {m['date']}.", ""]
+    out += ["", *notes, "", _machine_line(d["machine"]), ""]
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import gc
-import random
 import shutil
 import sys
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED, WORK, PeakRSS, folder_bytes, machine_info, percentiles, write_json  # noqa: E402
+from common import (RESULTS, SHARED, WORK, PeakRSS, folder_bytes, machine_info, percentiles,  # noqa: E402
+                    wordnet_sample, write_json)
 
 from colbert_retriever import ColBERT, Index, SearchConfig  # noqa: E402
 from colbert_retriever.evaluation import load_corpus  # noqa: E402
@@ -48,14 +48,13 @@ def main(argv=None):
                     help="search the indexes an earlier run left in benchmarks/work (its build figures are kept "
                          "from the previous scale.json); re-measures the query side only")
     args = ap.parse_args(argv)
-    previous = {}
+    previous, previous_date = {}, "an earlier run"
     if args.reuse and (RESULTS / "scale.json").exists():
-        previous = {r["passages"]: r for r in json.loads((RESULTS / "scale.json").read_text())["sizes"]}
+        prev_run = json.loads((RESULTS / "scale.json").read_text())
+        previous = {r["passages"]: r for r in prev_run["sizes"]}
+        previous_date = prev_run.get("machine", {}).get("date", previous_date)
     ids, texts, metas = load_corpus(SHARED / "wordnet-glosses")
-    rng = random.Random(0)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
-    queries = [metas[i]["title"].split(",")[0].replace("_", " ") for i in rng.sample(range(len(texts)), args.queries)]
+    order, queries = wordnet_sample(metas, args.queries)
     model = ColBERT.default()
     Q = model.encode_queries(queries)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -96,7 +95,7 @@ def main(argv=None):
                   for p in ("codes", "residuals"))
         if reused:
             kept = {key: previous[n][key] for key in ("build_s", "docs_per_s", "peak_rss_mb_build")}
-            kept["build_reused_from"] = previous[n].get("build_reused_from", out_prev_date(previous))
+            kept["build_reused_from"] = previous[n].get("build_reused_from", previous_date)
         else:
             kept = {"build_s": round(build, 2), "docs_per_s": round(n / build, 1), "peak_rss_mb_build": peak.peak_mb}
         row = {"passages": n, "embeddings": meta["counts"]["embeddings"], **kept,
@@ -123,11 +122,6 @@ def main(argv=None):
     from render import render
 
     render()
-
-
-def out_prev_date(previous: dict) -> str:
-    prev = json.loads((RESULTS / "scale.json").read_text())
-    return prev.get("machine", {}).get("date", "an earlier run")
 
 
 def plot(out):
