@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _halfgemm
+
 SUPPORTED_ACT = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
 
@@ -95,7 +97,11 @@ class _Layer(nn.Module):
         def heads(t):
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        ctx = F.scaled_dot_product_attention(heads(sa.query(x)), heads(sa.key(x)), heads(sa.value(x)), attn_mask=mask,
+        if _halfgemm.applies(sa.query, x):  # one product for query, key and value (see _halfgemm.fused)
+            q, k, v = _halfgemm.fused((sa.query, sa.key, sa.value))(x).split(d, dim=-1)
+        else:
+            q, k, v = sa.query(x), sa.key(x), sa.value(x)
+        ctx = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask,
                                              scale=1.0 / math.sqrt(d // self.heads))
         ctx = ctx.transpose(1, 2).reshape(b, n, d)
         out = self.attention.output

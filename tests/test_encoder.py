@@ -168,7 +168,10 @@ def test_fp16_query_weights(default_model, monkeypatch):
     assert m.fp16_query_weights
     half = m.encode_queries(queries)
     n_linear = sum(isinstance(x, torch.nn.Linear) for x in m.modules()) - 1  # the pooler is not used
-    assert len(calls) == n_linear
+    from colbert_retriever import _bert
+
+    n_fused = sum(isinstance(x, _bert._Layer) for x in m.modules())  # one product for query, key and value
+    assert len(calls) == n_linear - 2 * n_fused
     real = fp32.norm(dim=-1) > 0
     assert (half * fp32).sum(-1)[real].min() > 0.99999
     assert 0 < (half - fp32).abs().max() < 1e-3  # rounded weights: close, not identical
@@ -195,3 +198,22 @@ def test_fp16_query_weights(default_model, monkeypatch):
         with torch.no_grad():
             layer(x)
         assert len(calls) == 1
+
+
+def test_fused_query_key_value_products_equal_the_separate_ones():
+    """Under ``packed_linears`` an attention's query, key and value come from one packed product of the stacked
+    weights: the same numbers as three products (checked bitwise), rebuilt when a weight changes."""
+    from colbert_retriever import _halfgemm
+
+    if not _halfgemm.available():
+        pytest.skip("this torch build has no fbgemm fp16 GEMM")
+    torch.manual_seed(0)
+    layers = tuple(_halfgemm.HalfLinear(48, 48) for _ in range(3))
+    x = torch.randn(1, 7, 48)
+    with torch.inference_mode(), _halfgemm.packed_linears():
+        assert all(_halfgemm.applies(layer, x) for layer in layers)
+        assert torch.equal(_halfgemm.fused(layers)(x), torch.cat([layer(x) for layer in layers], -1))
+        with torch.no_grad():
+            layers[1].weight.mul_(2)
+        assert torch.equal(_halfgemm.fused(layers)(x), torch.cat([layer(x) for layer in layers], -1))
+    assert not _halfgemm.applies(layers[0], x)  # outside the block: float32 weights
