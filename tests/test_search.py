@@ -199,7 +199,7 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
 def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
     """With default knobs and a collection larger than the exact-stage budget, search must go through probed
-    scoring, full centroid interaction and the exact stage on a subset (not the exhaustive fallback) and agree
+    scoring and the exact stage on a subset (not the exhaustive fallback) and agree
     with exhaustive search; explicit knobs keep PLAID's meaning (a threshold: pruned centroid interaction; ndocs
     after it, ndocs // 4 after full centroid interaction, those scored exactly)."""
     from colbert_retriever import plaid
@@ -222,9 +222,10 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monke
         calls["exact_docs"].append(int(pids.numel()))
         return real[1](Q, arrays, pids, *a, **k)
 
-    def interaction(*a, **k):
+    def interaction(Sc, *a, **k):
         calls["interaction"] += 1
-        return real[2](*a, **k)
+        calls.setdefault("interaction_dtypes", []).append(Sc.dtype)
+        return real[2](Sc, *a, **k)
 
     monkeypatch.setattr(plaid, "_pruned_candidates", candidates)
     monkeypatch.setattr(plaid, "exact_scores", exact)
@@ -238,6 +239,8 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monke
     explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128)) for q in queries]
     assert calls["candidates"] == len(queries) and calls["probed"] == 0  # a threshold: PLAID's pruned stage 2
     assert calls["interaction"] >= len(queries)  # stage 3 ran
+    # stage 3 once per query on float16 scores (CPU, plaid.CI_HALF); PLAID's pruned stage 2 keeps float32
+    assert calls["interaction_dtypes"].count(torch.float16) == len(queries)
     assert max(calls["exact_docs"]) == 128 // 4  # PLAID's meaning: ndocs // 4 documents scored exactly
     monkeypatch.undo()
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
@@ -353,6 +356,11 @@ def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
             assert torch.equal(plaid.centroid_interaction(Sc, arrays, pids), ref)
             assert torch.equal(plaid.centroid_interaction(Sc, arrays, torch.arange(90)),
                                plaid.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
+            # float16 scores (what search passes on CPU): the reference over the same rounded values, float32 sums
+            half = plaid.centroid_interaction(Sc.half(), arrays, pids)
+            assert half.dtype == torch.float32
+            assert torch.allclose(half, plaid.centroid_interaction_scatter(Sc.half().float(), arrays, pids), atol=1e-6)
+            assert (half - ref).abs().max() <= Sc.shape[1] * 2 ** -11
 
 
 def test_unique_inverse_by_table_and_by_sort(monkeypatch):
