@@ -28,7 +28,7 @@ from .builder import StageTimes, train_codec
 from .codec import ResidualCodec
 from .config import CodecConfig, SearchConfig
 from .encoder import ColBERT
-from .errors import ColbertRetrieverError, IndexFormatError, IndexNotFoundError, InvalidArgument
+from .errors import ColbertRetrieverError, IndexFormatError, IndexNotFoundError
 from .hits import Hit
 from .index import Index
 

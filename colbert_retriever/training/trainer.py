@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -147,8 +147,12 @@ def train(model: Union[ColBERT, str], data: Union[str, Path, list[Example]], out
     if ck:
         start, rng = _restore(ck, opt)
         torch.set_rng_state(rng)
-        for _ in range(start):
-            sched.step()
+        # fast-forward the schedule to the restored step (the optimizer's state came back above): torch would warn
+        # that the scheduler steps before the optimizer, which is what is meant here
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            for _ in range(start):
+                sched.step()
     use_amp = model.device.type == "cuda"
     losses = []
     log = open(config.log_file, "a") if config.log_file else None
@@ -181,7 +185,7 @@ def train(model: Union[ColBERT, str], data: Union[str, Path, list[Example]], out
             log.flush()
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
             model.eval()
-            last = _save(model, opt, step + 1, out, config, torch.get_rng_state())
+            _save(model, opt, step + 1, out, config, torch.get_rng_state())
             model.train()
     bar.close()
     if log:
