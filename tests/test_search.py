@@ -164,7 +164,7 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     assert short_pruned.ncells == -(-CELLS_PER_QUERY // 4)
     assert short_q.exact_docs > 10 * long_q.exact_docs and short_q.stage2_docs >= short_q.exact_docs
     # the exact stage's work (document tokens x query tokens) stays within the same budget
-    assert short_q.exact_docs * 20 * 4 <= 3 << 17
+    assert short_q.exact_docs * 20 * 4 <= 1 << 18
     k100 = plan(SearchConfig(), 100, q_len=32, avg_doclen=200)
     assert k100.stage3_docs == k100.exact_docs >= 512 and k100.stage2_docs == 2048
     big_k = plan(SearchConfig(), 1000, q_len=32, avg_doclen=200)
