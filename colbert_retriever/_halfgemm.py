@@ -52,7 +52,8 @@ class PackedWeights:
 # ------------------------------------------------------------------ linear layers of an encoder
 
 _local = threading.local()
-_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()  # single layers
+_fused_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()  # stacks (``fused``)
 _cache_lock = threading.Lock()
 
 
@@ -87,32 +88,24 @@ def applies(layer: nn.Linear, x: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and layer.weight.requires_grad))
 
 
-def _key(layer: nn.Linear) -> tuple:
-    w, b = layer.weight, layer.bias
-    return (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-
-
 def _packed(layer: nn.Linear) -> PackedWeights:
-    key = _key(layer)
-    hit = _cache.get(layer)
-    if hit is None or hit[0] != key:
-        hit = (key, PackedWeights(layer.weight, layer.bias))
-        with _cache_lock:
-            _cache[layer] = hit
-    return hit[1]
-
-
-_fused_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
+    return _cached(_cache, (layer,))
 
 
 def fused(layers: tuple) -> PackedWeights:
     """One packed product for several ``HalfLinear`` layers fed the same input (an attention's query, key and
     value): their weights stacked, so ``fused(layers)(x)`` is ``torch.cat([l(x) for l in layers], -1)`` under
     ``packed_linears``. Why: for one query's ~20 rows a 384 x 384 product runs at ~60 GFLOP/s on 2 cores and a
-    384 x 1152 one at ~140 (fbgemm splits the wider one better): MiniLM's 3 x 112 us become 142 us per layer.
-    Cached on the first layer, rebuilt when any of the weights changes."""
-    key = tuple(_key(layer) for layer in layers)
-    hit = _fused_cache.get(layers[0])
+    384 x 1152 one at ~140 (fbgemm splits the wider one better): MiniLM's 3 x 112 us become 142 us per layer."""
+    return _cached(_fused_cache, tuple(layers))
+
+
+def _cached(cache: weakref.WeakKeyDictionary, layers: tuple) -> PackedWeights:
+    """The packed, stacked weights of ``layers``, cached on the first layer in ``cache`` (one cache for single
+    layers, one for stacks, so a layer used both ways does not evict itself), rebuilt when any weight changes."""
+    key = tuple((w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+                for w, b in ((layer.weight, layer.bias) for layer in layers))
+    hit = cache.get(layers[0])
     if hit is None or hit[0] != key:
         bias = None
         if any(layer.bias is not None for layer in layers):
@@ -120,7 +113,7 @@ def fused(layers: tuple) -> PackedWeights:
                               for layer in layers])
         hit = (key, PackedWeights(torch.cat([layer.weight for layer in layers]), bias))
         with _cache_lock:
-            _fused_cache[layers[0]] = hit
+            cache[layers[0]] = hit
     return hit[1]
 
 

@@ -159,7 +159,8 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
     lengths = arrays.doc_offsets.index_select(0, pids + 1) - starts
     for docs, pos in padded_positions(starts, lengths):
         codes = arrays.codes.take(pos.flatten()).to(torch.int32)
-        out.index_copy_(0, docs, Sc.index_select(0, codes).view(*pos.shape, Sc.shape[1]).amax(0).sum(-1, dtype=torch.float32))
+        best = Sc.index_select(0, codes).view(*pos.shape, Sc.shape[1]).amax(0)
+        out.index_copy_(0, docs, best.sum(-1, dtype=torch.float32))
     return out
 
 
