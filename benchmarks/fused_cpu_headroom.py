@@ -98,7 +98,7 @@ def swapped(fused: Fused):
         plaid.centroid_interaction, plaid.exact_scores, plaid.CI_HALF = saved
 
 
-def check_equal(fused: Fused, A, Q: torch.Tensor, cfg: SearchConfig, n: int = 20) -> float:
+def check_equal(fused: Fused, A, Q: torch.Tensor, n: int = 20) -> float:
     """Largest score difference, torch stage vs fused loop, over the first n queries' stage inputs."""
     worst = 0.0
     for qi in range(min(n, Q.shape[0])):
@@ -114,7 +114,7 @@ def measure(name: str, index: Index, Q: torch.Tensor, cfg: SearchConfig, so: cty
     A = index._current().arrays
     fused = Fused(so, A)
     with torch.inference_mode():
-        diff = check_equal(fused, A, Q, cfg)
+        diff = check_equal(fused, A, Q)
         if diff > 1e-4:
             raise SystemExit(f"{name}: fused loops disagree with the torch stages (max abs {diff:.2e})")
         lat = {"torch": [], "fused": []}

@@ -10,6 +10,14 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+/* a document's score: its per-column maxima (qv vectors of 8) summed in column order */
+static inline float column_sum(const __m256 *best, int qv) {
+    float tmp[32], sum = 0.f;
+    for (int v = 0; v < qv; v++) _mm256_storeu_ps(tmp + 8 * v, best[v]);
+    for (int k = 0; k < qv * 8; k++) sum += tmp[k];
+    return sum;
+}
+
 /* exact MaxSim: per token, (Sc[code] + sum over bytes j of lut[j * 256 + byte]) * inverse norm; max per column
  * over the document's tokens; sum over columns */
 #define EXACT(QV)                                                                                              \
@@ -30,11 +38,7 @@
                 __m256 w = _mm256_set1_ps(inv[t]);                                                             \
                 for (int v = 0; v < QV; v++) best[v] = _mm256_max_ps(best[v], _mm256_mul_ps(acc[v], w));       \
             }                                                                                                  \
-            float tmp[QV * 8], sum = 0.f;                                                                      \
-            for (int v = 0; v < QV; v++) _mm256_storeu_ps(tmp + 8 * v, best[v]);                               \
-            if (off[d + 1] > off[d])                                                                           \
-                for (int k = 0; k < QV * 8; k++) sum += tmp[k];                                                \
-            out[i] = sum;                                                                                      \
+            out[i] = off[d + 1] > off[d] ? column_sum(best, QV) : 0.f;                                         \
         }                                                                                                      \
     }
 
@@ -50,11 +54,7 @@
                 const float *s = Sc + (int64_t)codes[t] * (QV * 8);                                            \
                 for (int v = 0; v < QV; v++) best[v] = _mm256_max_ps(best[v], _mm256_loadu_ps(s + 8 * v));     \
             }                                                                                                  \
-            float tmp[QV * 8], sum = 0.f;                                                                      \
-            for (int v = 0; v < QV; v++) _mm256_storeu_ps(tmp + 8 * v, best[v]);                               \
-            if (off[d + 1] > off[d])                                                                           \
-                for (int k = 0; k < QV * 8; k++) sum += tmp[k];                                                \
-            out[i] = sum;                                                                                      \
+            out[i] = off[d + 1] > off[d] ? column_sum(best, QV) : 0.f;                                         \
         }                                                                                                      \
     }
 
