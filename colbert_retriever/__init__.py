@@ -21,7 +21,8 @@ from .errors import (  # noqa: E402
 )
 from .hits import Hit, Record  # noqa: E402
 from ._kernels import kernel_backend  # noqa: E402
-from .encoder import ColBERT, clear_model_cache, load_model  # noqa: E402
+from .encoder import ColBERT  # noqa: E402
+from .models import clear_model_cache, load_model  # noqa: E402
 from .index import Index  # noqa: E402
 
 __all__ = [

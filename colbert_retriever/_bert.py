@@ -97,17 +97,16 @@ class _Layer(nn.Module):
         def heads(t):
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        if _halfgemm.applies(sa.query, x):  # one product for query, key and value (see _halfgemm.fused)
-            q, k, v = _halfgemm.fused((sa.query, sa.key, sa.value))(x).split(d, dim=-1)
-        else:
-            q, k, v = sa.query(x), sa.key(x), sa.value(x)
+        # the linears go through _halfgemm: inside packed_linears() (query encoding on CPU) they multiply by
+        # packed float16 weights, query/key/value as one product; elsewhere they are the plain layers
+        q, k, v = _halfgemm.fused((sa.query, sa.key, sa.value), x)
         ctx = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask,
                                              scale=1.0 / math.sqrt(d // self.heads))
         ctx = ctx.transpose(1, 2).reshape(b, n, d)
         out = self.attention.output
-        x = out.LayerNorm(out.dense(ctx) + x)
-        h = self.act(self.intermediate.dense(x))
-        return self.output.LayerNorm(self.output.dense(h) + x)
+        x = out.LayerNorm(_halfgemm.linear(out.dense, ctx) + x)
+        h = self.act(_halfgemm.linear(self.intermediate.dense, x))
+        return self.output.LayerNorm(_halfgemm.linear(self.output.dense, h) + x)
 
 
 class _Encoder(nn.Module):

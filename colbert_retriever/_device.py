@@ -1,9 +1,22 @@
-"""The one place that decides devices and compute dtypes."""
+"""The one place that decides devices and numeric precision.
+
+``resolve_device`` turns a ``device=`` argument into a ``torch.device`` once, at the public boundary. ``Precision``
+is the whole numeric policy of a model and the indexes it builds, resolved once from (device, ``dtype=``
+argument, CPU features) by ``resolve_precision``; every other module asks it instead of deciding on its own. It
+is recorded, resolved, in an index's provenance and in a sharded index's manifest, so workers and readers use the
+policy the index was built with rather than their own guess.
+
+The CPU probe (``cpu_supports_bf16``) reads /proc/cpuinfo; ``COLBERT_RETRIEVER_CPU_BF16=0`` or ``=1`` makes it
+answer as another kind of CPU would (tests exercise both branches on any machine).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Union
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 
@@ -11,6 +24,13 @@ from .errors import InvalidArgument
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+CPU_BF16_ENV = "COLBERT_RETRIEVER_CPU_BF16"
+
+BF16_DOCUMENTS_ON_BF16_CPUS = False
+"""Whether ``dtype="auto"`` encodes documents in bfloat16 on CPUs with native bf16 (AVX512-BF16, AMX). Measured
+(BENCHMARKS.md "Document encoding precision"): see the table there; the rule was to keep bf16 only if nDCG@10
+moved by at most 0.002 on each of scifact, cranfield and cisi."""
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
@@ -29,8 +49,7 @@ def resolve_device(device: Union[str, torch.device, None] = None) -> torch.devic
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 roughly doubles encoding."""
+def _cpuinfo_has_bf16() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -39,17 +58,81 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """Compute dtype of the encoder. ``None`` or ``"auto"``: bf16 on CPUs with native bf16, fp16 on CUDA,
-    fp32 otherwise. Scores and stored embeddings are always float32/float16 regardless."""
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX). ``COLBERT_RETRIEVER_CPU_BF16`` set to
+    0 or 1 overrides the probe (to test the other branch)."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _cpuinfo_has_bf16()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _NAMES[dtype]
+
+
+def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
+    """A ``dtype=`` argument as a torch dtype; None for "auto" (or None)."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return None
     if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        if dtype not in _NAMES:
             raise InvalidArgument(f"dtype={dtype} is not supported; use float32, bfloat16 or float16")
         return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     if dtype not in _DTYPES:
         raise InvalidArgument(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)} or 'auto'")
     return _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The numeric policy. documents: the encoder's compute dtype for documents (float32 weights under autocast
+    when bf16 on CPU); queries: for queries (float32 on every CPU: queries are never compressed, so their error
+    reaches every score); fp16_query_weights: on CPU, query encoding multiplies by the linear layers' weights
+    rounded to float16 (fbgemm, float32 activations and sums) where torch has it; assignment: centroid
+    assignment and the k-means sample (float32 everywhere: the same index from the same text on any machine);
+    half_centroid_scores: on CPU the query-centroid product runs on packed float16 centroids (stored as float16,
+    so the same values); half_interaction: on CPU full centroid interaction (a ranking-only stage) gathers
+    float16 scores. Exact scores are always float32."""
+
+    documents: torch.dtype = torch.float32
+    queries: torch.dtype = torch.float32
+    fp16_query_weights: bool = True
+    assignment: torch.dtype = torch.float32
+    half_centroid_scores: bool = True
+    half_interaction: bool = True
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: dtype_name(v) if isinstance(v, torch.dtype) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Precision":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise InvalidArgument(f"unknown precision keys {unknown}; known: {sorted(fields)}")
+        kw = {}
+        for k, v in d.items():
+            kw[k] = parse_dtype(v) if isinstance(fields[k].default, torch.dtype) else bool(v)
+            if kw[k] is None:
+                raise InvalidArgument(f"precision.{k} must name a dtype, got {v!r}")
+        return cls(**kw)
+
+    def replace(self, **changes) -> "Precision":
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_precision(device: torch.device, dtype: Union[str, torch.dtype, None] = "auto") -> Precision:
+    """The policy for a model on ``device`` given its ``dtype=`` argument. "auto" (or None): on CUDA float16 for
+    documents and queries; on CPU float32 queries, and documents in bf16 only on CPUs with native bf16 when
+    ``BF16_DOCUMENTS_ON_BF16_CPUS`` (measured), else float32. An explicit dtype sets the documents' dtype (and
+    the queries' on CUDA); CPU queries stay float32."""
+    explicit = parse_dtype(dtype)
+    if device.type == "cuda":
+        d = explicit or torch.float16
+        return Precision(documents=d, queries=d, fp16_query_weights=False, half_centroid_scores=False,
+                         half_interaction=False)
+    if explicit is None:
+        explicit = torch.bfloat16 if (BF16_DOCUMENTS_ON_BF16_CPUS and cpu_supports_bf16()) else torch.float32
+    return Precision(documents=explicit)

@@ -7,6 +7,11 @@ the bytes and fbgemm's packing is done once instead of per call. Measured on thi
 (16k x 128 centroids) 0.70 vs 1.7 ms. Where the weights are already float16 values (an index's centroids, stored
 as float16) the result equals the float32 product up to summation order. Where fbgemm is missing (ARM, other
 builds) nothing here is used: ``available()`` is False and callers keep their float32 path.
+
+Nothing here changes a module: ``linear(layer, x)`` is called by code that owns the forward pass (``_bert.LiteBert``,
+``ColBERT``'s projection) in place of ``layer(x)``, and uses packed weights only inside ``packed_linears()`` on
+the calling thread. Packed weights are cached beside the layer (a weak reference: nothing is kept alive) and
+rebuilt when its weights change.
 """
 
 from __future__ import annotations
@@ -49,8 +54,6 @@ class PackedWeights:
         return torch.ops.quantized.linear_dynamic_fp16(x, self._packed)
 
 
-# ------------------------------------------------------------------ linear layers of an encoder
-
 _local = threading.local()
 _cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()  # single layers
 _fused_cache: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()  # stacks (``fused``)
@@ -59,8 +62,8 @@ _cache_lock = threading.Lock()
 
 @contextlib.contextmanager
 def packed_linears():
-    """Within this block, on this thread only, ``HalfLinear`` layers fed float32 CPU inputs multiply by their
-    packed float16 weights (nothing changes for other threads, e.g. one encoding documents meanwhile)."""
+    """Within this block, on this thread only, ``linear`` and ``fused`` multiply float32 CPU inputs by packed
+    float16 weights (nothing changes for other threads, e.g. one encoding documents meanwhile)."""
     prev = getattr(_local, "on", False)
     _local.on = True
     try:
@@ -69,35 +72,29 @@ def packed_linears():
         _local.on = prev
 
 
-class HalfLinear(nn.Linear):
-    """``nn.Linear`` whose class ``convert`` swaps in place (same parameters, same state dict). Outside
-    ``packed_linears`` (or with gradients flowing, or off CPU) it is exactly ``nn.Linear``. Packed weights are
-    cached per layer and rebuilt when the weights change (training, ``load_state_dict``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if applies(self, x):
-            return _packed(self)(x)
-        return super().forward(x)
-
-
 def applies(layer: nn.Linear, x: torch.Tensor) -> bool:
     """Whether ``layer`` fed ``x`` multiplies by packed float16 weights: inside ``packed_linears`` on this thread,
     float32 CPU input and weights, no gradient wanted."""
-    return (getattr(_local, "on", False) and isinstance(layer, HalfLinear) and x.device.type == "cpu"
+    return (getattr(_local, "on", False) and x.device.type == "cpu"
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and layer.weight.requires_grad))
 
 
-def _packed(layer: nn.Linear) -> PackedWeights:
-    return _cached(_cache, (layer,))
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, with packed float16 weights where ``applies``."""
+    if applies(layer, x):
+        return _cached(_cache, (layer,))(x)
+    return layer(x)
 
 
-def fused(layers: tuple) -> PackedWeights:
-    """One packed product for several ``HalfLinear`` layers fed the same input (an attention's query, key and
-    value): their weights stacked, so ``fused(layers)(x)`` is ``torch.cat([l(x) for l in layers], -1)`` under
-    ``packed_linears``. Why: for one query's ~20 rows a 384 x 384 product runs at ~60 GFLOP/s on 2 cores and a
-    384 x 1152 one at ~140 (fbgemm splits the wider one better): MiniLM's 3 x 112 us become 142 us per layer."""
-    return _cached(_fused_cache, tuple(layers))
+def fused(layers: tuple, x: torch.Tensor) -> tuple:
+    """``tuple(layer(x) for layer in layers)`` for layers fed the same input (an attention's query, key and
+    value); where ``applies``, one packed product of their stacked weights, split. Why: for one query's ~20 rows a
+    384 x 384 product runs at ~60 GFLOP/s on 2 cores and a 384 x 1152 one at ~140 (fbgemm splits the wider one
+    better): MiniLM's 3 x 112 us become 142 us per layer."""
+    if applies(layers[0], x):
+        return _cached(_fused_cache, tuple(layers))(x).split([layer.out_features for layer in layers], -1)
+    return tuple(layer(x) for layer in layers)
 
 
 def _cached(cache: weakref.WeakKeyDictionary, layers: tuple) -> PackedWeights:
@@ -115,13 +112,3 @@ def _cached(cache: weakref.WeakKeyDictionary, layers: tuple) -> PackedWeights:
         with _cache_lock:
             cache[layers[0]] = hit
     return hit[1]
-
-
-def convert(module: nn.Module) -> int:
-    """Make every plain ``nn.Linear`` in ``module`` (itself included) a ``HalfLinear``. Returns how many."""
-    n = 0
-    for m in module.modules():
-        if type(m) is nn.Linear:
-            m.__class__ = HalfLinear
-            n += 1
-    return n

@@ -1,8 +1,11 @@
-"""Kernel dispatch: a Triton kernel when the tensors live on CUDA and triton imports, the torch reference
-otherwise. The only door to ``colbert_retriever.triton_kernels`` (imported lazily, never at package import).
+"""Kernel dispatch: Triton kernels when the tensors live on CUDA and triton imports, numba kernels on CPU when numba
+imports, the torch reference otherwise. The only door to ``colbert_retriever.triton_kernels`` and
+``colbert_retriever._numba`` (both imported lazily, never at package import).
 
-One switch forces either path: ``with colbert_retriever.kernel_backend("torch"):`` (or ``"triton"``, ``"auto"``).
-Forcing ``"triton"`` on CPU tensors works only under ``TRITON_INTERPRET=1`` (tests).
+Search picks its kernels per call (``SearchConfig(kernels="auto"|"torch"|"numba"|"triton")``, see ``resolve``).
+The codec's compress/decompress follow ``with colbert_retriever.kernel_backend("torch"):`` (or ``"triton"``,
+``"auto"``), a thread-local switch that ``resolve`` also honours for "auto". Forcing ``"triton"`` on CPU tensors
+works only under ``TRITON_INTERPRET=1`` (tests).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 
 import torch
 
+from .config import KERNELS
 from .errors import InvalidArgument
 
 _state = threading.local()
@@ -53,6 +57,53 @@ def use_triton(t: torch.Tensor) -> bool:
                                   "(pip install 'colbert-retriever[triton]')")
         return True
     return t.is_cuda and triton_available()
+
+
+
+
+@functools.lru_cache(maxsize=1)
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve(kernels: str, device: torch.device) -> str:
+    """The kernel family a search runs: an explicit name as given (checked), "auto" = the ``kernel_backend``
+    switch if set, else Triton on CUDA (when it imports), numba on CPU (when it imports), else torch."""
+    if kernels not in KERNELS:
+        raise InvalidArgument(f"kernels={kernels!r} is unknown; use one of {KERNELS}")
+    if kernels == "auto":
+        forced = getattr(_state, "backend", "auto")
+        if forced != "auto":
+            kernels = forced
+        elif device.type == "cuda":
+            kernels = "triton" if triton_available() else "torch"
+        else:
+            kernels = "torch"  # TODO numba
+    if kernels == "triton" and not triton_available():
+        raise InvalidArgument("kernels='triton' was asked for but triton is not installed "
+                              "(pip install 'colbert-retriever[triton]')")
+    if kernels == "numba":
+        if not numba_available():
+            raise InvalidArgument("kernels='numba' was asked for but numba is not installed (pip install numba)")
+        if device.type != "cpu":
+            raise InvalidArgument(f"kernels='numba' runs on CPU; the index is on {device}")
+    return kernels
+
+
+def numba_centroid_interaction(Sc, arrays, pids):
+    from colbert_retriever._numba import centroid_interaction as k
+
+    return k(Sc, arrays, pids)
+
+
+def numba_exact_scores(Q, arrays, pids, Sc):
+    from colbert_retriever._numba import exact_scores as k
+
+    return k(Q, arrays, pids, Sc)
 
 
 def decompress(codes, packed, centroids, bucket_weights, nbits):

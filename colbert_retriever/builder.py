@@ -129,7 +129,8 @@ def write_segment(folder: Path, codec: ResidualCodec, chunks) -> layout.SegmentM
 def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
                   times: StageTimes) -> tuple[dict[int, torch.Tensor], int]:
     """Encode documents in random order until ``config.kmeans_sample_tokens`` tokens are seen (or all documents).
-    Returns ({doc index: (n_i, dim) float16 CPU embeddings}, total sampled tokens)."""
+    Returns ({doc index: (n_i, dim) float32 CPU embeddings}, total sampled tokens). The sample is kept in float32
+    (``Precision.assignment``): sampled documents are compressed from the same embeddings as the others."""
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(texts))
     cache: dict[int, torch.Tensor] = {}
@@ -140,7 +141,7 @@ def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: 
     for s in range(0, len(order), step):
         idx = order[s : s + step].tolist()
         embs, lengths = model.encode_documents_packed([texts[i] for i in idx], batch_size=batch_size)
-        for i, e in zip(idx, torch.split(embs.to("cpu", torch.float16), lengths.tolist())):
+        for i, e in zip(idx, torch.split(embs.to("cpu", torch.float32), lengths.tolist())):
             cache[i] = e
         tokens += int(lengths.sum())
         bar.update(len(idx))
@@ -182,7 +183,7 @@ def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], write
         t1 = time.perf_counter()
         pieces = [fresh[i] if i in fresh else cache.pop(i) for i in idx]
         embs = torch.cat([p.float() for p in pieces]).to(codec.centroids.device)
-        codes, packed = codec.compress(embs)
+        codes, packed = codec.compress(embs, assign_dtype=model.precision.assignment)
         t2 = time.perf_counter()
         writer.append(codes, packed, torch.tensor([p.shape[0] for p in pieces]))
         t3 = time.perf_counter()

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from . import _halfgemm, _kernels
-from ._device import cpu_supports_bf16
 from .config import CodecConfig
 from .errors import IndexFormatError, InvalidArgument
 from .kmeans import num_centroids, train_centroids
@@ -58,7 +57,7 @@ class ResidualCodec:
         self._lut = self.bucket_weights.to(self.centroids.device)[parts]  # (256, per) float32
         self._shifts = (torch.arange(per, device=self.centroids.device) * self.nbits).to(torch.int32)
         self._coarse = None
-        self._half = None  # packed float16 centroids for centroid_scores (False: not usable), made at first use
+        self._half = None  # cache: packed float16 centroids for centroid_scores (False: not usable), made at first use
 
     @property
     def dim(self) -> int:
@@ -98,30 +97,32 @@ class ResidualCodec:
                    config.nbits, float(res.abs().mean()))
 
     # -------------------------------------------------------------- compress / decompress
-    def assign(self, embs: torch.Tensor, batch: int = 4096) -> torch.Tensor:
-        """Nearest centroid (max inner product) of each row: (n,) int64. Scores are computed in bf16 where the CPU
-        has native bf16 (about 2x faster here); a near-tie may then pick the second-nearest centroid, which the
-        residual absorbs (it is always taken against the centroid chosen). With many centroids the search is
-        coarse-to-fine (see ``_CoarseAssigner``)."""
+    def assign(self, embs: torch.Tensor, batch: int = 4096, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Nearest centroid (max inner product) of each row: (n,) int64. Scores in ``dtype``: float32 (the
+        default, ``Precision.assignment``) gives the same codes on every machine; in bf16 near-ties become exact
+        ties and argmax takes the lowest centroid id, so CPUs with and without native bf16 would build different
+        indexes from the same text. With many centroids the search is coarse-to-fine (``_CoarseAssigner``,
+        float32)."""
         if self.num_centroids >= COARSE_ASSIGN_MIN_K and embs.device.type == "cpu":
             if self._coarse is None:
                 self._coarse = _CoarseAssigner(self.centroids.cpu())
             return torch.cat([self._coarse.assign(x) for x in torch.split(embs, 1 << 16)])
-        dtype = torch.bfloat16 if embs.device.type == "cpu" and cpu_supports_bf16() else torch.float32
         C = self.centroids.to(embs.device, dtype)
         out = torch.empty(embs.shape[0], dtype=torch.long, device=embs.device)
         for s in range(0, embs.shape[0], batch):
             out[s : s + batch] = (embs[s : s + batch].to(dtype) @ C.T).argmax(1)
         return out
 
-    def compress(self, embs: torch.Tensor, batch: int = 1 << 14) -> tuple[torch.Tensor, torch.Tensor]:
-        """embs: (n, dim) float. Returns codes (n,) int64 and packed residuals (n, dim*nbits/8) uint8."""
+    def compress(self, embs: torch.Tensor, batch: int = 1 << 14, assign_dtype: torch.dtype = torch.float32
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """embs: (n, dim) float. Returns codes (n,) int64 and packed residuals (n, dim*nbits/8) uint8 (centroids
+        assigned in ``assign_dtype``, see ``assign``)."""
         if embs.dim() != 2 or embs.shape[1] != self.dim:
             raise InvalidArgument(f"embeddings of shape {tuple(embs.shape)}; expected (n, {self.dim})")
         if _kernels.use_triton(embs):
             return _kernels.compress(embs, self.centroids.to(embs.device), self.bucket_cutoffs.to(embs.device),
                                      self.nbits)
-        codes = self.assign(embs, batch)
+        codes = self.assign(embs, batch, assign_dtype)
         packed = torch.empty(embs.shape[0], self.packed_dim, dtype=torch.uint8, device=embs.device)
         C = self.centroids.to(embs.device)
         cut = self.bucket_cutoffs.to(embs.device)
@@ -159,18 +160,19 @@ class ResidualCodec:
         # one batched matmul (byte position j: (256, per) @ (per, q_len)); ~4x faster than the same einsum on CPU
         return torch.matmul(self._lut, Qr.permute(1, 2, 0)).reshape(-1, Q.shape[0])
 
-    def centroid_scores(self, Q: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def centroid_scores(self, Q: torch.Tensor, half: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Query-centroid scores ``Sc = centroids @ Q.T`` (K, q_len) float32, contiguous, and its transpose
         (q_len, K) contiguous when that came for free (else None). On CPU, when the centroids are float16 values
-        (always for an index read from disk: they are stored as float16) and fbgemm is there, the product runs on
-        the packed float16 centroids (``_halfgemm``): the same scores up to summation order, 0.7 + 0.3 ms
-        (product + transposed copy) instead of 1.7 ms for 16k centroids and a 22-token query on 2 cores."""
+        (always for an index read from disk: they are stored as float16), fbgemm is there and ``half`` is true
+        (``Precision.half_centroid_scores``), the product runs on the packed float16 centroids (``_halfgemm``): the
+        same scores up to summation order, 0.7 + 0.3 ms (product + transposed copy) instead of 1.7 ms for 16k
+        centroids and a 22-token query on 2 cores."""
         Q = Q.to(self.centroids.device, torch.float32)
-        if self._half is None:
+        if half and self._half is None:
             C = self.centroids
             self._half = (C.device.type == "cpu" and _halfgemm.available()
                           and bool(torch.equal(C.to(torch.float16).float(), C)) and _halfgemm.PackedWeights(C))
-        if self._half:
+        if half and self._half:
             ScT = self._half(Q)
             Sc = torch.empty(ScT.shape[1], ScT.shape[0], dtype=torch.float32)
             Sc.T.copy_(ScT)  # into a fresh (K, q) buffer: ~2x faster than ScT.T.contiguous() here

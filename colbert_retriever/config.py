@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import string
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, InvalidType
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -91,17 +92,55 @@ class CodecConfig(_Config):
             raise InvalidArgument(f"num_centroids must be >= 1, got {self.num_centroids}")
 
 
+KERNELS = ("auto", "torch", "numba", "triton")
+
+
+def _optional_int(value, name: str, minimum: int = 1):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidType(f"{name} must be an int or None, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise InvalidArgument(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Config):
-    """PLAID knobs for one call, nothing else. ``None`` fields take defaults that depend on k, the query's length
-    and the index's mean document length (``colbert_retriever.plaid.plan``); a knob given explicitly is used as
-    is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs`` documents after stage 2
-    and ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly. Stage 2 is PLAID's
-    pruned centroid interaction (centroids scoring below ``centroid_score_threshold`` for every query token count
-    0) when a threshold is given, and probed scoring (``plaid.probed_scores``: candidates scored from the cells
-    probed for each query token) when it is None, the default. ``exhaustive`` scores every document exactly."""
+    """Knobs for one search call, nothing else; validated when made. ``None`` fields take defaults that depend on
+    k, the query's length and the index's mean document length (``colbert_retriever.plaid.plan``); a knob given
+    explicitly is used as is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs``
+    documents after stage 2 and ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly.
+    Stage 2 is PLAID's pruned centroid interaction (centroids scoring below ``centroid_score_threshold`` for
+    every query token count 0) when a threshold is given, and probed scoring (``stages.probed_scores``:
+    candidates scored from the cells probed for each query token) when it is None, the default. ``exhaustive``
+    scores every document exactly.
+
+    How the work runs (same results up to float rounding): ``kernels`` "auto" (numba on CPU when installed,
+    Triton on CUDA, else torch), "torch", "numba" or "triton"; ``threads``: intra-op threads for the search
+    stages (None: the caller's count while the search runs alone on free cores, fewer when other searches or
+    processes compete, see ``_parallel``)."""
 
     ncells: Optional[int] = None
     centroid_score_threshold: Optional[float] = None
     ndocs: Optional[int] = None
     exhaustive: bool = False
+    kernels: str = "auto"
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        _optional_int(self.ncells, "ncells")
+        _optional_int(self.ndocs, "ndocs")
+        _optional_int(self.threads, "threads")
+        t = self.centroid_score_threshold
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, float)):
+                raise InvalidType(f"centroid_score_threshold must be a number, got {type(t).__name__} ({t!r})")
+            if not math.isfinite(t):
+                raise InvalidArgument(f"centroid_score_threshold must be finite, got {t}")
+            object.__setattr__(self, "centroid_score_threshold", float(t))
+        if not isinstance(self.exhaustive, bool):
+            raise InvalidType(f"exhaustive must be True or False, got {type(self.exhaustive).__name__} "
+                              f"({self.exhaustive!r})")
+        if self.kernels not in KERNELS:
+            raise InvalidArgument(f"kernels={self.kernels!r} is unknown; use one of {KERNELS}")

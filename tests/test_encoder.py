@@ -147,13 +147,15 @@ def test_queries_without_augmentation_run_on_their_own_length(default_model):
     assert int((got[0].abs().sum(-1) > 0).sum()) == int(b.keep[0].sum()) < 8  # zero rows past the real tokens
 
 
-def test_fp16_query_weights(default_model, monkeypatch):
+def test_fp16_query_weights(default_model):
     """On CPU, queries run on the linear layers' weights rounded to float16 (fbgemm's packed GEMM): the packed
-    path really runs, the embeddings stay within cosine 0.99999 of float32, and ``fp16_query_weights=False``
-    gives the float32 embeddings. Documents and gradients never take it; other threads never see it."""
+    path really runs (each linear's packed weights are cached beside it: one entry per layer, one per fused
+    query/key/value), the embeddings stay within cosine 0.99999 of float32, and ``fp16_query_weights=False``
+    gives the float32 embeddings. Documents and gradients never take it; other threads never see it; the shared
+    model is not changed (a view carries the other setting)."""
     import threading
 
-    from colbert_retriever import _halfgemm
+    from colbert_retriever import _bert, _halfgemm
 
     if not _halfgemm.available():
         pytest.skip("this torch build has no fbgemm fp16 GEMM")
@@ -162,42 +164,48 @@ def test_fp16_query_weights(default_model, monkeypatch):
     b = m.tokenizer.queries(queries)
     with torch.inference_mode():
         fp32 = m._embed(b.input_ids, b.attention_mask) * b.keep[..., None]
-    calls = []
-    real_call = _halfgemm.PackedWeights.__call__
-    monkeypatch.setattr(_halfgemm.PackedWeights, "__call__", lambda self, x: calls.append(1) or real_call(self, x))
-    assert m.fp16_query_weights
+    assert m.fp16_query_weights and m.precision.fp16_query_weights
     half = m.encode_queries(queries)
-    n_linear = sum(isinstance(x, torch.nn.Linear) for x in m.modules()) - 1  # the pooler is not used
-    from colbert_retriever import _bert
-
+    layers = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
     n_fused = sum(isinstance(x, _bert._Layer) for x in m.modules())  # one product for query, key and value
-    assert len(calls) == n_linear - 2 * n_fused
+    singles = [x for x in layers if x in _halfgemm._cache]
+    fused = [x for x in layers if x in _halfgemm._fused_cache]
+    assert len(fused) == n_fused and len(singles) == len(layers) - 1 - 3 * n_fused  # the pooler is not used
     real = fp32.norm(dim=-1) > 0
     assert (half * fp32).sum(-1)[real].min() > 0.99999
     assert 0 < (half - fp32).abs().max() < 1e-3  # rounded weights: close, not identical
-    calls.clear()
-    m.fp16_query_weights = False
-    try:
-        assert torch.allclose(m.encode_queries(queries), fp32, atol=1e-5)  # float32 (other GEMM shapes)
-        assert not calls
-    finally:
-        m.fp16_query_weights = True
-    m.encode_documents(["a document about JSON parsing"])
-    assert not calls  # documents: float32 weights
+    exact = m.with_precision(fp16_query_weights=False)
+    assert exact.backbone is m.backbone and m.fp16_query_weights  # a view: same weights, the shared one unchanged
+    assert torch.allclose(exact.encode_queries(queries), fp32, atol=1e-5)  # float32 (other GEMM shapes)
+    with pytest.raises(InvalidArgument, match="with_precision"):
+        m.fp16_query_weights = False
+    with pytest.raises(InvalidArgument, match="with_config"):
+        m.set_config(m.config)
+    doc = m.encode_documents(["a document about JSON parsing"])[0]
+    with torch.inference_mode():
+        bd, _, _ = m.tokenizer.documents(["a document about JSON parsing"])
+        ref = m._embed(bd.input_ids, bd.attention_mask)[0][bd.keep[0]]
+    assert torch.equal(doc, ref)  # documents: float32 weights
+    layer = m.linear
+    x = torch.randn(3, layer.in_features)
     with _halfgemm.packed_linears():
-        layer = m.linear
-        x = torch.randn(3, layer.in_features)
         other = []
-        t = threading.Thread(target=lambda: other.append(layer(x)))
+        t = threading.Thread(target=lambda: other.append(_halfgemm.linear(layer, x)))
         t.start()
         t.join()
         assert torch.equal(other[0], torch.nn.functional.linear(x, layer.weight))  # another thread: float32
-        assert len(calls) == 0
-        y = layer(x.requires_grad_())  # gradients flowing: float32
-        assert y.requires_grad and not calls
+        y = _halfgemm.linear(layer, x.clone().requires_grad_())  # gradients flowing: float32
+        assert y.requires_grad and torch.equal(y.detach(), torch.nn.functional.linear(x, layer.weight))
         with torch.no_grad():
-            layer(x)
-        assert len(calls) == 1
+            packed = _halfgemm.linear(layer, x)
+        assert not torch.equal(packed, torch.nn.functional.linear(x, layer.weight))
+
+
+def test_model_classes_are_never_rewritten(tiny_model, default_model):
+    """Building a ColBERT leaves the backbone's modules as they were (tools matching on exact types still see
+    nn.Linear)."""
+    for m in (tiny_model, default_model):
+        assert all(type(x) is torch.nn.Linear for x in m.modules() if isinstance(x, torch.nn.Linear))
 
 
 def test_fused_query_key_value_products_equal_the_separate_ones():
@@ -208,12 +216,14 @@ def test_fused_query_key_value_products_equal_the_separate_ones():
     if not _halfgemm.available():
         pytest.skip("this torch build has no fbgemm fp16 GEMM")
     torch.manual_seed(0)
-    layers = tuple(_halfgemm.HalfLinear(48, 48) for _ in range(3))
+    layers = tuple(torch.nn.Linear(48, 48) for _ in range(3))
     x = torch.randn(1, 7, 48)
     with torch.inference_mode(), _halfgemm.packed_linears():
         assert all(_halfgemm.applies(layer, x) for layer in layers)
-        assert torch.equal(_halfgemm.fused(layers)(x), torch.cat([layer(x) for layer in layers], -1))
+        for a, b in zip(_halfgemm.fused(layers, x), [_halfgemm.linear(layer, x) for layer in layers]):
+            assert torch.equal(a, b)
         with torch.no_grad():
             layers[1].weight.mul_(2)
-        assert torch.equal(_halfgemm.fused(layers)(x), torch.cat([layer(x) for layer in layers], -1))
+        for a, b in zip(_halfgemm.fused(layers, x), [_halfgemm.linear(layer, x) for layer in layers]):
+            assert torch.equal(a, b)
     assert not _halfgemm.applies(layers[0], x)  # outside the block: float32 weights

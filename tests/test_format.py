@@ -16,7 +16,7 @@ import torch
 
 from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleModelError, Index, IndexClosedError, IndexFormatError,
                                IndexNotFoundError, InvalidArgument, InvalidType, layout)
-from colbert_retriever.index import MERGE_FACTOR
+from colbert_retriever.writer import MERGE_FACTOR
 
 from .conftest import make_corpus
 
@@ -95,12 +95,10 @@ def test_orphans_of_killed_writers_are_removed_by_the_next_writer(built_index):
 
 
 def test_failed_first_build_leaves_no_folder(tmp_path, tiny_model, monkeypatch):
-    import colbert_retriever.index as index_mod
-
     def boom(*a, **k):
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(index_mod, "encode_and_compress", boom)
+    monkeypatch.setattr(tiny_model, "encode_documents_packed", boom)  # this test's own copy of the model
     with pytest.raises(RuntimeError, match="encoder crashed"):
         Index.build(tmp_path / "new", make_corpus(10), model=tiny_model, show_progress=False)
     assert not (tmp_path / "new").exists()

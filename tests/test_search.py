@@ -119,7 +119,7 @@ def test_search_embeddings_shape_error(built_index):
 def test_pruned_interaction_paths_agree():
     """Pruned centroid interaction gives the same scores whether computed from the inverted lists (few kept
     centroids) or from the candidates' tokens (many kept centroids); checked against a direct loop."""
-    from colbert_retriever import plaid
+    from colbert_retriever import arrays as arrays_mod, stages
     from colbert_retriever.codec import ResidualCodec
     from colbert_retriever.strided import inverted_file, offsets_from_lengths
 
@@ -131,7 +131,7 @@ def test_pruned_interaction_paths_agree():
     codes = torch.randint(0, K, (int(lengths.sum()),), generator=g)
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), K)
     off = offsets_from_lengths(lengths)
-    arrays = plaid.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
+    arrays = arrays_mod.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
                                torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
     Sc = cents @ torch.nn.functional.normalize(torch.randn(4, dim, generator=g), dim=-1).T
     pids = torch.tensor([0, 3, 7, 20, 59])
@@ -142,7 +142,7 @@ def test_pruned_interaction_paths_agree():
             c = codes[off[p] : off[p + 1]]
             s = torch.where(keep[c][:, None], Sc[c], torch.zeros(1, 4))
             ref.append(float(torch.cat([s, torch.zeros(1, 4)]).max(0).values.sum()))
-        assert torch.allclose(plaid.pruned_interaction(Sc, arrays, pids, threshold), torch.tensor(ref), atol=1e-6)
+        assert torch.allclose(stages.pruned_interaction(Sc, arrays, pids, threshold), torch.tensor(ref), atol=1e-6)
 
 
 def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
@@ -174,7 +174,7 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
 def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
     """``_pruned_candidates`` (one pass over the inverted lists with a by-document position table) gives the same
     candidates and scores as ``candidate_pids`` then ``pruned_interaction``, with and without a filter."""
-    from colbert_retriever import plaid
+    from colbert_retriever import stages
 
     texts = make_corpus(400, seed=5, min_words=8, max_words=20)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
@@ -187,62 +187,40 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
         Sc = arrays.codec.centroids @ q.T
         for ncells, threshold in ((1, 0.5), (2, 0.3), (4, 0.0), (2, 0.99)):
             for mask in (None, allowed):
-                pids, scores = plaid._pruned_candidates(Sc, arrays, ncells, threshold, mask)
-                ref = plaid.candidate_pids(Sc, arrays, ncells)
+                pids, scores = stages.pruned_candidates(Sc, arrays, ncells, threshold, mask)
+                ref = stages.candidate_pids(Sc, arrays, ncells)
                 if mask is not None:
                     ref = ref[mask[ref]]
                 assert torch.equal(pids, ref)
-                assert torch.allclose(scores, plaid.pruned_interaction(Sc, arrays, ref, threshold), atol=1e-6)
+                assert torch.allclose(scores, stages.pruned_interaction(Sc, arrays, ref, threshold), atol=1e-6)
                 checked += int(pids.numel() > 0)
     assert checked > 20
 
 
-def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, monkeypatch):
+def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model):
     """With default knobs and a collection larger than the exact-stage budget, search must go through probed
     scoring and the exact stage on a subset (not the exhaustive fallback) and agree
     with exhaustive search; explicit knobs keep PLAID's meaning (a threshold: pruned centroid interaction; ndocs
-    after it, ndocs // 4 after full centroid interaction, those scored exactly)."""
-    from colbert_retriever import plaid
-
+    after it, ndocs // 4 after full centroid interaction, those scored exactly). What ran is read from the
+    search's trace."""
     texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
     queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
-    calls = {"candidates": 0, "probed": 0, "interaction": 0, "exact_docs": []}
-    real = (plaid._pruned_candidates, plaid.exact_scores, plaid.centroid_interaction, plaid.probed_scores)
+    trace = []
+    got = [ids_of(idx.search(q, k=10, trace=trace)) for q in queries]
+    assert len(trace) == len(queries)
+    assert all(t.stage2 == "probed" and not t.exhaustive for t in trace), trace  # default stage 2: probed scoring
+    assert max(t.exact_scored for t in trace) < len(texts) / 2  # the exact stage scored a subset
+    assert all(t.candidates > t.exact_scored for t in trace)
 
-    def candidates(*a, **k):
-        calls["candidates"] += 1
-        return real[0](*a, **k)
-
-    def probed(*a, **k):
-        calls["probed"] += 1
-        return real[3](*a, **k)
-
-    def exact(Q, arrays, pids, *a, **k):
-        calls["exact_docs"].append(int(pids.numel()))
-        return real[1](Q, arrays, pids, *a, **k)
-
-    def interaction(Sc, *a, **k):
-        calls["interaction"] += 1
-        calls.setdefault("interaction_dtypes", []).append(Sc.dtype)
-        return real[2](Sc, *a, **k)
-
-    monkeypatch.setattr(plaid, "_pruned_candidates", candidates)
-    monkeypatch.setattr(plaid, "exact_scores", exact)
-    monkeypatch.setattr(plaid, "centroid_interaction", interaction)
-    monkeypatch.setattr(plaid, "probed_scores", probed)
-    got = [ids_of(idx.search(q, k=10)) for q in queries]
-    assert calls["probed"] == len(queries) and calls["candidates"] == 0, calls  # default stage 2: probed scoring
-    assert max(calls["exact_docs"]) < len(texts) / 2  # the exact stage scored a subset
-
-    calls.update(candidates=0, probed=0, interaction=0, exact_docs=[])
-    explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128)) for q in queries]
-    assert calls["candidates"] == len(queries) and calls["probed"] == 0  # a threshold: PLAID's pruned stage 2
-    assert calls["interaction"] >= len(queries)  # stage 3 ran
-    # stage 3 once per query on float16 scores (CPU, plaid.CI_HALF); PLAID's pruned stage 2 keeps float32
-    assert calls["interaction_dtypes"].count(torch.float16) == len(queries)
-    assert max(calls["exact_docs"]) == 128 // 4  # PLAID's meaning: ndocs // 4 documents scored exactly
-    monkeypatch.undo()
+    trace = []
+    explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128, trace=trace))
+                for q in queries]
+    assert all(t.stage2 == "pruned" and not t.exhaustive for t in trace)  # a threshold: PLAID's pruned stage 2
+    assert all(t.stage2_kept == 128 for t in trace)  # stage 2 kept ndocs
+    # stage 3 ran on float16 scores (CPU, Precision.half_interaction), and PLAID's meaning: ndocs // 4 scored
+    assert all(t.interaction_dtype == torch.float16 for t in trace)
+    assert max(t.exact_scored for t in trace) == 128 // 4
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
     for run in (got, explicit):
         agree = sum(len(set(g) & set(r)) for g, r in zip(run, ref)) / (10 * len(queries))
@@ -256,6 +234,7 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     above the exact-stage budget) ranks the planted document first as often as exhaustive search does, and agrees
     with exhaustive top-10."""
     from colbert_retriever import SearchConfig, plaid
+    from colbert_retriever import arrays as arrays_mod
     from colbert_retriever.codec import ResidualCodec
     from colbert_retriever.config import CodecConfig
     from colbert_retriever.strided import inverted_file, offsets_from_lengths
@@ -272,7 +251,7 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     codes, packed = codec.compress(flat)
     lengths = torch.full((n_docs,), doclen)
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), codec.num_centroids)
-    arrays = plaid.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),
+    arrays = arrays_mod.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),
                                       torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
     planted = torch.randperm(n_docs, generator=g)[:40]
     hit_exh = 0
@@ -296,19 +275,20 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
         assert agree[name] / (10 * len(planted)) >= 0.95, (name, agree)
 
 
-def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200, monkeypatch):
+def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200):
     """The stage thread count (auto, forced 1, forced 2) changes no result, and a search leaves the caller's
     torch thread count as it found it, in its own thread and in others."""
     import threading
 
-    from colbert_retriever import plaid
-
     before = torch.get_num_threads()
     results = {}
     for n in (None, 1, 2):
-        monkeypatch.setattr(plaid, "STAGE_THREADS", n)
-        results[n] = [ids_of(built_index.search(q, k=5, ncells=1, ndocs=16)) for q in corpus_200[:6]]
+        trace = []
+        results[n] = [ids_of(built_index.search(q, k=5, ncells=1, ndocs=16, threads=n, trace=trace))
+                      for q in corpus_200[:6]]
         assert torch.get_num_threads() == before
+        if n is not None:
+            assert {t.threads for t in trace if not t.exhaustive} <= {n}
     assert results[None] == results[1] == results[2]
     seen = []
 
@@ -325,10 +305,10 @@ def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200, mo
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
 
 
-def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
+def test_centroid_interaction_equals_its_scatter_twin():
     """The padded-block centroid interaction equals the scatter-max reference, over several segments (rows
     gathered out of order), with empty documents, in one block and in many."""
-    from colbert_retriever import plaid, scoring
+    from colbert_retriever import arrays as arrays_mod, stages
     from colbert_retriever.codec import ResidualCodec
     from colbert_retriever.strided import inverted_file, offsets_from_lengths
 
@@ -341,48 +321,45 @@ def test_centroid_interaction_equals_its_scatter_twin(monkeypatch):
     codes = torch.randint(0, K, (int(lengths.sum()),), generator=g).to(torch.uint8)
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), K)
     off = offsets_from_lengths(lengths)
-    one = plaid.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
+    one = arrays_mod.IndexArrays.single(codec, codes, torch.zeros(codes.numel(), 2, dtype=torch.uint8), off,
                                    torch.from_numpy(ivf_p).long(), torch.from_numpy(ivf_o))
     cut = int(off[50])  # the same rows split in two segments
-    two = plaid.IndexArrays(codec, plaid.Rows([codes[:cut], codes[cut:]]), one.residuals, one.inv_norms, off,
+    two = arrays_mod.IndexArrays(codec, arrays_mod.Rows([codes[:cut], codes[cut:]]), one.residuals, one.inv_norms, off,
                             one.ivf, one.ivf_sizes)
     Sc = cents @ torch.nn.functional.normalize(torch.randn(6, dim, generator=g), dim=-1).T
     pids = torch.tensor([0, 3, 7, 20, 40, 49, 50, 51, 77, 89])
-    ref = plaid.centroid_interaction_scatter(Sc, one, pids)
+    ref = stages.centroid_interaction_scatter(Sc, one, pids)
     assert float(ref[1]) == 0.0 and float(ref[4]) == 0.0
-    for rows in (None, 40):
-        monkeypatch.setattr(scoring, "PAD_ROWS", rows or scoring.PAD_ROWS)
+    for rows in (None, 40):  # one block, many blocks
         for arrays in (one, two):
-            assert torch.equal(plaid.centroid_interaction(Sc, arrays, pids), ref)
-            assert torch.equal(plaid.centroid_interaction(Sc, arrays, torch.arange(90)),
-                               plaid.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
+            assert torch.equal(stages.centroid_interaction(Sc, arrays, pids, max_rows=rows), ref)
+            assert torch.equal(stages.centroid_interaction(Sc, arrays, torch.arange(90), max_rows=rows),
+                               stages.centroid_interaction_scatter(Sc, arrays, torch.arange(90)))
             # float16 scores (what search passes on CPU): the reference over the same rounded values, float32 sums
-            half = plaid.centroid_interaction(Sc.half(), arrays, pids)
+            half = stages.centroid_interaction(Sc.half(), arrays, pids, max_rows=rows)
             assert half.dtype == torch.float32
-            assert torch.allclose(half, plaid.centroid_interaction_scatter(Sc.half().float(), arrays, pids), atol=1e-6)
+            assert torch.allclose(half, stages.centroid_interaction_scatter(Sc.half().float(), arrays, pids), atol=1e-6)
             assert (half - ref).abs().max() <= Sc.shape[1] * 2 ** -11
 
 
-def test_unique_inverse_by_table_and_by_sort(monkeypatch):
-    from colbert_retriever import plaid
+def test_unique_inverse_by_table_and_by_sort():
+    from colbert_retriever import stages
 
     g = torch.Generator().manual_seed(3)
     for n, m in ((1, 5), (50, 200), (1000, 30), (1000, 0)):
         x = torch.randint(0, n, (m,), generator=g)
         ref_u, ref_inv = torch.unique(x, return_inverse=True)
-        for ratio in (0, 10**9):  # always sort, always the table
-            monkeypatch.setattr(plaid, "UNIQUE_TABLE_DOCS", 0)
-            monkeypatch.setattr(plaid, "UNIQUE_TABLE_RATIO", ratio)
-            u, inv = plaid._unique_inverse(x, n)
+        for method in ("sort", "table", "auto"):
+            u, inv = stages.unique_inverse(x, n, method)
             assert torch.equal(u, ref_u) and torch.equal(inv, ref_inv) and inv.dtype == torch.long
 
 
-def test_probed_scores_equal_a_direct_loop(monkeypatch):
+def test_probed_scores_equal_a_direct_loop():
     """Probed scoring (the default stage 2): candidates are the documents in each query token's ``ncells`` best
     cells; per token, a document scores its best probed cell that lists it (>= 0), else IMPUTE x the token's last
     probed cell's score; summed. Checked against a loop, over two segments, with and without a filter, finding
     the distinct candidates by sorting and by a table."""
-    from colbert_retriever import plaid
+    from colbert_retriever import arrays as arrays_mod, stages
     from colbert_retriever.codec import ResidualCodec
     from colbert_retriever.strided import inverted_file, offsets_from_lengths
 
@@ -397,17 +374,15 @@ def test_probed_scores_equal_a_direct_loop(monkeypatch):
     for lo, hi in ((0, 50), (50, 80)):  # two segments, each with its own inverted file
         c = codes[off[lo] : off[hi]]
         p, o = inverted_file(c.numpy(), lengths[lo:hi].numpy(), K)
-        parts.append(plaid.IvfPart(torch.from_numpy(p), torch.from_numpy(o), lo))
+        parts.append(arrays_mod.IvfPart(torch.from_numpy(p), torch.from_numpy(o), lo))
     sizes = sum(p.offsets[1:] - p.offsets[:-1] for p in parts)
-    arrays = plaid.IndexArrays(codec, plaid.Rows([codes]), plaid.Rows([torch.zeros(codes.numel(), 2, dtype=torch.uint8)]),
-                               plaid.Rows([torch.ones(codes.numel())]), off, parts, sizes)
+    arrays = arrays_mod.IndexArrays(codec, arrays_mod.Rows([codes]), arrays_mod.Rows([torch.zeros(codes.numel(), 2, dtype=torch.uint8)]),
+                               arrays_mod.Rows([torch.ones(codes.numel())]), off, parts, sizes)
     ScT = torch.nn.functional.normalize(torch.randn(q_len, dim, generator=g), dim=-1) @ cents.T
     allowed = torch.rand(80, generator=g) < 0.6
-    for ncells, mask, ratio in itertools.product((1, 3, 7), (None, allowed), (0, 10**9)):
-        monkeypatch.setattr(plaid, "UNIQUE_TABLE_DOCS", 0)
-        monkeypatch.setattr(plaid, "UNIQUE_TABLE_RATIO", ratio)
+    for ncells, mask, unique in itertools.product((1, 3, 7), (None, allowed), ("sort", "table")):
         top = torch.topk(ScT, ncells, dim=1)
-        pids, scores = plaid.probed_scores(ScT, arrays, ncells, mask)
+        pids, scores = stages.probed_scores(ScT, arrays, ncells, mask, unique=unique)
         expect = {}
         for d in range(80):
             if mask is not None and not mask[d]:
@@ -418,7 +393,7 @@ def test_probed_scores_equal_a_direct_loop(monkeypatch):
                 served = [float(v) for c, v in zip(top.indices[j].tolist(), top.values[j]) if c in cells]
                 probed |= bool(served)
                 best = max([0.0, *served])
-                per_token.append(best if best > 0 else plaid.IMPUTE * max(0.0, float(top.values[j, -1])))
+                per_token.append(best if best > 0 else stages.IMPUTE * max(0.0, float(top.values[j, -1])))
             if probed:
                 expect[d] = sum(per_token)
         assert pids.tolist() == sorted(expect)

@@ -79,8 +79,8 @@ def test_centroid_interaction(threshold):
 
 
 def test_centroid_interaction_matches_plaid_reference():
-    """The kernel equals plaid.centroid_interaction / plaid.pruned_interaction (the torch paths)."""
-    from colbert_retriever import plaid
+    """The kernel equals stages.centroid_interaction / stages.pruned_interaction (the torch paths)."""
+    from colbert_retriever import arrays as arrays_mod, stages
     from colbert_retriever.strided import inverted_file
 
     codec, x = make_codec(64, 2, n=300, k=32)
@@ -88,17 +88,15 @@ def test_centroid_interaction_matches_plaid_reference():
         codes, packed = codec.compress(x)
     lengths = torch.tensor([30, 1, 50, 19, 200])
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), 32)
-    arrays = plaid.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths), torch.from_numpy(ivf_p).long(),
+    arrays = arrays_mod.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths), torch.from_numpy(ivf_p).long(),
                                torch.from_numpy(ivf_o))
     Q = torch.nn.functional.normalize(torch.randn(6, 64), dim=-1)
     Sc = codec.centroids @ Q.T
     pids = torch.tensor([0, 1, 2, 3, 4])
-    with kernel_backend("torch"):
-        ref_full = plaid.centroid_interaction(Sc, arrays, pids)
-        ref_pruned = plaid.pruned_interaction(Sc, arrays, pids, 0.3)
-    with kernel_backend("triton"):
-        assert torch.allclose(plaid.centroid_interaction(Sc, arrays, pids), ref_full, atol=1e-5)
-        assert torch.allclose(plaid.pruned_interaction(Sc, arrays, pids, 0.3), ref_pruned, atol=1e-5)
+    ref_full = stages.centroid_interaction(Sc, arrays, pids, kernels="torch")
+    ref_pruned = stages.pruned_interaction(Sc, arrays, pids, 0.3, kernels="torch")
+    assert torch.allclose(stages.centroid_interaction(Sc, arrays, pids, kernels="triton"), ref_full, atol=1e-5)
+    assert torch.allclose(stages.pruned_interaction(Sc, arrays, pids, 0.3, kernels="triton"), ref_pruned, atol=1e-5)
 
 
 @pytest.mark.parametrize("nbits", [1, 2, 4])
