@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fused-cpu clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers clean
 
 $(PY):
 	python3 -m venv .venv
@@ -59,10 +59,6 @@ bench-contention: setup
 
 bench-query-path: setup
 	$(PY) benchmarks/query_path.py
-
-# measurement only (gcc, AVX2): what fused C loops for two PLAID stages would buy; the library never uses them
-bench-fused-cpu: setup
-	$(PY) benchmarks/fused_cpu_headroom.py
 
 # colbert-ai 0.2.22 in its own virtualenv (it wants transformers 4.57; compiles its C++ extensions at first use)
 PEERS_VENV := benchmarks/work/peers-venv

@@ -17,9 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_json  # noqa: E402
 
-from colbert_retriever import CodecConfig, kernel_backend  # noqa: E402
+from colbert_retriever import CodecConfig, SearchConfig, kernel_backend  # noqa: E402
 from colbert_retriever.codec import ResidualCodec  # noqa: E402
-from colbert_retriever.plaid import IndexArrays, centroid_interaction, exact_scores, pruned_interaction  # noqa: E402
+from colbert_retriever.arrays import IndexArrays  # noqa: E402
+from colbert_retriever.plaid import search  # noqa: E402
+from colbert_retriever.stages import centroid_interaction, exact_scores, pruned_interaction  # noqa: E402
 from colbert_retriever.strided import inverted_file, offsets_from_lengths  # noqa: E402
 
 
@@ -62,18 +64,17 @@ def main(argv=None):
     Sc = codec.centroids @ Q.T
     pids = torch.arange(min(args.docs, 4096), device=dev)
     for backend in ("torch", "triton"):
-        with kernel_backend(backend):
+        with kernel_backend(backend):  # the codec's decompress follows the thread-local switch
             res[f"decompress_1M_ms_{backend}"] = timeit(lambda: codec.decompress(codes[:1_000_000], packed[:1_000_000]))
-            res[f"exact_maxsim_1024docs_ms_{backend}"] = timeit(lambda: exact_scores(Q, arrays, pids[:1024]))
-            res[f"centroid_interaction_4096docs_ms_{backend}"] = timeit(lambda: centroid_interaction(Sc, arrays, pids))
-            res[f"pruned_interaction_4096docs_ms_{backend}"] = timeit(lambda: pruned_interaction(Sc, arrays, pids, 0.45))
-            from colbert_retriever.config import SearchConfig
-            from colbert_retriever.plaid import search
-
-            Sc = codec.centroids @ Q.T
-            res[f"search_k10_ms_{backend}"] = timeit(lambda: search(Q, arrays, 10, SearchConfig(), Sc=Sc))
-            res[f"exhaustive_k10_ms_{backend}"] = timeit(
-                lambda: search(Q, arrays, 10, SearchConfig(exhaustive=True), Sc=Sc), reps=3)
+        res[f"exact_maxsim_1024docs_ms_{backend}"] = timeit(
+            lambda: exact_scores(Q, arrays, pids[:1024], Sc, kernels=backend))
+        res[f"centroid_interaction_4096docs_ms_{backend}"] = timeit(
+            lambda: centroid_interaction(Sc, arrays, pids, kernels=backend))
+        res[f"pruned_interaction_4096docs_ms_{backend}"] = timeit(
+            lambda: pruned_interaction(Sc, arrays, pids, 0.45, kernels=backend))
+        res[f"search_k10_ms_{backend}"] = timeit(lambda: search(Q, arrays, 10, SearchConfig(kernels=backend)))
+        res[f"exhaustive_k10_ms_{backend}"] = timeit(
+            lambda: search(Q, arrays, 10, SearchConfig(exhaustive=True, kernels=backend)), reps=3)
     print(res)
     write_json("gpu.json", res)
     from render import render

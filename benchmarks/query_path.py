@@ -3,8 +3,8 @@ process (queries interleaved, so the VM's drift hits every variant alike).
 
 For each index (``make bench``'s scifact passages at 2 bits; ``make bench-scale``'s 100k WordNet glosses when
 present): query encoding p50 with the linear layers' float32 weights vs packed float16 weights
-(``ColBERT.fp16_query_weights``), the query-centroid product in float32 vs on the packed float16 centroids
-(``ResidualCodec.centroid_scores``), retrieval p50 (``search_embeddings``, k=10) and end-to-end ``Index.search``
+(``Precision.fp16_query_weights``), the query-centroid product in float32 vs on the packed float16 centroids
+(``Precision.half_centroid_scores``), retrieval p50 (``search_embeddings``, k=10) and end-to-end ``Index.search``
 p50 with both off vs both on (the default), top-10 agreement of each with exhaustive search, and, for judged sets,
 nDCG@10 / Recall@100 with either query encoding.
 
@@ -30,53 +30,42 @@ from colbert_retriever import Index, SearchConfig  # noqa: E402
 from colbert_retriever.evaluation import evaluate, load_corpus, load_queries  # noqa: E402
 
 
-class Switch:
-    """Both float16 paths on (the default) or off, for one index."""
-
-    def __init__(self, index: Index):
-        self.model, self.codec = index.model, index._current().arrays.codec
-        self.codec.centroid_scores(torch.zeros(1, self.codec.dim))  # packs the centroids (where it can)
-        self.packed = self.codec._half
-
-    def __call__(self, on: bool):
-        self.model.fp16_query_weights = on
-        self.codec._half = self.packed if on else False
-
-
 def measure(index: Index, queries: list[str], k: int = 10) -> dict:
-    switch = Switch(index)
-    switch(False)
-    Q32 = [index.model.encode_queries([q]) for q in queries]
-    ref = [[h.id for h in index.search_embeddings(Q, k, config=SearchConfig(exhaustive=True))[0]] for Q in Q32]
+    """``index`` runs with the default precision (both float16 paths on); a second handle on the same folder runs
+    with both off (a view of the model with another ``Precision``: nothing is switched in place)."""
+    handles = {"float16": index, "float32": Index.open(index.path, model=index.model.with_precision(
+        fp16_query_weights=False, half_centroid_scores=False))}
+    codec = {s: h._current().arrays.codec for s, h in handles.items()}
+    off = handles["float32"]
+    Q32 = [off.model.encode_queries([q]) for q in queries]
+    ref = [[h.id for h in off.search_embeddings(Q, k, config=SearchConfig(exhaustive=True))[0]] for Q in Q32]
     times = {f"{part}_{state}": [] for part in ("encoding", "centroid_product", "retrieval", "end_to_end")
              for state in ("float32", "float16")}
     agree = {"float32": 0.0, "float16": 0.0}
     Q16 = [None] * len(queries)  # the default (float16) encodings from the timed loop
     for Q in Q32[:10]:  # warm-up (the packed weights are made at first use)
-        for on in (False, True):
-            switch(on)
-            index.search_embeddings(Q, k)
+        for h in handles.values():
+            h.search_embeddings(Q, k)
     for i, (q, Q) in enumerate(zip(queries, Q32)):
-        for on in ((False, True) if i % 2 else (True, False)):
-            switch(on)
-            state = "float16" if on else "float32"
+        for state in (("float32", "float16") if i % 2 else ("float16", "float32")):
+            h = handles[state]
             t = time.perf_counter()
-            Qe = index.model.encode_queries([q])
+            Qe = h.model.encode_queries([q])
             times[f"encoding_{state}"].append((time.perf_counter() - t) * 1000)
-            if on:
+            if state == "float16":
                 Q16[i] = Qe
             real = Qe[0][Qe[0].abs().sum(-1) > 0]
             t = time.perf_counter()
-            switch.codec.centroid_scores(real)
+            codec[state].centroid_scores(real, half=state == "float16")
             times[f"centroid_product_{state}"].append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            hits = index.search_embeddings(Qe, k)[0]
+            hits = h.search_embeddings(Qe, k)[0]
             times[f"retrieval_{state}"].append((time.perf_counter() - t) * 1000)
             t = time.perf_counter()
-            index.search(q, k)
+            h.search(q, k)
             times[f"end_to_end_{state}"].append((time.perf_counter() - t) * 1000)
             agree[state] += len({h.id for h in hits} & set(ref[i])) / max(1, len(ref[i]))
-    switch(True)
+    off.close()
     out = {name: percentiles(v) for name, v in times.items()}
     for part in ("encoding", "centroid_product", "retrieval", "end_to_end"):
         out[f"{part}_ratio_p50"] = round(out[f"{part}_float16"]["p50"] / out[f"{part}_float32"]["p50"], 3)
@@ -106,8 +95,8 @@ def main(argv=None):
         r = {"queries": len(queries), **measure(index, queries)}
         if (SHARED / name / "qrels").exists():
             for on in (False, True):
-                index.model.fp16_query_weights = on
-                e = evaluate(index, SHARED / name, k=100)
+                h = index if on else Index.open(path, model=index.model.with_precision(fp16_query_weights=False))
+                e = evaluate(h, SHARED / name, k=100)
                 r[f"quality_{'float16' if on else 'float32'}_query_weights"] = {
                     m: round(e[m], 4) for m in ("ndcg@10", "recall@100")}
         out["indexes"][name] = r

@@ -90,15 +90,8 @@ def measure(path: str, adds: int, queries: list[str], new_texts: list[str]) -> d
     out["latency_after_compact_ms"] = latency(index)
     # search cost vs segment count: 19 more single-document adds with segment merging off (when the library
     # merges at all), i.e. 20 segments
-    import colbert_retriever.index as index_module
-
-    factor = getattr(index_module, "MERGE_FACTOR", None)
-    if factor is not None:
-        index_module.MERGE_FACTOR = 0
     for i in range(19):
-        index.add([new_texts[i]], ids=[f"seg20-{len(index)}-{i}"])
-    if factor is not None:
-        index_module.MERGE_FACTOR = factor
+        index.add([new_texts[i]], ids=[f"seg20-{len(index)}-{i}"], merge=False)
     out["segments_curve"] = len(index.metadata["segments"])
     out["latency_20seg_ms"] = latency(index)
     out["torch_threads"] = torch.get_num_threads()

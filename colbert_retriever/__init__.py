@@ -5,10 +5,11 @@
     >>> index.search("query", k=10)                                        # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from .config import CodecConfig, EncoderConfig, SearchConfig  # noqa: E402
-from .errors import (  # noqa: E402
+from ._kernels import kernel_backend
+from ._version import __version__
+from .config import CodecConfig, EncoderConfig, SearchConfig
+from .encoder import ColBERT
+from .errors import (
     CheckpointError,
     ColbertRetrieverError,
     IncompatibleModelError,
@@ -19,14 +20,13 @@ from .errors import (  # noqa: E402
     InvalidArgument,
     InvalidType,
 )
-from .hits import Hit, Record  # noqa: E402
-from ._kernels import kernel_backend  # noqa: E402
-from .encoder import ColBERT  # noqa: E402
-from .models import clear_model_cache, load_model  # noqa: E402
-from .index import Index  # noqa: E402
+from .hits import Hit, Record
+from .index import Index
+from .models import clear_model_cache, load_model
 
 __all__ = [
-    "ColBERT", "Index", "Hit", "Record", "load_model", "clear_model_cache", "EncoderConfig", "CodecConfig", "SearchConfig", "ColbertRetrieverError",
-    "InvalidArgument", "InvalidType", "IndexNotFoundError", "IndexFormatError", "IncompatibleModelError",
-    "CheckpointError", "IndexLockedError", "IndexClosedError", "kernel_backend", "__version__",
+    "ColBERT", "Index", "Hit", "Record", "load_model", "clear_model_cache", "EncoderConfig", "CodecConfig",
+    "SearchConfig", "ColbertRetrieverError", "InvalidArgument", "InvalidType", "IndexNotFoundError",
+    "IndexFormatError", "IncompatibleModelError", "CheckpointError", "IndexLockedError", "IndexClosedError",
+    "kernel_backend", "__version__",
 ]

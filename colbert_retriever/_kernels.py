@@ -82,7 +82,7 @@ def resolve(kernels: str, device: torch.device) -> str:
         elif device.type == "cuda":
             kernels = "triton" if triton_available() else "torch"
         else:
-            kernels = "torch"  # TODO numba
+            kernels = "numba" if numba_available() else "torch"
     if kernels == "triton" and not triton_available():
         raise InvalidArgument("kernels='triton' was asked for but triton is not installed "
                               "(pip install 'colbert-retriever[triton]')")
@@ -94,16 +94,16 @@ def resolve(kernels: str, device: torch.device) -> str:
     return kernels
 
 
-def numba_centroid_interaction(Sc, arrays, pids):
+def numba_centroid_interaction(Sc, arrays, pids, threads):
     from colbert_retriever._numba import centroid_interaction as k
 
-    return k(Sc, arrays, pids)
+    return k(Sc, arrays, pids, threads)
 
 
-def numba_exact_scores(Q, arrays, pids, Sc):
+def numba_exact_scores(Q, arrays, pids, Sc, threads):
     from colbert_retriever._numba import exact_scores as k
 
-    return k(Q, arrays, pids, Sc)
+    return k(Q, arrays, pids, Sc, threads)
 
 
 def decompress(codes, packed, centroids, bucket_weights, nbits):

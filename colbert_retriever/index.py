@@ -226,20 +226,21 @@ class Index:
     # ================================================================ updates
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
             *, on_conflict: str = "error", truncate: str = "warn", batch_size: int = 32,
-            show_progress: bool = False) -> list[str]:
+            show_progress: bool = False, merge: bool = True) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``writer.MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index.
         Atomic. Returns their ids (uuid4 hex when not given).
 
         on_conflict: what an id that is already live means — "error" (refuse the whole call, nothing written) or
         "replace" (the old document, all its passages, is deleted in the same commit: an upsert). truncate: as
-        in ``build``."""
+        in ``build``. merge: False keeps the new segment as it is (tests and benchmarks of many-segment indexes;
+        ``compact`` merges everything)."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         metadatas = _validate.metadata_list(metadatas, len(texts))
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         rows = prepare_rows(self.model, ids, texts, metadatas, truncate)
-        self._writer.add(rows, on_conflict, batch_size, show_progress)
+        self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"))
         return ids
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,

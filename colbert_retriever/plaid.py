@@ -38,9 +38,10 @@ class SearchPlan:
     """Resolved work for one query: cells probed per query token, the pruning threshold (None: candidates are
     scored from their probed cells instead, see ``stages.probed_scores``), documents kept after stage 2, after
     full centroid interaction (stage 3; the documents it keeps are those scored exactly), and how: whether stage
-    3 gathers float16 scores (``half_interaction``), whether the query-centroid product runs on packed float16
-    centroids (``half_centroid_scores``; both from ``Precision``), the kernels, the intra-op threads (None: ``_parallel``'s
-    policy) and how probed scoring finds its distinct candidates (``unique``, see ``stages.unique_inverse``).
+    3 gathers float16 scores (``half_interaction``: torch kernels on CPU), whether the query-centroid product runs
+    on packed float16 centroids (``half_centroid_scores``; both from ``Precision``), the kernels, the intra-op
+    threads (None: ``_parallel``'s policy) and how probed scoring finds its distinct candidates (``unique``, see
+    ``stages.unique_inverse``).
     Benchmarks compare two ways of running a stage by passing ``dataclasses.replace(plan, ...)`` to ``search``."""
 
     ncells: int
@@ -166,11 +167,11 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
     tr.kernels = p.kernels
     run = _Run(q, Sc, Sc.T if ScT is None else ScT, arrays, k, p, allowed, groups, tr)
-    if p.exhaustive or n_allowed <= p.exact_docs or q.shape[0] == 0:
-        tr.reason = "exhaustive" if p.exhaustive else "collection within the exact-stage budget"
-        return run.score_all_allowed()
-    with _parallel.search_threads(p.threads) as n:
+    with _parallel.search_threads(p.threads) as n:  # many small steps: see _parallel
         tr.threads = n
+        if p.exhaustive or n_allowed <= p.exact_docs or q.shape[0] == 0:
+            tr.reason = "exhaustive" if p.exhaustive else "collection within the exact-stage budget"
+            return run.score_all_allowed()
         return run.stages()
 
 
@@ -199,7 +200,7 @@ class _Run:
 
     def exact(self, pids: torch.Tensor) -> torch.Tensor:
         self.tr.exact_scored += int(pids.numel())
-        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels)
+        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=self.tr.threads)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.tr.exhaustive = True
@@ -227,9 +228,11 @@ class _Run:
         pool = pids
         if pids.numel() > p.stage3_docs:
             # on CPU the ranking-only interaction may gather float16 scores: half the bytes moved
-            Sci = self.Sc.to(torch.float16) if p.half_interaction and self.Sc.device.type == "cpu" else self.Sc
+            half = p.half_interaction and p.kernels == "torch" and self.Sc.device.type == "cpu"
+            Sci = self.Sc.to(torch.float16) if half else self.Sc
             tr.interaction_dtype = Sci.dtype
-            pids = self._best(pids, stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels), p.stage3_docs)
+            ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads)
+            pids = self._best(pids, ci, p.stage3_docs)
         exact = self.exact(pids)
         out = self.top(pids, exact)
         if self.groups is None or out[0].numel() >= self.k:

@@ -43,16 +43,17 @@ def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.
 
 
 def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, *, kernels: str = "torch",
-                         max_rows: Optional[int] = None) -> torch.Tensor:
+                         threads: int = 1, max_rows: Optional[int] = None) -> torch.Tensor:
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
     pids: sorted unique int64. Returns (len(pids),) float32. The centroid scores are gathered straight into
     blocks of documents padded to a common length and reduced with ``amax`` (``scoring.padded_positions``, blocks
     of at most ``max_rows`` rows): ~2x faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its
-    slow twin. Sc may be float16 (ranking only: see ``Precision.half_interaction``); the sums are float32."""
+    slow twin. Sc may be float16 (ranking only: see ``Precision.half_interaction``); the sums are float32.
+    kernels "numba": ``_numba.centroid_interaction`` (``threads`` threads)."""
     if kernels == "triton":
         return _kernels.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids)
     if kernels == "numba":
-        return _kernels.numba_centroid_interaction(Sc, arrays, pids)
+        return _kernels.numba_centroid_interaction(Sc, arrays, pids, threads)
     out = torch.zeros(pids.numel(), dtype=torch.float32, device=pids.device)
     starts = arrays.doc_offsets.index_select(0, pids)
     lengths = arrays.doc_offsets.index_select(0, pids + 1) - starts
@@ -171,14 +172,15 @@ def unique_inverse(x: torch.Tensor, n: int, method: str = "auto") -> tuple[torch
 
 
 def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: Optional[torch.Tensor] = None, *,
-                 kernels: str = "torch", chunk_docs: int = 8192) -> torch.Tensor:
+                 kernels: str = "torch", threads: int = 1, chunk_docs: int = 8192) -> torch.Tensor:
     """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
     computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T when the caller
-    already has it. Returns (len(pids),) float32."""
+    already has it. Returns (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads),
+    "triton": the fused Triton kernel (CUDA)."""
     c = arrays.codec
     if kernels == "numba":
         Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
-        return _kernels.numba_exact_scores(Q, arrays, pids, Sc)
+        return _kernels.numba_exact_scores(Q, arrays, pids, Sc, threads)
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     if kernels != "triton":
         Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]

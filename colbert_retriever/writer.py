@@ -22,7 +22,8 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from . import __version__, layout, storage
+from . import layout, storage
+from ._version import __version__
 from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec, write_segment
 from .codec import ResidualCodec
 from .config import CodecConfig
@@ -175,9 +176,10 @@ class Writer:
             segments = segments[:-2] + (copy_segments(self.path, loaded, codec),)
         return segments
 
-    def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool) -> None:
+    def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
-        (``on_conflict="error"``) or replaced in the same commit ("replace")."""
+        (``on_conflict="error"``) or replaced in the same commit ("replace"). merge: merge small tail segments
+        (``MERGE_FACTOR``)."""
         with self.transaction() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
@@ -197,7 +199,8 @@ class Writer:
                 ds.checkpoint()
             c, added = meta.counts, len(rows.texts)
             self.commit(dataclasses.replace(
-                meta, generation=gen + 1, segments=self._merge_tail(meta.segments + (seg,), codec),
+                meta, generation=gen + 1,
+                segments=self._merge_tail(meta.segments + (seg,), codec) if merge else meta.segments + (seg,),
                 counts=Counts(c.documents + added, c.deleted + len(replaced), c.live + added - len(replaced),
                               c.embeddings + seg.num_embeddings),
                 codec=dataclasses.replace(meta.codec,

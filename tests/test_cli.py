@@ -190,12 +190,17 @@ def test_format_errors(tmp_path, capsys):
 
 
 def test_internal_errors_keep_their_traceback(monkeypatch, beir, tmp_path):
-    """A bug is not a user mistake: it propagates (traceback, exit status 1), never a one-line exit 2."""
-    import colbert_retriever.evaluation as ev
+    """A bug is not a user mistake: it propagates (traceback, exit status 1), never a one-line exit 2. (The
+    failure is planted in the standard library's ``open`` for the corpus file.)"""
+    import builtins
 
-    def broken(*a, **k):
-        raise RuntimeError("internal bug")
+    real_open = builtins.open
 
-    monkeypatch.setattr(ev, "load_documents", broken)
+    def broken(file, *a, **k):
+        if str(file).endswith("corpus.jsonl"):
+            raise RuntimeError("internal bug")
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", broken)
     with pytest.raises(RuntimeError, match="internal bug"):
         main(["index", str(beir), str(tmp_path / "i"), "--quiet"])

@@ -26,7 +26,9 @@ def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> No
     """Run ``op`` on the index at ``path``; SIGKILL ourselves just before storage event number ``kill_at``
     (1-based; 0 = never), counting events into ``counter_file``."""
 
-    from colbert_retriever import ColBERT, docstore
+    import sqlite3
+
+    from colbert_retriever import ColBERT
 
     model = ColBERT.from_pretrained(ckpt, dtype="float32")
     count = [0]
@@ -44,7 +46,20 @@ def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> No
 
     for name in ("replace", "rename", "unlink", "fsync"):
         setattr(os, name, wrap(getattr(os, name)))
-    docstore.DocStore._write = wrap(docstore.DocStore._write)
+
+    class Counting(sqlite3.Connection):  # every write transaction of the document store is an event too
+        def execute(self, sql, *args):
+            if sql.lstrip().upper().startswith("BEGIN IMMEDIATE"):
+                event()
+            return super().execute(sql, *args)
+
+        def executescript(self, script):
+            if script.lstrip().upper().startswith("BEGIN IMMEDIATE"):
+                event()
+            return super().executescript(script)
+
+    real_connect = sqlite3.connect
+    sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Counting, **k)
     texts = make_corpus(60, seed=31)
     if op == "build":
         Index.build(path, texts, ids=[f"b{i}" for i in range(60)], model=model, overwrite=True, show_progress=False,

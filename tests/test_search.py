@@ -197,7 +197,8 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
     assert checked > 20
 
 
-def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model):
+@pytest.mark.parametrize("kernels", ["torch", "numba"])
+def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, kernels):
     """With default knobs and a collection larger than the exact-stage budget, search must go through probed
     scoring and the exact stage on a subset (not the exhaustive fallback) and agree
     with exhaustive search; explicit knobs keep PLAID's meaning (a threshold: pruned centroid interaction; ndocs
@@ -207,19 +208,20 @@ def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model):
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
     queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
     trace = []
-    got = [ids_of(idx.search(q, k=10, trace=trace)) for q in queries]
-    assert len(trace) == len(queries)
+    got = [ids_of(idx.search(q, k=10, trace=trace, kernels=kernels)) for q in queries]
+    assert len(trace) == len(queries) and {t.kernels for t in trace} == {kernels}
     assert all(t.stage2 == "probed" and not t.exhaustive for t in trace), trace  # default stage 2: probed scoring
     assert max(t.exact_scored for t in trace) < len(texts) / 2  # the exact stage scored a subset
     assert all(t.candidates > t.exact_scored for t in trace)
 
     trace = []
-    explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128, trace=trace))
-                for q in queries]
+    explicit = [ids_of(idx.search(q, k=10, ncells=2, centroid_score_threshold=0.3, ndocs=128, trace=trace,
+                                  kernels=kernels)) for q in queries]
     assert all(t.stage2 == "pruned" and not t.exhaustive for t in trace)  # a threshold: PLAID's pruned stage 2
     assert all(t.stage2_kept == 128 for t in trace)  # stage 2 kept ndocs
-    # stage 3 ran on float16 scores (CPU, Precision.half_interaction), and PLAID's meaning: ndocs // 4 scored
-    assert all(t.interaction_dtype == torch.float16 for t in trace)
+    # stage 3 ran (torch: on float16 scores, Precision.half_interaction; numba reads float32), and PLAID's
+    # meaning: ndocs // 4 scored exactly
+    assert all(t.interaction_dtype == (torch.float16 if kernels == "torch" else torch.float32) for t in trace)
     assert max(t.exact_scored for t in trace) == 128 // 4
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
     for run in (got, explicit):

@@ -20,8 +20,8 @@ def marker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(marker):
-    """Every Ray worker process runs ``_die_once.install``: the first ``Index.build`` in any worker kills its
-    process (a worker dying mid-build), later ones run normally. No hook lives in the library."""
+    """Every Ray worker process runs ``_die_once.install``: the first index write (``os.replace``) in any worker
+    kills its process (a worker dying mid-build), later ones run normally. No hook lives in the library."""
     from . import _die_once
 
     ray.cloudpickle.register_pickle_by_value(_die_once)

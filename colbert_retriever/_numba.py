@@ -1,0 +1,146 @@
+"""Fused CPU kernels for PLAID's two heaviest stages, compiled by numba (LLVM from a PyPI wheel: no C compiler on the
+user's machine). Imported only through ``_kernels`` when a search runs with ``kernels="numba"`` (the default on
+CPU when numba is installed); the torch code in ``stages.py`` is their tested twin and the fallback.
+
+- ``centroid_interaction``: per document, each query token's best centroid score over the document's tokens,
+  summed; one pass over the document's codes, no padded blocks, no gathers.
+- ``exact_scores``: per document, MaxSim over its decompressed tokens computed in the compressed domain
+  (centroid score + the residual bytes' lookup-table rows, times the stored inverse norm), the per-document max
+  in the same loop: no embedding is materialised.
+
+Each runs in parallel over documents (numba's ``prange``) or serially. A search that runs alone with more than one
+thread takes the parallel variant; concurrent searches take the serial one (numba's default ``workqueue``
+threading layer must not be entered by two threads at once, so at most one parallel launch runs at a time here).
+Compiled code is cached on disk (``cache=True``: beside this file, or in the user's cache folder when the
+package folder is read-only), so only the first search on a machine pays the compilation.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+_parallel_lock = threading.Lock()
+
+
+def _ci(Sc, codes, starts, ends, out):
+    q = Sc.shape[1]
+    for i in prange(starts.shape[0]):
+        a, b = starts[i], ends[i]
+        if b <= a:
+            out[i] = 0.0
+            continue
+        best = np.full(q, -np.inf, dtype=np.float32)
+        for t in range(a, b):
+            row = Sc[codes[t]]
+            for j in range(q):
+                if row[j] > best[j]:
+                    best[j] = row[j]
+        s = np.float32(0.0)
+        for j in range(q):
+            s += best[j]
+        out[i] = s
+
+
+def _exact(Sc, lut, codes, packed, inv_norms, starts, ends, out):
+    q = Sc.shape[1]
+    P = packed.shape[1]
+    for i in prange(starts.shape[0]):
+        a, b = starts[i], ends[i]
+        if b <= a:
+            out[i] = 0.0
+            continue
+        best = np.full(q, -np.inf, dtype=np.float32)
+        acc = np.empty(q, dtype=np.float32)
+        for t in range(a, b):
+            acc[:] = 0.0
+            for p in range(P):  # the residual: one lookup-table row per byte (as torch's embedding_bag sums them)
+                row = lut[p * 256 + packed[t, p]]
+                for j in range(q):
+                    acc[j] += row[j]
+            c = Sc[codes[t]]
+            w = inv_norms[t]
+            for j in range(q):
+                v = (acc[j] + c[j]) * w
+                if v > best[j]:
+                    best[j] = v
+        s = np.float32(0.0)
+        for j in range(q):
+            s += best[j]
+        out[i] = s
+
+
+def _compile(fn, parallel: bool):
+    """A numba dispatcher of ``fn``, parallel or serial, under its own name (each variant its own cache files)."""
+    name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
+    clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = name
+    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy")(clone)
+
+
+_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
+
+
+def _run(name: str, threads: int, *args) -> None:
+    """Run a kernel: the parallel variant with ``threads`` threads when more than one is wanted and no other
+    parallel launch is running in this process, else the serial one."""
+    if threads > 1 and _parallel_lock.acquire(blocking=False):
+        try:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            _KERNELS[(name, True)](*args)
+        finally:
+            _parallel_lock.release()
+        return
+    _KERNELS[(name, False)](*args)
+
+
+def _segments(arrays, pids: torch.Tensor):
+    """Per segment holding some of ``pids`` (sorted): (segment index, the positions in ``pids``, start and end
+    token rows of those documents within the segment)."""
+    offsets = arrays.doc_offsets
+    starts = offsets.index_select(0, pids)
+    ends = offsets.index_select(0, pids + 1)
+    bases = arrays.codes.bases
+    if len(arrays.codes.parts) == 1:
+        yield 0, slice(None), starts.numpy(), ends.numpy()
+        return
+    seg = torch.bucketize(starts, bases[1:], right=True)
+    for s in seg.unique().tolist():
+        m = (seg == s).nonzero().flatten()
+        base = bases[s]
+        yield s, m.numpy(), (starts[m] - base).numpy(), (ends[m] - base).numpy()
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.numpy() if t.dtype != torch.uint16 else t.view(torch.int16).numpy().view(np.uint16)
+
+
+def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """``stages.centroid_interaction`` (full, no pruning): (len(pids),) float32. Sc (K, q_len) is read as float32."""
+    S = Sc.float().contiguous().numpy()
+    out = np.empty(pids.numel(), dtype=np.float32)
+    for s, where, starts, ends in _segments(arrays, pids):
+        part = np.empty(len(starts), dtype=np.float32)
+        _run("_ci", threads, S, _np(arrays.codes.parts[s]), starts, ends, part)
+        out[where] = part
+    return torch.from_numpy(out)
+
+
+def exact_scores(Q: torch.Tensor, arrays, pids: torch.Tensor, Sc: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """``stages.exact_scores``: exact MaxSim of ``pids`` against Q (q_len, dim) in the compressed domain,
+    (len(pids),) float32. Sc: the codec's centroid scores (K, q_len)."""
+    c = arrays.codec
+    S = Sc.float().contiguous().numpy()
+    lut = c.query_lut(Q).contiguous().numpy()
+    out = np.empty(pids.numel(), dtype=np.float32)
+    for s, where, starts, ends in _segments(arrays, pids):
+        part = np.empty(len(starts), dtype=np.float32)
+        _run("_exact", threads, S, lut, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
+             arrays.inv_norms.parts[s].numpy(), starts, ends, part)
+        out[where] = part
+    return torch.from_numpy(out)
