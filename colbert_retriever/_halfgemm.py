@@ -34,7 +34,8 @@ def available() -> bool:
     """True when this torch build can run fbgemm's fp16 GEMM (checked once, on a 2 x 2 product)."""
     try:
         w = torch.eye(2)
-        out = torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 2), torch.ops.quantized.linear_prepack_fp16(w, None))
+        packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+        out = torch.ops.quantized.linear_dynamic_fp16(torch.ones(1, 2), packed)
         return bool(torch.equal(out, torch.ones(1, 2)))
     except (RuntimeError, AttributeError, NotImplementedError) as e:  # no fbgemm in this build
         logger.debug("fbgemm fp16 GEMM unavailable (%s): float32 products are used", e)

@@ -20,12 +20,14 @@ from .config import KERNELS
 from .errors import InvalidArgument
 
 _state = threading.local()
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = KERNELS
 
 
 @contextlib.contextmanager
 def kernel_backend(name: str):
-    """Force the kernel backend inside a ``with`` block (thread-local): "auto", "torch" or "triton"."""
+    """Force the kernel backend inside a ``with`` block (thread-local): "auto", "torch", "numba" or "triton". The
+    codec's compress/decompress follow it ("numba" leaves them on torch); a search's ``kernels="auto"`` resolves
+    to it. A search's explicit ``kernels=`` wins."""
     if name not in BACKENDS:
         raise InvalidArgument(f"kernel backend {name!r} is unknown; use one of {BACKENDS}")
     old = getattr(_state, "backend", "auto")

@@ -48,7 +48,7 @@ class SegmentWriter:
         self.files = {}
         try:
             for p, path in self.parts.items():
-                self.files[p] = open(path, "wb")
+                self.files[p] = open(path, "xb")  # new files only: never written through a link
         except BaseException:
             self.abort()
             raise
@@ -79,7 +79,7 @@ class SegmentWriter:
             shape, dtype = shapes[part]
             final = self.folder / layout.segment_file(self.name, part)
             tmp = self.folder / f".{self.name}.{part}.npy.tmp"
-            with open(tmp, "wb") as out, open(self.parts[part], "rb") as raw:
+            with open(tmp, "xb") as out, open(self.parts[part], "rb") as raw:
                 w = storage.Crc32Writer(out)
                 np.lib.format.write_array_header_1_0(w, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                          "fortran_order": False, "shape": shape})
@@ -104,8 +104,8 @@ class SegmentWriter:
     def abort(self) -> None:
         for part, f in self.files.items():
             f.close()
-        for path in self.parts.values():
-            if path.exists():
+        for part, path in self.parts.items():
+            if part in self.files and path.exists():  # only the files this writer created
                 os.unlink(path)
 
     def __enter__(self) -> "SegmentWriter":

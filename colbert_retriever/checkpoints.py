@@ -148,7 +148,8 @@ def _read_pylate(folder: Path) -> Checkpoint:
     dense = [m for m in modules if m.get("type", "").endswith("Dense")]
     if not tr or not dense:
         raise CheckpointError(
-            f"{folder}: modules.json must list a Transformer and a Dense module; found {[m.get('type') for m in modules]}"
+            f"{folder}: modules.json must list a Transformer and a Dense module; found "
+            f"{[m.get('type') for m in modules]}"
         )
     backbone_dir = folder / tr[0].get("path", "")
     dense_dir = folder / dense[0]["path"]
@@ -194,7 +195,8 @@ def write_colbert_ai(folder: Path, backbone, tokenizer, linear: torch.nn.Linear,
     backbone.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     prefix = getattr(backbone, "base_model_prefix", "bert") or "bert"
-    state = {f"{prefix}.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in backbone.state_dict().items()}
+    state = {f"{prefix}.{k}": v.detach().to("cpu", torch.float32).contiguous()
+             for k, v in backbone.state_dict().items()}
     state["linear.weight"] = linear.weight.detach().to("cpu", torch.float32).contiguous()
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})

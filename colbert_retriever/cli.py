@@ -27,6 +27,21 @@ examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a negative or zero count is refused, never read as "all")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+DATA_HELP = ("BEIR folder, .jsonl[.gz] file, colbert-ai/LoTTE collection.tsv (or its folder), or folder of text "
+             "files")
+
+
 def _user_errors() -> tuple:
     from .errors import ColbertRetrieverError
 
@@ -48,7 +63,7 @@ def _cmd_index(args) -> int:
 
     ids, texts, metas, layout = _load(args.data, args.limit, args.format)
     model = load_model(args.model, dtype=args.dtype)
-    if args.doc_maxlen:
+    if args.doc_maxlen is not None:
         model = model.with_config(model.config.replace(doc_maxlen=args.doc_maxlen))
     try:
         idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
@@ -148,7 +163,7 @@ def _cmd_delete(args) -> int:
 def _cmd_info(args) -> int:
     from . import Index
 
-    idx = Index.open(args.index, verify=False)
+    idx = Index.open(args.index, verify="deep" if args.check else False)
     meta = idx.metadata
     size = sum(f.stat().st_size for f in Path(args.index).iterdir() if f.is_file())
     info = {"index": str(args.index), "format_version": meta["format_version"],
@@ -158,7 +173,10 @@ def _cmd_info(args) -> int:
                       **{k: meta["model"]["encoder_config"].get(k) for k in ("dim", "doc_maxlen", "query_maxlen")}},
             "codec": {"nbits": meta["codec"]["config"].get("nbits"), "num_centroids": meta["codec"]["num_centroids"],
                       "avg_residual": meta["codec"]["avg_residual"]},
-            "segments": len(meta["segments"]), "size_bytes": size, "provenance": meta["provenance"]}
+            "segments": len(meta["segments"]), "size_bytes": size, "lexical": idx.has_lexical,
+            "precision": meta["provenance"].get("precision"), "provenance": meta["provenance"]}
+    if args.check:
+        info["check"] = "ok"
     if args.json:
         print(json.dumps(info))
     else:
@@ -170,10 +188,19 @@ def _cmd_info(args) -> int:
         print(f"model        {m['name']} (weights {m['identity']}; dim {m['dim']}, doc_maxlen {m['doc_maxlen']})")
         k = info["codec"]
         print(f"codec        {k['nbits']} bits, {k['num_centroids']} centroids, {info['segments']} segment(s)")
-        print(f"size         {size / 2**20:.1f} MiB")
+        print(f"size         {size / 2**20:.1f} MiB; lexical (BM25) side: {'yes' if info['lexical'] else 'no'}")
+        pr = info["precision"]
+        if pr:
+            print(f"precision    documents {pr['documents']}, queries {pr['queries']}"
+                  f"{' (float16 weights)' if pr.get('fp16_query_weights') else ''}, centroid assignment "
+                  f"{pr['assignment']}")
+        else:
+            print("precision    not recorded (built before colbert-retriever 0.2)")
         p = meta["provenance"]
         print(f"built        {p.get('created')} on {p.get('host')} in {p.get('build_seconds')} s "
               f"(library {meta['library_version']}); updated {p.get('updated')}")
+        if args.check:
+            print("check        ok: every file's checksum, the document store and its lexical side")
     return 0
 
 
@@ -211,11 +238,11 @@ def _add_knobs(s) -> None:
                         "index built with --lexical")
     g = s.add_argument_group("search knobs (PLAID; defaults depend on k)")
     g.add_argument("--exhaustive", action="store_true", help="score every document exactly (the reference; slow)")
-    g.add_argument("--ncells", type=int, help="centroids probed per query token")
+    g.add_argument("--ncells", type=positive_int, help="centroids probed per query token")
     g.add_argument("--centroid-score-threshold", type=float,
                    help="stage 2 = PLAID's pruned centroid interaction with this threshold (default: none, "
                         "candidates scored from their probed cells)")
-    g.add_argument("--ndocs", type=int, help="documents kept after stage 2 (ndocs // 4 are scored exactly)")
+    g.add_argument("--ndocs", type=positive_int, help="documents kept after stage 2 (ndocs // 4 are scored exactly)")
 
 
 def _add_truncate(s, default: str) -> None:
@@ -225,11 +252,22 @@ def _add_truncate(s, default: str) -> None:
                         "error = refuse")
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the command's usage is one ``--help`` away) and no exit from inside."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise _UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="colbert-retriever", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="colbert-retriever", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"colbert-retriever {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -238,14 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "{_id|id, title?, text, ...} (other fields become metadata), a colbert-ai or "
                                    "LoTTE folder or file (collection.tsv: pid<TAB>passage[<TAB>title]), or a "
                                    "folder of .txt/.md files (one document per file, id = relative path).")
-    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, colbert-ai/LoTTE collection.tsv (or its folder), or folder of text files")
+    s.add_argument("data", help=DATA_HELP)
     s.add_argument("index", help="the index folder to create (new, empty, or an index of ours with --overwrite)")
     s.add_argument("--model", default="default", help="hub id, checkpoint folder or 'default' (offline MiniLM)")
     s.add_argument("--nbits", type=int, choices=(1, 2, 4), default=2, help="residual bits per dimension")
-    s.add_argument("--doc-maxlen", type=int, default=None, help="document tokens kept (default: the model's)")
+    s.add_argument("--doc-maxlen", type=positive_int, default=None,
+                   help="document tokens kept (default: the model's; at least 3)")
     s.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                    help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
-    s.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    s.add_argument("--limit", type=positive_int, default=None, help="index only the first N documents (N >= 1)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing index (atomically)")
     s.add_argument("--lexical", action="store_true", help="also build the BM25 side (for --mode bm25/hybrid)")
     _add_format(s)
@@ -257,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "text (or --json: a list of hits).")
     s.add_argument("index", help="the index folder")
     s.add_argument("query", help="the query text")
-    s.add_argument("-k", type=int, default=10, help="number of documents to return (default 10)")
+    s.add_argument("-k", type=positive_int, default=10, help="number of documents to return (default 10)")
     s.add_argument("--filter", default=None, help='JSON metadata filter, e.g. \'{"year": {"$gte": 2020}}\'')
     s.add_argument("--json", action="store_true", help="print one JSON array of hits")
     _add_knobs(s)
@@ -269,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "latency.")
     s.add_argument("data", help="judged folder: BEIR, colbert-ai TSV or LoTTE")
     s.add_argument("index", help="an index built from that folder")
-    s.add_argument("-k", type=int, default=10, help="cut-off reported (documents retrieved: max(k, 100))")
+    s.add_argument("-k", type=positive_int, default=10, help="cut-off reported (documents retrieved: max(k, 100))")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     _add_format(s)
     s.add_argument("--split", choices=("search", "forum"), default="search", help="LoTTE query set")
@@ -281,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("add", help="add documents to an index", description="Add documents (same DATA forms as "
                                                                               "index) to an existing index. Atomic.")
     s.add_argument("index", help="the index folder")
-    s.add_argument("data", help="BEIR folder, .jsonl[.gz] file, colbert-ai/LoTTE collection.tsv (or its folder), or folder of text files")
+    s.add_argument("data", help=DATA_HELP)
     s.add_argument("--on-conflict", choices=("error", "replace"), default="error",
                    help="an id already in the index: error (default, nothing written) or replace (upsert)")
     _add_format(s)
@@ -299,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="show an index's counts, model, codec, size and provenance")
     s.add_argument("index", help="the index folder")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--check", action="store_true",
+                   help="also read everything: every file's checksum, SQLite's and FTS5's integrity checks "
+                        "(Index.open(verify='deep')); exit 2 naming the problem when one fails")
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("bench", help="run benchmarks/run.py (source checkout)")
@@ -309,10 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="training triples (see the README)")
     s.add_argument("--model", default="default", help="hub id, checkpoint folder or 'default'")
     s.add_argument("--out", required=True, help="output checkpoint folder")
-    s.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    s.add_argument("--batch-size", type=int, default=16, help="queries per step")
+    s.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps")
+    s.add_argument("--batch-size", type=positive_int, default=16, help="queries per step")
     s.add_argument("--lr", type=float, default=3e-5, help="learning rate")
-    s.add_argument("--save-every", type=int, default=500, help="save a checkpoint every N steps")
+    s.add_argument("--save-every", type=positive_int, default=500, help="save a checkpoint every N steps")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_cmd_train)
     return p
@@ -321,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError:
+        return 2
     try:
         return args.func(args)
     except _user_errors() as e:

@@ -76,12 +76,14 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
 
             seg = write_segment(path, codec, chunks())
         docstore = layout.new_docstore_name()
-        with DocStore(path / docstore, create=True, lexical=snap.docstore.has_lexical()) as new_ds:
+        with DocStore(path / docstore, create=True) as new_ds:
             pid = 0
             for rows in snap.docstore.iter_visible(n, gen):
                 new_ds.insert(pid, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
                               [r[4] for r in rows])
                 pid += len(rows)
+            if snap.docstore.has_lexical():
+                new_ds.add_lexical(pid)
             new_ds.checkpoint()
         codec_meta = c
         if recluster:

@@ -7,14 +7,15 @@ lack the column; the first chunked add adds it.
 
 Visibility is snapshot-based: a reader at generation ``gen`` with ``n`` committed documents sees the rows with
 ``pid < n`` and ``deleted_gen IS NULL OR deleted_gen > gen``. A writer that died before committing left rows that
-no reader sees, and the next writer rolls them back (``rollback_uncommitted``).
+no reader sees, and the next writer rolls them back (``prepare_write``). The lexical (BM25) side lives in the same
+file: see ``lexical.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import urllib.parse
@@ -23,7 +24,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import IndexFormatError, InvalidArgument
+from . import lexical
+from .errors import IndexFormatError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -39,32 +41,8 @@ CREATE INDEX IF NOT EXISTS docs_id ON docs(id);
 
 _VISIBLE = "pid < ? AND (deleted_gen IS NULL OR deleted_gen > ?)"
 
-LEXICAL_TOKENIZER = "porter unicode61 remove_diacritics 2"
-"""The lexical side's tokenisation (SQLite FTS5): Unicode-aware words, case and diacritics folded, Porter
-stemming (English). Chosen on the shared sets: it beat the bm25s baseline's plain lowercase words on all three."""
-_LEXICAL_SCHEMA = f"""
-CREATE VIRTUAL TABLE lexical USING fts5(text, content='docs', content_rowid='pid', tokenize='{LEXICAL_TOKENIZER}');
-CREATE TRIGGER lexical_insert AFTER INSERT ON docs BEGIN
-    INSERT INTO lexical(rowid, text) VALUES (new.pid, new.text);
-END;
-CREATE TRIGGER lexical_delete AFTER DELETE ON docs BEGIN
-    INSERT INTO lexical(lexical, rowid, text) VALUES ('delete', old.pid, old.text);
-END;
-"""
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has have having he
-her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
-off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
-them themselves then there these they this those through to too under until up very was we were what when where
-which while who whom why will with would you your yours yourself yourselves""".split())
-"""Query words the lexical side ignores (they match most documents and carry almost no BM25 weight)."""
-
-
-def _no_fts5(e: sqlite3.OperationalError) -> None:
-    """Raise the clear error when SQLite failed for want of FTS5."""
-    if "fts5" in str(e).lower():
-        raise InvalidArgument(f"this Python's SQLite ({sqlite3.sqlite_version}) has no FTS5, which the lexical "
-                              f"(BM25) side needs") from None
+class StaleSnapshot(IndexFormatError):
+    """The generation a reader holds was superseded while it read (retry on a fresh snapshot)."""
 
 
 class DocStore:
@@ -72,10 +50,14 @@ class DocStore:
     connection, serialised by a lock). ``read_only``: open without ever writing (a read-only folder or mount);
     chosen automatically when the folder cannot be written."""
 
-    def __init__(self, path: Path, create: bool = False, read_only: bool = False, lexical: bool = False):
+    def __init__(self, path: Path, create: bool = False, read_only: bool = False):
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise IndexFormatError(f"document store {self.path} is missing")
+        for side in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm", "-journal"))):
+            if side.is_symlink():
+                raise IndexFormatError(f"{side} is a symbolic link; an index folder holds its own files (refusing to "
+                                       f"open it, which would read or write another file)")
         self._lock = threading.RLock()
         self._spans = False
         self.conn = None
@@ -93,8 +75,6 @@ class DocStore:
                 if create:
                     self.conn.execute("PRAGMA journal_mode=WAL")
                     self.conn.executescript(_SCHEMA)
-                    if lexical:
-                        self._create_lexical()
             self.conn.execute("SELECT pid, id, text, metadata, deleted_gen FROM docs LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             if self.conn is not None:
@@ -120,22 +100,32 @@ class DocStore:
             except sqlite3.DatabaseError as e:
                 raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
 
-    def _write(self, statements: Iterable[tuple[str, Any]]):
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction (the writer holds the index's writer lock); yields the connection."""
         with self._lock:
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for sql, params in statements:
-                        if isinstance(params, list) and params and isinstance(params[0], tuple):
-                            self.conn.executemany(sql, params)
-                        else:
-                            self.conn.execute(sql, params)
+                    yield self.conn
                     self.conn.execute("COMMIT")
                 except BaseException:
-                    self.conn.execute("ROLLBACK")
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
                     raise
+            except sqlite3.OperationalError as e:
+                lexical.no_fts5(e)
+                raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
             except sqlite3.DatabaseError as e:
                 raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
+
+    def _write(self, statements: Iterable[tuple[str, Any]]):
+        with self._transaction() as conn:
+            for sql, params in statements:
+                if isinstance(params, list) and params and isinstance(params[0], tuple):
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
 
     def checkpoint(self) -> None:
         """Move the write-ahead log into the main file (so a read-only copy of the folder sees everything)."""
@@ -145,45 +135,47 @@ class DocStore:
             except sqlite3.DatabaseError:
                 pass  # readers may hold the log; the next writer's checkpoint completes it
 
-    # ---------------------------------------------------------------- lexical side (BM25, SQLite FTS5)
+    # ---------------------------------------------------------------- lexical side (BM25: see lexical.py)
     def has_lexical(self) -> bool:
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'lexical'"))
-
-    def _create_lexical(self) -> None:
-        try:
-            self.conn.executescript(_LEXICAL_SCHEMA)
-        except sqlite3.OperationalError as e:
-            _no_fts5(e)
-            raise
-
-    def add_lexical(self) -> None:
-        """Create the lexical side of an existing store and index every row into it, in one transaction."""
         with self._lock:
-            if self.has_lexical():
-                return
-            try:
-                try:
-                    self.conn.executescript("BEGIN IMMEDIATE;" + _LEXICAL_SCHEMA +
-                                            "INSERT INTO lexical(lexical) VALUES ('rebuild'); COMMIT;")
-                except BaseException:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as e:
-                _no_fts5(e)
-                raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
+            return self._read(lexical.kind) is not None
+
+    def _read(self, fn, *args):
+        try:
+            return fn(self.conn, *args)
+        except sqlite3.ProgrammingError as e:
+            raise IndexFormatError(f"document store {self.path} is closed: {e}") from None
+        except sqlite3.DatabaseError as e:
+            raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
+
+    def add_lexical(self, n: int) -> None:
+        """Create the lexical side over the rows ``pid < n`` (both slots), in one transaction. Idempotent."""
+        with self._transaction() as conn:
+            if lexical.kind(conn) is None:
+                lexical.create(conn, n)
+
+    def lexical_advance(self, n: int, new_n: int) -> None:
+        """Before a commit that takes the store from ``n`` to ``new_n`` rows: a lexical slot holds them."""
+        with self._transaction() as conn:
+            if lexical.kind(conn) == "slots" and new_n != n:
+                lexical.advance(conn, n, new_n)
+
+    def lexical_check(self, n: int) -> list[str]:
+        """``lexical.deep_check`` (problems found; empty when sound)."""
+        with self._lock:
+            return self._read(lexical.deep_check, n)
 
     def bm25(self, query: str, limit: int, n: int, gen: int, where: Optional[tuple] = None,
              ids: Optional[Sequence[str]] = None) -> list[tuple[int, float]]:
-        """Top ``limit`` live documents for ``query`` by BM25 (FTS5: k1 = 1.2, b = 0.75), as (pid of the best
-        passage, score) best first, one per document id; only documents matching ``where`` (a compiled filter,
-``filters.compile_filter``) and ``ids``. The query's
-        words (``LEXICAL_TOKENIZER``, less ``STOPWORDS``) are ORed. Deleted rows count in the collection
-        statistics until ``compact``, as in Lucene."""
-        words = [w for w in re.findall(r"\w+", query.lower()) if w not in STOPWORDS]
-        if not words:
+        """Top ``limit`` live documents for ``query`` by BM25 (FTS5: k1 = 1.2, b = 0.75) over the generation with
+        ``n`` committed rows (its statistics only), as (pid of the best passage, score) best first, one per
+        document id; only documents matching ``where`` (a compiled filter, ``filters.compile_filter``) and ``ids``.
+        The query's words (``lexical.TOKENIZER``, less ``lexical.STOPWORDS``) are ORed. Deleted rows count in the
+        collection statistics until ``compact``, as in Lucene. Raises ``StaleSnapshot`` when no lexical table
+        holds that generation any more (a writer moved on: search a newer snapshot)."""
+        match = lexical.match_expression(query)
+        if match is None:
             return []
-        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
         where, params = where if where is not None else ("1", [])
         id_sql = ""
         if ids is not None:
@@ -192,16 +184,39 @@ class DocStore:
                 return []
             id_sql = f" AND d.id IN ({','.join('?' * len(ids))})"
             params = [*params, *ids]
-        q = (f"WITH m AS MATERIALIZED (SELECT rowid AS pid, bm25(lexical) AS s FROM lexical WHERE lexical MATCH ?) "
-             f"SELECT d.pid, MIN(m.s) FROM m JOIN docs d ON d.pid = m.pid WHERE d.pid < ? AND (d.deleted_gen IS NULL "
-             f"OR d.deleted_gen > ?) AND ({where}){id_sql} GROUP BY d.id ORDER BY MIN(m.s), d.pid LIMIT ?")
-        rows = self._query(q, [match, n, gen, *params, limit])
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN")  # one read transaction: the slot chosen is the slot read
+                try:
+                    t = lexical.slot_for(self.conn, n)
+                    if t is None:
+                        raise StaleSnapshot(f"{self.path}: no lexical table holds the {n} rows of this generation")
+                    q = (f"WITH m AS MATERIALIZED (SELECT rowid AS pid, bm25({t}) AS s FROM {t} WHERE {t} MATCH ?) "
+                         f"SELECT d.pid, MIN(m.s) FROM m JOIN docs d ON d.pid = m.pid WHERE d.pid < ? AND "
+                         f"(d.deleted_gen IS NULL OR d.deleted_gen > ?) AND ({where}){id_sql} GROUP BY d.id "
+                         f"ORDER BY MIN(m.s), d.pid LIMIT ?")
+                    rows = self.conn.execute(q, [match, n, gen, *params, limit]).fetchall()
+                finally:
+                    self.conn.execute("COMMIT")
+            except sqlite3.ProgrammingError as e:
+                raise IndexFormatError(f"document store {self.path} is closed: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
         return [(int(p), -float(s)) for p, s in rows]
 
     # ---------------------------------------------------------------- writes
-    def rollback_uncommitted(self, n: int, gen: int) -> None:
-        self._write([("DELETE FROM docs WHERE pid >= ?", (n,)),
-                     ("UPDATE docs SET deleted_gen = NULL WHERE deleted_gen > ?", (gen,))])
+    def prepare_write(self, n: int, gen: int) -> None:
+        """Start of a write transaction: a killed writer's uncommitted rows (``pid >= n``, deletions after
+        ``gen``) rolled back, in the lexical slots first (their texts are needed), and a legacy lexical side
+        moved to the two slots. One transaction."""
+        with self._transaction() as conn:
+            k = lexical.kind(conn)
+            if k == "slots":
+                lexical.rollback(conn, n)
+            conn.execute("DELETE FROM docs WHERE pid >= ?", (n,))
+            conn.execute("UPDATE docs SET deleted_gen = NULL WHERE deleted_gen > ?", (gen,))
+            if k == "legacy":
+                lexical.upgrade(conn, n)
 
     def has_spans(self) -> bool:
         """Whether this store has the ``span`` column (stores from before passages existed do not; a writer may
@@ -231,7 +246,7 @@ class DocStore:
     def _meta(self, text: str, pid: int) -> dict:
         try:
             return json.loads(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise IndexFormatError(f"document store {self.path}: the metadata of row {pid} is not valid JSON") from None
 
     def _rows_in(self, sql: str, keys: Sequence[Any], extra: Sequence[Any] = ()):

@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -28,17 +29,25 @@ def join_title(title: str, text: str) -> str:
 def read_jsonl(path: Path) -> Iterator[dict]:
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InvalidArgument(f"{path}:{lineno}: expected a JSON object")
-            yield row
+    lineno = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InvalidArgument(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise InvalidArgument(f"{path}:{lineno}: JSON nested too deeply") from None
+                if not isinstance(row, dict):
+                    raise InvalidArgument(f"{path}:{lineno}: expected a JSON object")
+                yield row
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InvalidArgument(f"{path}: not a readable gzip file after line {lineno} ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InvalidArgument(f"{path}:{lineno + 1}: not UTF-8 text (byte {e.start})") from None
 
 
 def load_corpus(path: Path, limit: Optional[int] = None) -> tuple[list[str], list[str], list[dict]]:

@@ -45,7 +45,8 @@ def _scalar(value: Any, field: str, op: str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidArgument(f"filter value for {field!r} {op} holds a lone surrogate (not valid Unicode)") from None
+            raise InvalidArgument(f"filter value for {field!r} {op} holds a lone surrogate (not valid Unicode)"
+                                  ) from None
         return value
     if value is None:
         return value
@@ -132,5 +133,6 @@ def _compile(flt: Any, depth: int, budget: list) -> tuple[str, list]:
                         raise InvalidType(f"filter {key!r} $exists takes True or False, got {value!r}")
                     parts.append(f"{col} IS {'NOT ' if value else ''}NULL")
                 else:
-                    raise InvalidArgument(f"unknown filter operator {op!r} on {key!r}; known operators: {FILTER_OPERATORS}")
+                    raise InvalidArgument(f"unknown filter operator {op!r} on {key!r}; known operators: "
+                                          f"{FILTER_OPERATORS}")
     return " AND ".join(f"({p})" for p in parts), params

@@ -22,6 +22,7 @@ from . import _parallel, _validate, compaction, retrieval, storage, writer
 from ._device import resolve_device
 from .codec import ResidualCodec
 from .config import CodecConfig, EncoderConfig, SearchConfig
+from .docstore import StaleSnapshot
 from .encoder import ColBERT
 from .models import load_model
 from .errors import IncompatibleModelError, InvalidArgument, InvalidType
@@ -32,6 +33,7 @@ from .ingest import ON_CONFLICT, check_mode, prepare_rows
 from .reader import Reader, Snapshot, check_model_matches
 
 DEFAULT_LOCK_TIMEOUT = 60.0
+_STALE_RETRIES = 3
 
 
 def _check_model(model: Any) -> None:
@@ -41,8 +43,15 @@ def _check_model(model: Any) -> None:
 
 
 def _check_verify(verify) -> None:
-    if not (verify is True or verify is False or verify == "auto"):
-        raise InvalidArgument(f"verify must be True, False or 'auto', got {verify!r}")
+    if not (verify is True or verify is False or (isinstance(verify, str) and verify in ("auto", "deep"))):
+        raise InvalidArgument(f"verify must be True, False, 'auto' or 'deep', got {verify!r}")
+
+
+def _check_lock_timeout(value) -> float:
+    value = _validate.number(value, "lock_timeout")
+    if value < 0:
+        raise InvalidArgument(f"lock_timeout must be >= 0 seconds (0: do not wait), got {value}")
+    return value
 
 
 class Index:
@@ -55,9 +64,7 @@ class Index:
         self.path = Path(path)
         self.model = model
         self.device = resolve_device(device) if device is not None else model.device
-        self.lock_timeout = _validate.number(lock_timeout, "lock_timeout")
-        if self.lock_timeout < 0:
-            raise InvalidArgument(f"lock_timeout must be >= 0 seconds, got {lock_timeout}")
+        self.lock_timeout = _check_lock_timeout(lock_timeout)
         self.verify = verify
         self._reader = Reader(self.path, model, self.device, verify)
         self._writer = writer.Writer(self.path, model, self.lock_timeout, self._reader)
@@ -97,7 +104,7 @@ class Index:
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
         _validate.flag(overwrite, "overwrite")
         _validate.flag(lexical, "lexical")
-        lock_timeout = _validate.number(lock_timeout, "lock_timeout")
+        lock_timeout = _check_lock_timeout(lock_timeout)
         device = resolve_device(device) if device is not None else None
         model = load_model(model, device=device)
         rows = prepare_rows(model, ids, texts, metadatas, truncate)
@@ -112,8 +119,11 @@ class Index:
         """Open an index; the model is restored from the index's metadata unless given (then it must match).
 
         device: where the index arrays live and search runs (default: the model's device). verify: check every
-        file's crc32 on open (True), only the small files' (False: shapes and ranges are still checked), or
-        ``"auto"`` (all files up to ``reader.VERIFY_AUTO_BYTES`` in total). A read-only folder opens and
+        file's crc32 on open (True), only the small files' (False: shapes and ranges are still checked),
+        ``"auto"`` (all files up to ``reader.VERIFY_AUTO_BYTES`` in total), or ``"deep"`` (every crc32, plus
+        SQLite's quick check of the document store and FTS5's integrity check of the lexical side against the
+        rows each of its tables should hold, its shadow tables and triggers: reads everything; CLI ``info
+        --check``). lock_timeout: seconds a write waits for another writer (>= 0). A read-only folder opens and
         searches."""
         path = _validate.path_arg(path)
         _check_verify(verify)
@@ -210,7 +220,14 @@ class Index:
             Q = None
             if mode != "bm25":
                 Q = retrieval.query_rows(self.model.encode_queries(qs), self.model.config.dim, self.device)
-            results = retrieval.run(snap, req, qs, Q, self.model.precision, trace)
+            for attempt in range(_STALE_RETRIES):
+                try:
+                    results = retrieval.run(snap, req, qs, Q, self.model.precision, trace)
+                    break
+                except StaleSnapshot:  # the lexical side moved past this generation while we read: a newer one
+                    if attempt + 1 == _STALE_RETRIES:
+                        raise
+                    snap = self._current()
         return results[0] if single else results
 
     def search_embeddings(self, Q: torch.Tensor, k: int, *, filter: Optional[dict] = None,

@@ -247,6 +247,8 @@ class IndexMeta:
             d = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise IndexFormatError(f"{where} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise IndexFormatError(f"{where} is nested too deeply to be an index's metadata") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"{where} is not a colbert-retriever index (format="
                                    f"{d.get('format') if isinstance(d, dict) else None!r})")

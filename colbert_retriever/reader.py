@@ -217,7 +217,8 @@ class Reader:
 
     def snapshot_of(self, meta: IndexMeta, stamp: Optional[tuple]) -> Snapshot:
         check_model_matches(self.path, meta, self.model)
-        check_all = self.verify is True or (self.verify == "auto" and self.size_of(meta) <= VERIFY_AUTO_BYTES)
+        check_all = (self.verify is True or self.verify == "deep"
+                     or (self.verify == "auto" and self.size_of(meta) <= VERIFY_AUTO_BYTES))
         codec = self.codec_for(meta)
         segs = [self.segment(s, codec, check_all) for s in meta.segments]
         with self.lock:  # drop segments no longer referenced
@@ -244,6 +245,10 @@ class Reader:
         if int(live.sum()) != meta.counts.live:
             raise IndexFormatError(f"{self.path}: the document store has {int(live.sum())} live documents; "
                                    f"metadata.json says {meta.counts.live}")
+        if self.verify == "deep":
+            problems = docstore.lexical_check(n)
+            if problems:
+                raise IndexFormatError(f"{self.path / meta.docstore} fails the deep check: {'; '.join(problems)}")
         groups, live_docs = None, meta.counts.live
         cont = docstore.continuation_pids(n)
         if len(cont):

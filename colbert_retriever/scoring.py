@@ -101,7 +101,8 @@ def segment_maxsim(sim: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return segment_max(sim, offsets).sum(-1)
 
 
-def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, chunk_tokens: int = 1 << 16) -> torch.Tensor:
+def maxsim_packed(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor,
+                  chunk_tokens: int = 1 << 16) -> torch.Tensor:
     """Score queries against documents stored packed.
 
     Q: (n_queries, query_len, dim) or (query_len, dim); embs: (n_tokens, dim); offsets: (n_docs + 1,) int64 with

@@ -41,7 +41,7 @@ def _tmp_name(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    with open(tmp, "xb") as f:  # a new file: never through a link
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -68,7 +68,7 @@ def save_array(folder: Path, name: str, array: np.ndarray) -> str:
     """Write ``array`` as ``folder/name`` (.npy) atomically (fsynced); returns its crc32 (hex)."""
     path = Path(folder) / name
     tmp = _tmp_name(path)
-    with open(tmp, "wb") as f:
+    with open(tmp, "xb") as f:
         w = Crc32Writer(f)
         np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
@@ -93,6 +93,8 @@ def load_array(folder: Path, name: str, shape: Optional[tuple] = None, dtype=Non
     free), dtype, and crc32 (when given). A missing, truncated, mis-shaped or altered file raises a clear error
     naming it."""
     path = Path(folder) / name
+    if path.is_symlink():
+        raise IndexFormatError(f"index file {path} is a symbolic link; an index folder holds its own files")
     if not path.is_file():
         raise IndexNotFoundError(f"index file {path} is missing")
     if checksum is not None:
@@ -136,7 +138,7 @@ def holds_our_index(folder: Path) -> bool:
 
     try:
         d = json.loads((Path(folder) / METADATA).read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(d, dict) and d.get("format") == layout.FORMAT_NAME
 
@@ -144,6 +146,9 @@ def holds_our_index(folder: Path) -> bool:
 def check_ownership(folder: Path) -> None:
     """Refuse to write into a folder that holds files of someone else and no index of ours."""
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise InvalidArgument(f"{folder} is a symbolic link to {os.readlink(folder)!r}, which does not exist; give "
+                              f"a folder (or a link to one)")
     if folder.exists() and not folder.is_dir():
         raise InvalidArgument(f"{folder} exists and is not a folder")
     if not folder.exists() or holds_our_index(folder):
@@ -180,8 +185,12 @@ def write_lock(folder: Path, timeout_s: float = 0.0):
     or thread) to finish, then raises ``IndexLockedError``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / layout.LOCK
+    if lock.is_symlink():
+        raise IndexLockedError(f"{lock} is a symbolic link; refusing to follow it (the writer lock is a file of the "
+                               f"index folder)")
     try:
-        fd = os.open(folder / layout.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise IndexLockedError(f"cannot take the writer lock of {folder}: {e.strerror} (a read-only folder?)") from None
     deadline = time.monotonic() + timeout_s

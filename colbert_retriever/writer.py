@@ -102,8 +102,10 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                 seg = writer.finish()
             t0 = time.perf_counter()
             docstore = layout.new_docstore_name()
-            with DocStore(path / docstore, create=True, lexical=lexical) as ds:
+            with DocStore(path / docstore, create=True) as ds:
                 ds.insert(0, rows.ids, rows.texts, rows.metadatas, rows.spans)
+                if lexical:
+                    ds.add_lexical(len(rows.texts))
                 ds.checkpoint()
             codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
                                           *write_codec(path, codec), est or seg.num_embeddings, 0)
@@ -114,6 +116,7 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                 counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
                 provenance={"created": now(), "updated": now(), "host": platform.node(),
                             "python": platform.python_version(), "torch": torch.__version__,
+                            "precision": model.precision.to_dict(),
                             "build_seconds": round(time.perf_counter() - t_start, 3),
                             "stages": times.as_dict(), **(provenance or {})})
             storage.write_metadata(path, meta)
@@ -147,7 +150,7 @@ class Writer:
                 check_model_matches(self.path, meta, self.model)
                 storage.collect_garbage(self.path, meta.referenced_files())
                 with DocStore(self.path / meta.docstore) as ds:
-                    ds.rollback_uncommitted(meta.counts.documents, meta.generation)
+                    ds.prepare_write(meta.counts.documents, meta.generation)
                 if meta.is_legacy:
                     meta = self._upgrade(meta)
                 yield meta
@@ -196,6 +199,7 @@ class Writer:
                 if replaced:
                     ds.mark_deleted(np.array(replaced, dtype=np.int64), gen + 1)
                 ds.insert(n, rows.ids, rows.texts, rows.metadatas, rows.spans)
+                ds.lexical_advance(n, n + len(rows.texts))  # uncommitted rows reach no reader's BM25 statistics
                 ds.checkpoint()
             c, added = meta.counts, len(rows.texts)
             self.commit(dataclasses.replace(
@@ -233,6 +237,6 @@ class Writer:
             with DocStore(self.path / meta.docstore) as ds:
                 if ds.has_lexical():
                     return
-                ds.add_lexical()
+                ds.add_lexical(meta.counts.documents)
                 ds.checkpoint()
             self.commit(dataclasses.replace(meta, generation=meta.generation + 1))

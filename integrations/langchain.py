@@ -395,7 +395,8 @@ class ColBERTRetriever(BaseRetriever):
         return cls.from_documents(docs, index_path, model=model, **kwargs)
 
     @classmethod
-    def from_index(cls, path: Union[str, Path], model: Union[ColBERT, str, None] = None, **kwargs) -> "ColBERTRetriever":
+    def from_index(cls, path: Union[str, Path], model: Union[ColBERT, str, None] = None,
+                   **kwargs) -> "ColBERTRetriever":
         return cls(index=Index.open(path, model=model), **kwargs)
 
     def add_documents(self, documents: Sequence[Document], ids: Optional[Sequence[str]] = None, *,

@@ -125,7 +125,8 @@ def _to_node(hit) -> BaseNode:
 class ColBERTRetriever(BaseRetriever):
     """Retrieve ``NodeWithScore`` from a colbert-retriever ``Index``; node ids and metadata are preserved."""
 
-    def __init__(self, index: Union[Index, str, Path], model: Union[ColBERT, str, None] = None, similarity_top_k: int = 4,
+    def __init__(self, index: Union[Index, str, Path], model: Union[ColBERT, str, None] = None,
+                 similarity_top_k: int = 4,
                  filters: Union[MetadataFilters, dict, None] = None, search_kwargs: Optional[dict] = None,
                  callback_manager=None, verbose: bool = False):
         self.index = index if isinstance(index, Index) else Index.open(index, model=model)

@@ -18,6 +18,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+
+def pytest_addoption(parser):
+    parser.addoption("--kernels", default="auto", choices=("auto", "torch", "numba"),
+                     help="kernels searches resolve 'auto' to (make test runs the search tests once more with torch)")
+
+
+@pytest.fixture(autouse=True)
+def _kernels_option(request):
+    name = request.config.getoption("--kernels")
+    if name == "auto":
+        yield
+        return
+    from colbert_retriever import kernel_backend
+
+    with kernel_backend(name):
+        yield
+
 WORDS = ("alpha beta gamma delta river mountain ocean forest python java rust compiler kernel memory "
          "network protocol database index query vector matrix token search engine ranking model train "
          "music guitar piano violin football tennis soccer cricket planet star galaxy comet physics chemistry "

@@ -125,7 +125,8 @@ def test_coarse_to_fine_assignment_matches_exhaustive_argmax():
     g = torch.Generator().manual_seed(5)
     K, dim = COARSE_ASSIGN_MIN_K, 64
     topics = torch.nn.functional.normalize(torch.randn(64, dim, generator=g), dim=-1)  # clustered, like embeddings
-    cents = torch.nn.functional.normalize(topics[torch.arange(K) % 64] + 0.08 * torch.randn(K, dim, generator=g), dim=-1)
+    cents = torch.nn.functional.normalize(topics[torch.arange(K) % 64] + 0.08 * torch.randn(K, dim, generator=g),
+                                          dim=-1)
     x = torch.nn.functional.normalize(cents[torch.randint(0, K, (20000,), generator=g)]
                                       + 0.04 * torch.randn(20000, dim, generator=g), dim=-1)
     codec = ResidualCodec(cents, torch.tensor([-0.03, 0.0, 0.03]), torch.tensor([-0.05, -0.01, 0.01, 0.05]), 2)

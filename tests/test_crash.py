@@ -1,15 +1,19 @@
 """SIGKILL at every storage event of every write path (build over an existing index, add, delete, compact with and
-without re-clustering), on an index with its lexical (BM25) side: the folder must open as the previous or the new generation with identical answers, and the
+without re-clustering), on an index with its lexical (BM25) side: the folder must open as the previous or the new
+generation with identical answers, and the
 next writer must remove what the killed one left, touching nothing that is not ours.
 
 Children are forked from a forkserver that imported torch and the library once, so a kill costs well under a
 second. The default run kills at a spread of points per path; ``-m slow`` kills at every point.
 """
 
+import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +22,14 @@ from colbert_retriever import Index, layout
 
 from .conftest import make_corpus
 
-OPS = ["build", "add", "delete", "compact", "compact_recluster"]
+OPS = ["build", "add", "upsert", "delete", "compact", "compact_recluster"]
 QUERIES = ("music guitar piano", "ocean forest", "kernel memory", "zebra quartz")
 
 
-def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> None:
+def _child(path: str, ckpt: str, op: str, kill_at, counter_file: str) -> None:
     """Run ``op`` on the index at ``path``; SIGKILL ourselves just before storage event number ``kill_at``
-    (1-based; 0 = never), counting events into ``counter_file``."""
+    (1-based; 0 = never; "commit": just before metadata.json is replaced), counting events into
+    ``counter_file``."""
 
     import sqlite3
 
@@ -40,9 +45,13 @@ def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> No
 
     def wrap(fn):
         def inner(*a, **k):
+            if kill_at == "commit" and fn is real_replace and str(a[1]).endswith("metadata.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
             event()
             return fn(*a, **k)
         return inner
+
+    real_replace = os.replace
 
     for name in ("replace", "rename", "unlink", "fsync"):
         setattr(os, name, wrap(getattr(os, name)))
@@ -68,6 +77,8 @@ def _child(path: str, ckpt: str, op: str, kill_at: int, counter_file: str) -> No
         idx = Index.open(path, model=model)
         if op == "add":
             idx.add(["zebra quartz xylophone"] + texts[:20], ids=[f"a{i}" for i in range(21)])
+        elif op == "upsert":  # replaces live documents (their ids) and adds new ones, in one commit
+            idx.upsert(["zebra quartz xylophone"] + texts[:20], ids=["d5", "d6", *[f"u{i}" for i in range(19)]])
         elif op == "delete":
             idx.delete([f"d{i}" for i in range(0, 200, 7)])
         else:
@@ -94,12 +105,13 @@ def _run(ctx, path, ckpt, op, kill_at, tmp):
 
 
 def _answers(path, model):
-    """ColBERT answers and the lexical side's matching documents: both must be those of one generation. (BM25
-    scores are not compared: FTS5's collection statistics include rows a writer has inserted but not committed,
-    so they drift while a write is in flight or after a kill until the next writer rolls it back.)"""
+    """ColBERT answers, the lexical side's top 10 with their BM25 scores and every matching document, and hybrid
+    answers: all must be those of one committed generation (uncommitted rows never reach BM25 statistics)."""
     with Index.open(path, model=model) as idx:
         out = [[(h.id, round(h.score, 4)) for h in idx.search(q, k=8)] for q in QUERIES]
+        out += [[(h.id, round(h.score, 4)) for h in idx.search(q, k=10, mode="bm25")] for q in QUERIES]
         out += [sorted(h.id for h in idx.search(q, k=1000, mode="bm25")) for q in QUERIES]
+        out += [[(h.id, round(h.score, 4)) for h in idx.search(q, k=8, mode="hybrid")] for q in QUERIES]
         return out, len(idx)
 
 
@@ -180,3 +192,51 @@ def test_repeated_crashes_leave_nothing_behind(forkserver, _built_index, colbert
     assert _answers(work, tiny_model) == before
     Index.open(work, model=tiny_model).delete(["no-such-id"])
     _assert_clean(work)
+
+
+READ_ONLY_ANSWERS = """
+import json, sys
+sys.path.insert(0, {root!r})
+from tests.test_crash import _answers
+from colbert_retriever import ColBERT
+print(json.dumps(_answers({path!r}, ColBERT.from_pretrained({ckpt!r}, dtype="float32"))))
+"""
+
+
+@pytest.mark.parametrize("op", ["add", "upsert"])
+def test_writer_killed_before_its_commit_changes_no_bm25_score(op, forkserver, _built_index, colbert_ai_ckpt,
+                                                               tiny_model, tmp_path):
+    """A writer killed just before replacing metadata.json has committed its rows to the document store: BM25
+    (and hybrid) answers and scores stay those of the committed generation, here and in a read-only copy that
+    no writer will ever clean up; the next writer rolls the rows back and works."""
+    work = tmp_path / "idx"
+    _copy(_built_index, work)
+    Index.open(work, model=tiny_model).add_lexical()
+    before = _answers(work, tiny_model)
+    code, _ = _run(forkserver, work, colbert_ai_ckpt, op, "commit", tmp_path)
+    assert code == -signal.SIGKILL
+    assert _answers(work, tiny_model) == before
+    ro = tmp_path / "ro"
+    _copy(work, ro)
+    for p in [*ro.iterdir(), ro]:
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    script = tmp_path / "ro.py"
+    script.write_text(READ_ONLY_ANSWERS.format(root=str(Path(__file__).resolve().parents[1]), path=str(ro),
+                                               ckpt=str(colbert_ai_ckpt)))
+    cmd = [sys.executable, str(script)]
+    if os.geteuid() == 0:  # root ignores permission bits: drop the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        assert [[tuple(h) if isinstance(h, list) else h for h in a] for a in got[0]] == before[0]
+        assert got[1] == before[1]
+    finally:
+        for p in [ro, *ro.iterdir()]:
+            os.chmod(p, 0o755)
+    idx = Index.open(work, model=tiny_model)
+    idx.add(["after the crash"], ids=["ok"])
+    assert [h.id for h in idx.search("after crash", k=1, mode="bm25")] == ["ok"]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleModelError, Index, IndexClosedError, IndexFormatError,
+from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleModelError, Index, IndexClosedError,
+                               IndexFormatError,
                                IndexNotFoundError, InvalidArgument, InvalidType, layout)
 from colbert_retriever.writer import MERGE_FACTOR
 
@@ -410,7 +411,8 @@ READONLY_SCRIPT = textwrap.dedent("""
         err = None
     except IndexLockedError as e:
         err = str(e)
-    print(json.dumps({{"answers": out, "filtered": filtered, "write_error": err, "writable": os.access({path!r}, os.W_OK)}}))
+    print(json.dumps({{"answers": out, "filtered": filtered, "write_error": err,
+                      "writable": os.access({path!r}, os.W_OK)}}))
 """)
 
 

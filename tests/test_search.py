@@ -378,7 +378,8 @@ def test_probed_scores_equal_a_direct_loop():
         p, o = inverted_file(c.numpy(), lengths[lo:hi].numpy(), K)
         parts.append(arrays_mod.IvfPart(torch.from_numpy(p), torch.from_numpy(o), lo))
     sizes = sum(p.offsets[1:] - p.offsets[:-1] for p in parts)
-    arrays = arrays_mod.IndexArrays(codec, arrays_mod.Rows([codes]), arrays_mod.Rows([torch.zeros(codes.numel(), 2, dtype=torch.uint8)]),
+    arrays = arrays_mod.IndexArrays(codec, arrays_mod.Rows([codes]),
+                                    arrays_mod.Rows([torch.zeros(codes.numel(), 2, dtype=torch.uint8)]),
                                arrays_mod.Rows([torch.ones(codes.numel())]), off, parts, sizes)
     ScT = torch.nn.functional.normalize(torch.randn(q_len, dim, generator=g), dim=-1) @ cents.T
     allowed = torch.rand(80, generator=g) < 0.6

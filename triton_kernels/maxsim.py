@@ -86,7 +86,8 @@ def maxsim(Q: torch.Tensor, embs: torch.Tensor, offsets: torch.Tensor, block_t: 
 
 
 def maxsim_compressed(Q: torch.Tensor, codes: torch.Tensor, packed: torch.Tensor, centroids: torch.Tensor,
-                      bucket_weights: torch.Tensor, nbits: int, offsets: torch.Tensor, block_t: int = 32) -> torch.Tensor:
+                      bucket_weights: torch.Tensor, nbits: int, offsets: torch.Tensor,
+                      block_t: int = 32) -> torch.Tensor:
     """MaxSim of Q against documents stored compressed (codes, packed residuals) with ``offsets``; decompression
     happens in registers. Returns (n_docs,) float32."""
     Qc, lq, out = _prepare(Q, offsets, packed.device)

@@ -6,7 +6,8 @@ DOCS = [
     ("The violin is a string instrument played with a bow.", {"source": "music.txt", "year": 2019}),
     ("A piano has 88 keys and is played by pressing them.", {"source": "music.txt", "year": 2022}),
     ("Python's json.loads parses a JSON string into Python objects.", {"source": "code.md", "year": 2023}),
-    ("ColBERT scores documents with late interaction: MaxSim over token embeddings.", {"source": "ir.md", "year": 2020}),
+    ("ColBERT scores documents with late interaction: MaxSim over token embeddings.",
+     {"source": "ir.md", "year": 2020}),
 ]
 
 

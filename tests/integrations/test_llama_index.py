@@ -43,9 +43,9 @@ def test_from_nodes_ids_metadata_filters(tmp_path, default_model):
 
 
 def test_filter_translation():
-    f = MetadataFilters(filters=[MetadataFilter(key="a", value=[1, 2], operator=FilterOperator.IN),
-                                 MetadataFilters(filters=[MetadataFilter(key="b", value=3, operator=FilterOperator.LTE)],
-                                                 condition=FilterCondition.NOT)])
+    inner = MetadataFilters(filters=[MetadataFilter(key="b", value=3, operator=FilterOperator.LTE)],
+                            condition=FilterCondition.NOT)
+    f = MetadataFilters(filters=[MetadataFilter(key="a", value=[1, 2], operator=FilterOperator.IN), inner])
     assert to_colbert_filter(f) == {"$and": [{"a": {"$in": [1, 2]}}, {"$not": {"$and": [{"b": {"$lte": 3}}]}}]}
 
 
@@ -53,7 +53,8 @@ def test_directory_reader_splitter_query_engine(tmp_path, default_model):
     docs_dir = tmp_path / "docs"
     docs_dir.mkdir()
     for i, (t, _) in enumerate(DOCS):
-        (docs_dir / f"note{i}.{'md' if i % 2 else 'txt'}").write_text(f"# Note {i}\n\n{t}\n\n" + "Filler sentence. " * 30)
+        name = f"note{i}.{'md' if i % 2 else 'txt'}"
+        (docs_dir / name).write_text(f"# Note {i}\n\n{t}\n\n" + "Filler sentence. " * 30)
     documents = SimpleDirectoryReader(str(docs_dir)).load_data()
     assert len(documents) == len(DOCS)
     r = ColBERTRetriever.from_documents(documents, tmp_path / "i", model=default_model, similarity_top_k=2,

@@ -88,7 +88,8 @@ def test_centroid_interaction_matches_plaid_reference():
         codes, packed = codec.compress(x)
     lengths = torch.tensor([30, 1, 50, 19, 200])
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), 32)
-    arrays = arrays_mod.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths), torch.from_numpy(ivf_p).long(),
+    arrays = arrays_mod.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),
+                                           torch.from_numpy(ivf_p).long(),
                                torch.from_numpy(ivf_o))
     Q = torch.nn.functional.normalize(torch.randn(6, 64), dim=-1)
     Sc = codec.centroids @ Q.T
