@@ -62,11 +62,12 @@ def _cmd_index(args) -> int:
     from .evaluation import TITLE_JOIN
 
     ids, texts, metas, layout = _load(args.data, args.limit, args.format)
-    model = load_model(args.model, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.doc_maxlen is not None:
         model = model.with_config(model.config.replace(doc_maxlen=args.doc_maxlen))
     try:
         idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits,
+                          device=args.device,
                           codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet,
                           overwrite=args.overwrite, truncate=args.truncate, lexical=args.lexical,
                           provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
@@ -101,7 +102,7 @@ def _json_arg(text, what: str):
 def _cmd_search(args) -> int:
     from . import Index
 
-    idx = Index.open(args.index)
+    idx = Index.open(args.index, device=getattr(args, "device", None))
     hits = idx.search(args.query, k=args.k, filter=_json_arg(args.filter, "--filter"), mode=args.mode,
                       **_search_kwargs(args))
     if args.json:
@@ -122,7 +123,7 @@ def _cmd_eval(args) -> int:
     if not data.is_dir():
         raise InvalidArgument(f"eval needs a judged folder (BEIR, colbert-ai TSV or LoTTE); {data} is "
                               f"{'a file' if data.exists() else 'missing'}")
-    idx = Index.open(args.index)
+    idx = Index.open(args.index, device=getattr(args, "device", None))
     drop = {"auto": None, "yes": True, "no": False}[args.drop_query_id]
     m = evaluate(idx, data, k=max(args.k, 100), format=args.format, split=args.split, drop_query_id=drop,
                  mode=args.mode, **_search_kwargs(args))
@@ -138,7 +139,7 @@ def _cmd_add(args) -> int:
     from . import Index
 
     ids, texts, metas, _ = _load(args.data, None, args.format)
-    idx = Index.open(args.index)
+    idx = Index.open(args.index, device=getattr(args, "device", None))
     before = len(idx)
     idx.add(texts, ids=ids, metadatas=metas, on_conflict=args.on_conflict, truncate=args.truncate,
             show_progress=not args.quiet)
@@ -154,7 +155,7 @@ def _cmd_delete(args) -> int:
     flt = _json_arg(args.filter, "--filter")
     if not args.ids and flt is None:
         raise InvalidArgument("give ids to delete or --filter JSON (--filter '{}' deletes everything)")
-    idx = Index.open(args.index)
+    idx = Index.open(args.index, device=getattr(args, "device", None))
     n = idx.delete(args.ids or None, filter=flt)
     print(json.dumps({"index": str(args.index), "deleted": n, "documents": len(idx)}))
     return 0
@@ -225,6 +226,12 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_device(s) -> None:
+    s.add_argument("--device", default=None,
+                   help="where the model and the index arrays live: cpu (default), cuda, cuda:N or auto (CUDA when "
+                        "present)")
+
+
 def _add_format(s) -> None:
     s.add_argument("--format", choices=("auto", "beir", "jsonl", "text", "colbert", "lotte"), default="auto",
                    help="DATA's layout (auto: inferred): BEIR folder, .jsonl[.gz], folder of text files, colbert-ai "
@@ -290,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(s)
     _add_truncate(s, "chunk")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(s)
     s.set_defaults(func=_cmd_index)
 
     s = sub.add_parser("search", help="search an index", description="Search an index; prints rank, score, id, "
@@ -300,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--filter", default=None, help='JSON metadata filter, e.g. \'{"year": {"$gte": 2020}}\'')
     s.add_argument("--json", action="store_true", help="print one JSON array of hits")
     _add_knobs(s)
+    _add_device(s)
     s.set_defaults(func=_cmd_search)
 
     s = sub.add_parser("eval", help="evaluate an index on a judged BEIR set",
@@ -315,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-query-id", choices=("auto", "yes", "no"), default="auto",
                    help="drop a hit whose id equals the query id (BEIR's rule; auto: only for arguana and quora)")
     _add_knobs(s)
+    _add_device(s)
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("add", help="add documents to an index", description="Add documents (same DATA forms as "
@@ -326,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(s)
     _add_truncate(s, "chunk")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device(s)
     s.set_defaults(func=_cmd_add)
 
     s = sub.add_parser("delete", help="delete documents by id or metadata filter",

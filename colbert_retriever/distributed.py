@@ -115,6 +115,9 @@ def build_sharded(path: Union[str, Path], texts: Sequence[str], ids: Optional[Se
     codec_config = (codec_config or CodecConfig()).replace(nbits=nbits)
     t0 = time.perf_counter()
     driver_model = ColBERT.from_pretrained(model, dtype=dtype)
+    # the policy resolved once, on the driver: every worker encodes with it, never with its own CPU's guess
+    precision = driver_model.precision.to_dict()
+    dtype = precision["documents"]
     codec, cache, _ = train_codec(driver_model, texts, codec_config, 32, False, StageTimes())
     del cache
     arrays = codec.arrays()
@@ -138,7 +141,7 @@ def build_sharded(path: Union[str, Path], texts: Sequence[str], ids: Optional[Se
     for w in workers:
         ray.kill(w)
     manifest = {"format": FORMAT, "format_version": 1, "model": {"name": model, "identity": driver_model.identity,
-                                                                  "dtype": dtype},
+                                                                  "dtype": dtype, "precision": precision},
                 "codec": {"nbits": nbits, "num_centroids": codec.num_centroids}, "shards": shards,
                 "counts": {"documents": len(texts)}, "provenance": {"build_seconds": round(time.perf_counter() - t0, 2),
                                                                     "codec_seconds": round(t_codec, 2),

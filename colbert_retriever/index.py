@@ -134,7 +134,9 @@ class Index:
             try:
                 # the index says how its documents were encoded (e.g. a doc_maxlen chosen at build time): a
                 # view of the shared model with that config
-                model = load_model(m["name"] if model is None else model, device=device).with_config(
+                # ... and in which precision: documents added later are encoded as the index's were
+                recorded = (meta.provenance.get("precision") or {}).get("documents", "auto")
+                model = load_model(m["name"] if model is None else model, device=device, dtype=recorded).with_config(
                     EncoderConfig.from_dict(m["encoder_config"]))
             except Exception as e:
                 if model is not None:

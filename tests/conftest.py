@@ -158,3 +158,25 @@ def built_index(_built_index, tmp_path, _tiny_model):
     dst = tmp_path / "index"
     shutil.copytree(_built_index, dst)
     return Index.open(dst, model=_tiny_model)
+
+
+@pytest.fixture(scope="session")
+def large_index_path(tmp_path_factory, _tiny_model):
+    """3,000 documents of ~20 tokens (tiny model): far above the exact-stage budget of long queries, so searches
+    with default knobs run PLAID's stages (``REAL_PATH_QUERIES``), not the small-collection path. Read-only use."""
+    from colbert_retriever import Index
+
+    path = tmp_path_factory.mktemp("large") / "index"
+    Index.build(path, make_corpus(3000, seed=21, min_words=18, max_words=24), model=_tiny_model,
+                show_progress=False)
+    return path
+
+
+REAL_PATH_QUERIES = make_corpus(16, seed=22, min_words=12, max_words=14)
+"""Long queries: with ``large_index_path`` their default plan scores a subset exactly."""
+
+
+def assert_real_path(trace, n_docs):
+    """Every traced search ran PLAID's stages on a subset (not the exhaustive/small-collection path)."""
+    assert trace and all(not t.exhaustive and t.stage2 is not None for t in trace), trace
+    assert max(t.exact_scored for t in trace) < n_docs / 2, trace

@@ -19,7 +19,7 @@ from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleM
                                IndexNotFoundError, InvalidArgument, InvalidType, layout)
 from colbert_retriever.writer import MERGE_FACTOR
 
-from .conftest import make_corpus
+from .conftest import assert_real_path, make_corpus
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -193,11 +193,14 @@ def test_search_over_many_segments_equals_one_segment(built_index, tiny_model):
         built_index.add([t], ids=[f"s{i}"])
     assert len(built_index.metadata["segments"]) > 1
     many = answers(built_index, k=30)
-    plaid_many = [ids_of(built_index.search(q, k=10)) for q in ("music guitar", "ocean")]
+    queries = make_corpus(6, seed=41, min_words=6, max_words=10)
+    trace = []
+    plaid_many = [ids_of(built_index.search(q, k=10, ncells=4, ndocs=80, trace=trace)) for q in queries]
     built_index.compact(recluster=False)
     assert len(built_index.metadata["segments"]) == 1
     assert answers(built_index, k=30) == many
-    assert [ids_of(built_index.search(q, k=10)) for q in ("music guitar", "ocean")] == plaid_many
+    assert [ids_of(built_index.search(q, k=10, ncells=4, ndocs=80, trace=trace)) for q in queries] == plaid_many
+    assert_real_path(trace, 212)  # PLAID's stages ran (20 documents scored exactly of 212)
 
 
 # ============================================================================ stale writer handles

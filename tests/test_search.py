@@ -3,19 +3,26 @@ import itertools
 import pytest
 import torch
 
-from colbert_retriever import CodecConfig, Index, InvalidArgument, InvalidType
+from colbert_retriever import Index, InvalidArgument, InvalidType
 
-from .conftest import make_corpus
+from .conftest import REAL_PATH_QUERIES, assert_real_path, make_corpus
 
 
 def ids_of(hits):
     return [h.id for h in hits]
 
 
-def test_plaid_equals_exhaustive_when_candidates_cover_all(built_index, corpus_200):
-    for q in corpus_200[:10]:
-        plaid = built_index.search(q, k=10, ncells=64, ndocs=10_000, centroid_score_threshold=-10.0)
-        exh = built_index.search(q, k=10, exhaustive=True)
+def test_plaid_equals_exhaustive_when_candidates_cover_all(large_index_path, tiny_model):
+    """Every centroid probed, no pruning, a third of the collection scored exactly (the real path: stages run on a
+    subset): PLAID's top-10 and scores equal exhaustive search's."""
+    idx = Index.open(large_index_path, model=tiny_model)
+    K = idx.metadata["codec"]["num_centroids"]
+    for q in REAL_PATH_QUERIES[:8]:
+        trace = []
+        plaid = idx.search(q, k=10, ncells=K, ndocs=4000, centroid_score_threshold=-10.0, trace=trace)
+        assert trace[0].candidates == 3000 and trace[0].exact_scored == 1000
+        assert_real_path(trace, 3000)
+        exh = idx.search(q, k=10, exhaustive=True)
         assert ids_of(plaid) == ids_of(exh)
         assert [h.score for h in plaid] == pytest.approx([h.score for h in exh], abs=1e-5)
 
@@ -32,21 +39,24 @@ def test_exhaustive_equals_reference_maxsim(built_index, tiny_model, corpus_200)
         assert h.score == pytest.approx(exact[h.id], rel=0.05)
 
 
-def test_agreement_on_generated_corpus(tmp_path, tiny_model):
-    texts = make_corpus(1500, seed=11)
-    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False,
-                      codec_config=CodecConfig(nbits=2, num_centroids=256))
-    queries = make_corpus(30, seed=12, min_words=2, max_words=5)
-    agree = 0
-    for q in queries:
-        agree += len(set(ids_of(idx.search(q, k=10))) & set(ids_of(idx.search(q, k=10, exhaustive=True))))
-    assert agree / (10 * len(queries)) >= 0.95
+def test_agreement_on_generated_corpus(large_index_path, tiny_model):
+    """Default knobs on a collection where they score a subset exactly agree with exhaustive top-10."""
+    idx = Index.open(large_index_path, model=tiny_model)
+    trace, agree = [], 0
+    for q in REAL_PATH_QUERIES:
+        got = ids_of(idx.search(q, k=10, trace=trace))
+        agree += len(set(got) & set(ids_of(idx.search(q, k=10, exhaustive=True))))
+    assert_real_path(trace, 3000)
+    assert agree / (10 * len(REAL_PATH_QUERIES)) >= 0.95
 
 
-def test_batch_queries_equal_single(built_index, corpus_200):
-    qs = corpus_200[:5]
-    singles = [built_index.search(q, k=5) for q in qs]
-    many = built_index.search(qs, k=5)
+def test_batch_queries_equal_single(large_index_path, tiny_model):
+    idx = Index.open(large_index_path, model=tiny_model)
+    qs = REAL_PATH_QUERIES[:5]
+    trace = []
+    singles = [idx.search(q, k=5, trace=trace) for q in qs]
+    many = idx.search(qs, k=5, trace=trace)
+    assert_real_path(trace, 3000)
     assert len(many) == 5
     for hits, single in zip(many, singles):
         assert ids_of(hits) == ids_of(single)
@@ -198,15 +208,14 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("kernels", ["torch", "numba"])
-def test_default_path_runs_plaid_stages_at_its_scale(tmp_path, tiny_model, kernels):
+def test_default_path_runs_plaid_stages_at_its_scale(large_index_path, tiny_model, kernels):
     """With default knobs and a collection larger than the exact-stage budget, search must go through probed
     scoring and the exact stage on a subset (not the exhaustive fallback) and agree
     with exhaustive search; explicit knobs keep PLAID's meaning (a threshold: pruned centroid interaction; ndocs
     after it, ndocs // 4 after full centroid interaction, those scored exactly). What ran is read from the
     search's trace."""
-    texts = make_corpus(3000, seed=21, min_words=18, max_words=24)  # ~20 tokens each (doc_maxlen 24)
-    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
-    queries = make_corpus(16, seed=22, min_words=12, max_words=14)  # long queries: a small exact-stage budget
+    idx = Index.open(large_index_path, model=tiny_model)  # 3,000 documents of ~20 tokens (doc_maxlen 24)
+    texts, queries = range(3000), REAL_PATH_QUERIES  # long queries: a small exact-stage budget
     trace = []
     got = [ids_of(idx.search(q, k=10, trace=trace, kernels=kernels)) for q in queries]
     assert len(trace) == len(queries) and {t.kernels for t in trace} == {kernels}

@@ -50,6 +50,11 @@ def test_manifest_complete(sharded, corpus):
     m = json.loads((sharded / "shards.json").read_text())
     assert [s["name"] for s in m["shards"]] == ["shard-00000", "shard-00001", "shard-00002"]
     assert sum(s["documents"] for s in m["shards"]) == len(corpus) == m["counts"]["documents"]
+    # the precision policy is resolved once by the driver and written down; every shard was encoded with it
+    assert m["model"]["precision"]["documents"] == m["model"]["dtype"] == "float32"
+    for s in m["shards"]:
+        shard_meta = json.loads((sharded / s["name"] / "metadata.json").read_text())
+        assert shard_meta["provenance"]["precision"] == m["model"]["precision"]
 
 
 def test_sharded_equals_single_index(sharded, corpus, colbert_ai_ckpt, tmp_path, _tiny_model):

@@ -1,0 +1,127 @@
+"""One precision policy (``_device.Precision``), and both CPU branches tested on any machine: the CPU probe is
+switched with ``COLBERT_RETRIEVER_CPU_BF16``, so an AVX2-only machine exercises the bf16 branch and a bf16 machine
+the plain one. Exactness tests elsewhere pin float32; here the bf16 branch is checked by cosine and overlap."""
+
+import json
+
+import pytest
+import torch
+
+from colbert_retriever import ColBERT, Index, InvalidArgument, load_model
+from colbert_retriever._device import (BF16_DOCUMENTS_ON_BF16_CPUS, CPU_BF16_ENV, Precision, cpu_supports_bf16,
+                                       resolve_device, resolve_precision)
+
+from .conftest import make_corpus
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_policy_per_cpu_kind(monkeypatch, flag):
+    monkeypatch.setenv(CPU_BF16_ENV, flag)
+    assert cpu_supports_bf16() is (flag == "1")
+    cpu = torch.device("cpu")
+    auto = resolve_precision(cpu, "auto")
+    bf16_docs = flag == "1" and BF16_DOCUMENTS_ON_BF16_CPUS
+    assert auto.documents == (torch.bfloat16 if bf16_docs else torch.float32)
+    assert auto.queries == torch.float32 and auto.assignment == torch.float32  # on every CPU
+    assert resolve_precision(cpu, None) == auto
+    assert resolve_precision(cpu, "float32").documents == torch.float32
+    explicit = resolve_precision(cpu, "bfloat16")
+    assert explicit.documents == torch.bfloat16 and explicit.queries == torch.float32
+    assert Precision.from_dict(json.loads(json.dumps(auto.to_dict()))) == auto
+
+
+def test_bad_dtype_and_device_are_named():
+    with pytest.raises(InvalidArgument, match="dtype='int8'"):
+        resolve_precision(torch.device("cpu"), "int8")
+    with pytest.raises(InvalidArgument, match="unknown precision keys"):
+        Precision.from_dict({"documents": "float32", "bogus": 1})
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_queries_are_float32_on_every_cpu(monkeypatch, colbert_ai_ckpt, flag):
+    """The query encoder computes in float32 whatever the CPU and the documents' dtype: the same embeddings from
+    a model asked for bf16 documents and one asked for float32."""
+    monkeypatch.setenv(CPU_BF16_ENV, flag)
+    texts = ["how do I parse json", "heat shock protein folding"]
+    a = ColBERT.from_pretrained(colbert_ai_ckpt, dtype="bfloat16").with_precision(fp16_query_weights=False)
+    b = ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32").with_precision(fp16_query_weights=False)
+    assert a.precision.documents == torch.bfloat16 and b.precision.documents == torch.float32
+    assert next(a.parameters()).dtype == torch.float32  # CPU weights stay float32 (bf16 documents: autocast)
+    assert torch.equal(a.encode_queries(texts), b.encode_queries(texts))
+
+
+def test_bf16_documents_close_to_float32(colbert_ai_ckpt, tmp_path):
+    """The bf16 branch (runs on any CPU, natively or emulated): document embeddings within cosine 0.99 of float32,
+    and an index built from bf16 documents ranks like the float32 one (top-10 overlap by exhaustive search)."""
+    bf16 = ColBERT.from_pretrained(colbert_ai_ckpt, dtype="bfloat16")
+    fp32 = ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32")
+    texts = make_corpus(300, seed=13, min_words=10, max_words=20)
+    for x, y in zip(bf16.encode_documents(texts[:20]), fp32.encode_documents(texts[:20])):
+        assert x.dtype == torch.float32 and x.shape == y.shape
+        assert float((x * y).sum(-1).min()) > 0.99
+    a = Index.build(tmp_path / "bf16", texts, model=bf16, show_progress=False)
+    b = Index.build(tmp_path / "fp32", texts, model=fp32, show_progress=False)
+    assert a.metadata["provenance"]["precision"]["documents"] == "bfloat16"
+    assert b.metadata["provenance"]["precision"]["documents"] == "float32"
+    overlap = 0
+    queries = make_corpus(10, seed=14, min_words=3, max_words=8)
+    for q in queries:
+        overlap += len({h.id for h in a.search(q, k=10, exhaustive=True)}
+                       & {h.id for h in b.search(q, k=10, exhaustive=True)})
+    assert overlap / (10 * len(queries)) >= 0.7
+
+
+def test_same_index_from_the_same_text_on_either_cpu(monkeypatch, colbert_ai_ckpt, tmp_path):
+    """Default (auto) builds on a bf16 CPU and on a plain one give the same codes and residuals (float32
+    assignment and k-means sample), and an index built on one kind answers the same on the other."""
+    texts = make_corpus(400, seed=15)
+    built = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv(CPU_BF16_ENV, flag)
+        model = ColBERT.from_pretrained(colbert_ai_ckpt)  # dtype="auto"
+        built[flag] = Index.build(tmp_path / f"cpu{flag}", texts, model=model, show_progress=False)
+    if BF16_DOCUMENTS_ON_BF16_CPUS:
+        pytest.skip("auto encodes documents in bf16 on bf16 CPUs: the indexes differ by design")
+    seg = {f: idx.metadata["segments"][0]["name"] for f, idx in built.items()}
+    for part in ("codes", "residuals"):
+        a = (built["0"].path / f"{seg['0']}.{part}.npy").read_bytes()
+        b = (built["1"].path / f"{seg['1']}.{part}.npy").read_bytes()
+        assert a == b, part
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    other = Index.open(built["1"].path, model=ColBERT.from_pretrained(colbert_ai_ckpt))
+    for q in make_corpus(5, seed=16):
+        assert [(h.id, h.score) for h in other.search(q, k=5)] == [(h.id, h.score) for h in built["1"].search(q, k=5)]
+
+
+def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
+    shared = load_model(str(colbert_ai_ckpt))
+    assert load_model(str(colbert_ai_ckpt)) is shared
+    view = shared.with_precision(fp16_query_weights=False)
+    assert view is not shared and view.backbone is shared.backbone and shared.fp16_query_weights
+    cfg = shared.config.replace(doc_maxlen=12)
+    assert shared.with_config(cfg).config.doc_maxlen == 12 and shared.config.doc_maxlen != 12
+    with pytest.raises(InvalidArgument, match="with_config"):
+        shared.set_config(cfg)
+    private = ColBERT.from_pretrained(colbert_ai_ckpt)
+    private.set_config(cfg)  # a private copy may change
+    assert private.config.doc_maxlen == 12
+
+
+def test_device_auto_everywhere(tmp_path, tiny_model, colbert_ai_ckpt):
+    from colbert_retriever.cli import main
+
+    texts = make_corpus(30, seed=3)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, device="auto", show_progress=False)
+    assert idx.device == resolve_device("auto")
+    again = Index.open(tmp_path / "i", model=tiny_model, device="auto")
+    assert again.search(texts[0], k=3)[0].id == idx.search(texts[0], k=3)[0].id
+    if not torch.cuda.is_available():  # asking for a GPU that is not there fails before anything is written
+        with pytest.raises(InvalidArgument, match="CUDA is not available"):
+            Index.build(tmp_path / "gpu", texts, model=tiny_model, device="cuda", show_progress=False)
+        assert not (tmp_path / "gpu").exists()
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    assert main(["index", str(data), str(tmp_path / "cli"), "--model", str(colbert_ai_ckpt), "--device", "auto",
+                 "--quiet"]) == 0
+    assert main(["search", str(tmp_path / "cli"), texts[0], "--device", "auto", "--json"]) == 0
