@@ -7,7 +7,7 @@ the first list that ranked it (the dense side comes first, so a document's row i
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Hashable, Optional, Sequence
 
 FUSIONS = ("rrf", "normalized")
 DEFAULT_FUSION = "normalized"
@@ -28,19 +28,28 @@ def min_max(scores: Sequence[float]) -> list[float]:
     return [1.0 if hi == lo else (s - lo) / (hi - lo) for s in scores]
 
 
-def fuse(lists: Sequence[Ranked], k: int, method: str = DEFAULT_FUSION) -> list[tuple[int, float]]:
+def fuse(lists: Sequence[Ranked], k: int, method: str = DEFAULT_FUSION,
+         weights: Optional[Sequence[float]] = None) -> list[tuple[int, float]]:
     """The k best documents of the fused lists as (row, fused score), best first; ties go to the lower row.
-    method "rrf": sum of reciprocal-rank contributions; "normalized": sum of each list's min-max scaled scores."""
+    method "rrf": weighted sum of reciprocal-rank contributions; "normalized": weighted sum of each list's min-max
+    scaled scores. weights: one per list (default equal, summing to 1), so a normalized fused score lies in
+    [0, 1] and an RRF one in [0, 1 / (RRF_K + 1)]."""
     if method not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {method!r}")
+    weights = list(weights) if weights is not None else [1.0 / max(1, len(lists))] * len(lists)
     fused: dict = {}
     row: dict = {}
-    for ranked in lists:
+    for ranked, w in zip(lists, weights):
         if not ranked:
             continue
         contrib = rrf(len(ranked)) if method == "rrf" else min_max([s for _, _, s in ranked])
         for (key, r, _), c in zip(ranked, contrib):
-            fused[key] = fused.get(key, 0.0) + c
+            fused[key] = fused.get(key, 0.0) + w * c
             row.setdefault(key, r)
     best = sorted(fused, key=lambda d: (-fused[d], row[d]))[:k]
     return [(row[d], fused[d]) for d in best]
+
+
+def max_score(method: str) -> float:
+    """The largest fused score ``fuse`` can give (weights summing to 1): the scale of a 0..1 relevance."""
+    return 1.0 if method == "normalized" else 1.0 / (RRF_K + 1)

@@ -11,8 +11,10 @@ the generation committed on disk (metadata, codec, document store), never from a
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -29,8 +31,10 @@ from .errors import IncompatibleModelError, InvalidArgument, InvalidType
 from .filters import compile_filter
 from .fusion import DEFAULT_FUSION
 from .hits import Hit, Record
-from .ingest import ON_CONFLICT, check_mode, prepare_rows
+from .ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, prepare_rows
 from .reader import Reader, Snapshot, check_model_matches
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 60.0
 _STALE_RETRIES = 3
@@ -45,6 +49,18 @@ def _check_model(model: Any) -> None:
 def _check_verify(verify) -> None:
     if not (verify is True or verify is False or (isinstance(verify, str) and verify in ("auto", "deep"))):
         raise InvalidArgument(f"verify must be True, False, 'auto' or 'deep', got {verify!r}")
+
+
+IF_EXISTS = ("upsert", "overwrite", "error")
+
+
+def _if_exists(if_exists: str, overwrite: Optional[bool]) -> str:
+    if overwrite is not None:
+        _validate.flag(overwrite, "overwrite")
+        warnings.warn("Index.build(overwrite=...) is deprecated: pass if_exists='overwrite' (or 'error')",
+                      DeprecationWarning, stacklevel=3)
+        return "overwrite" if overwrite else "error"
+    return check_mode("if_exists", if_exists, IF_EXISTS)
 
 
 def _check_lock_timeout(value) -> float:
@@ -74,44 +90,75 @@ class Index:
     @classmethod
     def build(cls, path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
               metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None,
-              nbits: Optional[int] = None, *, codec_config: Optional[CodecConfig] = None, batch_size: int = 32,
-              chunk_docs: int = 1024, show_progress: bool = True, overwrite: bool = False,
-              provenance: Optional[dict] = None, codec: Optional[ResidualCodec] = None, device=None,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, truncate: str = "warn", lexical: bool = False) -> "Index":
-        """Encode, compress and write ``texts`` as a new index at ``path``.
+              nbits: Optional[int] = None, *, if_exists: str = "upsert", codec_config: Optional[CodecConfig] = None,
+              batch_size: int = 32, chunk_docs: int = 1024, show_progress: bool = True,
+              overwrite: Optional[bool] = None, provenance: Optional[dict] = None,
+              codec: Optional[ResidualCodec] = None, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+              truncate: str = "chunk", lexical: bool = False) -> "Index":
+        """Encode, compress and write ``texts`` as an index at ``path``.
 
-        ids: unique strings (default "0".."n-1"); metadatas: JSON-serialisable dicts; model: a ``ColBERT``, a hub
-        id, a checkpoint folder or "default" (the default; names are loaded once per process, see
-        ``load_model``); truncate: what to do with texts longer than the model's ``doc_maxlen`` — "warn" (index
-        their start; one warning states how many tokens were dropped), "error" (refuse before writing) or
-        "chunk" (index overlapping passages that fit, under the document's id: search returns the document once,
-        with its best passage's score and text; ``get`` returns the whole text); lexical: also build the BM25
-        side (SQLite FTS5 in the document store; for ``search(mode="bm25"|"hybrid"|"bm25_rerank")``); nbits:
-        residual bits per dimension (1, 2 or 4; default ``codec_config.nbits``, else 2). ``path`` must be new,
-        empty, or hold an index of ours: a folder with other files is refused and nothing in it is touched. An
-        existing index is replaced only with ``overwrite=True``, atomically (it stays readable until the new one
-        is committed; files that are not ours stay). ``codec``: an already trained ``ResidualCodec`` to use
-        instead of training one (shards of one collection share it).
+        ids: unique strings (default "0".."n-1": a re-run over the same texts gives the same ids); metadatas:
+        JSON-serialisable dicts; model: a ``ColBERT``, a hub id, a checkpoint folder or "default" (the default;
+        names are loaded once per process, see ``load_model``); truncate: texts longer than the model's
+        ``doc_maxlen`` — "chunk" (the default: indexed as overlapping passages that fit, under the document's id:
+        search returns the document once, with its best passage's score and text; ``get`` returns the whole
+        text), "warn" (index their start; one warning states how many tokens were dropped) or "error" (refuse
+        before writing); lexical: also build the BM25 side (SQLite FTS5 in the document store; for
+        ``search(mode="bm25"|"hybrid"|"bm25_rerank")``); nbits: residual bits per dimension (1, 2 or 4; default
+        ``codec_config.nbits``, else 2). ``codec``: an already trained ``ResidualCodec`` to use instead of
+        training one (shards of one collection share it).
+
+        if_exists — what a folder that already holds an index of ours means (the same rule in the CLI and both
+        adapters' ``from_documents``): "upsert" (the default: the documents are added, those whose id is already
+        there replaced and those unchanged skipped, nothing else is touched, so re-running the same ingestion
+        leaves the index as one run left it), "overwrite" (a new index replaces the old one atomically: it stays
+        readable until the new one is committed) or "error". A folder with files that are not ours is refused and
+        nothing in it is touched. ``overwrite=True`` is the older spelling of ``if_exists="overwrite"``.
         """
         path = _validate.path_arg(path)
+        if_exists = _if_exists(if_exists, overwrite)
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
+        given_metadatas = metadatas is not None
         metadatas = _validate.metadata_list(metadatas, len(texts))
         if codec_config is not None and not isinstance(codec_config, CodecConfig):
             raise InvalidType(f"codec_config must be a CodecConfig, got {type(codec_config).__name__}")
         if nbits is not None and codec_config is not None and nbits != codec_config.nbits:
             raise InvalidArgument(f"nbits={nbits} contradicts codec_config.nbits={codec_config.nbits}; give one")
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
-        _validate.flag(overwrite, "overwrite")
         _validate.flag(lexical, "lexical")
         lock_timeout = _check_lock_timeout(lock_timeout)
         device = resolve_device(device) if device is not None else None
         model = load_model(model, device=device)
+        check_mode("truncate", truncate, TRUNCATE_MODES)
+        if if_exists == "upsert" and storage.holds_our_index(path):
+            return cls._upsert_into(path, texts, ids, metadatas if given_metadatas else None, model, codec_config,
+                                    codec, device, lock_timeout, truncate, lexical, batch_size, show_progress)
         rows = prepare_rows(model, ids, texts, metadatas, truncate)
         writer.build(path, rows, model, codec_config, batch_size=batch_size, chunk_docs=chunk_docs,
-                     show_progress=show_progress, overwrite=overwrite, provenance=provenance, codec=codec,
-                     lock_timeout=lock_timeout, lexical=lexical)
+                     show_progress=show_progress, overwrite=if_exists == "overwrite", provenance=provenance,
+                     codec=codec, lock_timeout=lock_timeout, lexical=lexical)
         return cls(path, model, device, lock_timeout=lock_timeout)
+
+    @classmethod
+    def _upsert_into(cls, path, texts, ids, metadatas, model, codec_config, codec, device, lock_timeout, truncate,
+                     lexical, batch_size, show_progress) -> "Index":
+        """``build`` over an existing index with ``if_exists="upsert"``."""
+        index = cls.open(path, model=model, device=device, lock_timeout=lock_timeout)
+        have = index.metadata["codec"]["config"]["nbits"]
+        if have != codec_config.nbits or codec is not None:
+            why = f"nbits={have}" if codec is None else "its own codec"
+            raise InvalidArgument(f"the index at {path} already exists with {why}; pass if_exists='overwrite' to "
+                                  f"rebuild it, or add to it with the settings it has")
+        if lexical and not index.has_lexical:
+            index.add_lexical()
+        snap = index._current()
+        others = snap.live_docs - len(snap.docstore.pids_of(ids, snap.meta.counts.documents, snap.meta.generation))
+        if others > 0:
+            logger.warning("the index at %s already holds %d document(s) this call does not name; they stay "
+                           "(if_exists='overwrite' replaces the whole index)", path, others)
+        index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress)
+        return index
 
     @classmethod
     def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None, *,
@@ -194,8 +241,8 @@ class Index:
                ids: Optional[Sequence[str]] = None, ncells: Optional[int] = None,
                centroid_score_threshold: Optional[float] = None, ndocs: Optional[int] = None,
                exhaustive: bool = False, mode: str = "colbert", fusion: str = DEFAULT_FUSION,
-               depth: Optional[int] = None, kernels: str = "auto", threads: Optional[int] = None,
-               trace: Optional[list] = None) -> Union[list[Hit], list[list[Hit]]]:
+               depth: Optional[int] = None, alpha: float = 0.5, kernels: str = "auto",
+               threads: Optional[int] = None, trace: Optional[list] = None) -> Union[list[Hit], list[list[Hit]]]:
         """Top-k documents for one query (list[Hit]) or several (list[list[Hit]]), best first.
 
         filter: metadata filter (see ``filters.compile_filter``); ids: restrict to these document ids.
@@ -207,16 +254,18 @@ class Index:
         mode: "colbert" (PLAID over the token embeddings; exactly min(k, matching live documents) hits), "bm25"
         (the lexical side only: documents holding at least one query word, up to k), "hybrid" (both, each to
         ``depth`` documents, default max(k, 100), fused by ``fusion``: "normalized" (default: each side's scores
-        min-max scaled to [0, 1], summed) or "rrf" (reciprocal rank, constant 60); exactly min(k, matching live
-        documents) hits) or "bm25_rerank" (BM25's top ``depth``, re-scored with exact MaxSim over their stored
-        embeddings). Filters and ids apply to both sides before fusion. The modes other than "colbert" need the
-        lexical side (``lexical=True`` at build, or ``add_lexical()``). Hit.score is MaxSim, BM25 or the fused
-        score.
+        min-max scaled to [0, 1], weighted ``alpha`` for ColBERT and ``1 - alpha`` for BM25 and summed: a fused
+        score in [0, 1]) or "rrf" (reciprocal rank, constant 60, weighted the same way); exactly min(k, matching
+        live documents) hits) or "bm25_rerank" (BM25's top ``depth``, re-scored with exact MaxSim over their
+        stored embeddings). Filters and ids apply to both sides before fusion. The modes other than "colbert"
+        need the lexical side (``lexical=True`` at build, or ``add_lexical()``). Hit.score is MaxSim, BM25 or the
+        fused score; Hit.relevance is the same ranking on a 0..1 scale (see ``Hit``).
         """
         single = isinstance(queries, str)
         qs = _validate.texts_list(queries, "query" if single else "queries")
         config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
-        req = retrieval.Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids)
+        req = retrieval.Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
+                                     alpha=alpha)
         with _parallel.search_threads(threads):
             snap = self._current()  # one generation for the whole call (a closed index fails before encoding)
             Q = None
@@ -244,27 +293,31 @@ class Index:
 
     # ================================================================ updates
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
-            *, on_conflict: str = "error", truncate: str = "warn", batch_size: int = 32,
+            *, on_conflict: str = "error", truncate: str = "chunk", batch_size: int = 32,
             show_progress: bool = False, merge: bool = True) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``writer.MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index.
         Atomic. Returns their ids (uuid4 hex when not given).
 
         on_conflict: what an id that is already live means — "error" (refuse the whole call, nothing written) or
-        "replace" (the old document, all its passages, is deleted in the same commit: an upsert). truncate: as
-        in ``build``. merge: False keeps the new segment as it is (tests and benchmarks of many-segment indexes;
-        ``compact`` merges everything)."""
+        "replace" (an upsert: the old document, all its passages, is replaced in the same commit; a document whose
+        text and metadata are unchanged is skipped, nothing re-encoded; without ``metadatas`` a replaced document
+        keeps the metadata it had). truncate: as in ``build`` ("chunk" by default). merge: False keeps the new
+        segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything)."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
+        keep_metadata = metadatas is None
         metadatas = _validate.metadata_list(metadatas, len(texts))
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         rows = prepare_rows(self.model, ids, texts, metadatas, truncate)
-        self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"))
+        self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"),
+                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata)
         return ids
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
                **kwargs) -> list[str]:
-        """``add(..., on_conflict="replace")``: documents whose id is live are replaced, the others added. Atomic."""
+        """``add(..., on_conflict="replace")``: documents whose id is live are replaced (unchanged ones skipped;
+        without ``metadatas`` they keep their metadata), the others added. Atomic."""
         if ids is None:
             raise InvalidArgument("upsert needs ids (which documents to replace)")
         return self.add(texts, ids, metadatas, on_conflict="replace", **kwargs)

@@ -16,7 +16,7 @@ from ._device import Precision
 from .config import SearchConfig
 from .errors import InvalidArgument, InvalidType
 from .filters import compile_filter
-from .fusion import DEFAULT_FUSION, FUSIONS, fuse
+from .fusion import DEFAULT_FUSION, FUSIONS, fuse, max_score
 from .hits import Hit
 from .reader import Snapshot
 
@@ -37,10 +37,11 @@ class Request:
     config: SearchConfig = SearchConfig()
     where: Optional[tuple] = None
     ids: Optional[tuple] = None
+    alpha: float = 0.5  # hybrid: the ColBERT side's weight (the lexical side's is 1 - alpha)
 
     @classmethod
     def make(cls, k, *, mode: str = "colbert", fusion: str = DEFAULT_FUSION, depth=None,
-             config: SearchConfig = SearchConfig(), filter=None, ids=None) -> "Request":
+             config: SearchConfig = SearchConfig(), filter=None, ids=None, alpha=0.5) -> "Request":
         k = _validate.positive_int(k, "k")
         if mode not in SEARCH_MODES:
             raise InvalidArgument(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
@@ -53,7 +54,10 @@ class Request:
             raise InvalidType(f"filter must be a dict, got {type(filter).__name__}")
         where = compile_filter(filter) if filter is not None else None
         ids = tuple(_validate.id_selection(ids, "ids")) if ids is not None else None
-        return cls(k, mode, fusion, depth, config, where, ids)
+        alpha = _validate.number(alpha, "alpha")
+        if not 0.0 <= alpha <= 1.0:
+            raise InvalidArgument(f"alpha is the ColBERT side's weight in hybrid fusion, between 0 and 1; got {alpha}")
+        return cls(k, mode, fusion, depth, config, where, ids, alpha)
 
 
 def query_rows(Q, dim: int, device: torch.device) -> list[torch.Tensor]:
@@ -135,28 +139,47 @@ def run(snap: Snapshot, req: Request, queries: Sequence[str], Q: Optional[list[t
         precision: Optional[Precision] = None, trace: Optional[list] = None) -> list[list[Hit]]:
     """Every query's hits, best first. ``Q``: the queries' rows (``query_rows``); None in BM25 mode."""
     if req.mode == "colbert":
-        return hits(snap, colbert(snap, Q, req.k, req, precision, trace))
+        out = colbert(snap, Q, req.k, req, precision, trace)
+        return hits(snap, out, [maxsim_relevance(len(q)) for q in Q])
     if not snap.docstore.has_lexical():
         raise InvalidArgument(f"mode={req.mode!r} needs the lexical (BM25) side, which this index lacks: call "
                               f"index.add_lexical() once (or build with lexical=True)")
     lexical = _lexical(snap, queries, req.k if req.mode == "bm25" else req.depth, req)
     if req.mode == "bm25":
         out = [([p for p, _ in r], [s for _, s in r]) for r in lexical]
+        scales = [_by_best(r) for r in lexical]
     elif req.mode == "bm25_rerank":
         kernels = _kernels.resolve(req.config.kernels, snap.arrays.doc_offsets.device)
         out = [rerank(snap, q, [p for p, _ in r], req.k, kernels) for q, r in zip(Q, lexical)]
+        scales = [maxsim_relevance(len(q)) for q in Q]
     else:
         dense = colbert(snap, Q, req.depth, req, precision, trace)
         doc_of = snap.docstore.doc_ids(sorted({p for d in dense for p in d[0]} | {p for r in lexical for p, _ in r}))
         out = []
         for (pids, scores), lex in zip(dense, lexical):
             fused = fuse([[(doc_of[p], p, s) for p, s in zip(pids, scores)], [(doc_of[p], p, s) for p, s in lex]],
-                         req.k, req.fusion)
+                         req.k, req.fusion, weights=(req.alpha, 1.0 - req.alpha))
             out.append(([r for r, _ in fused], [s for _, s in fused]))
-    return hits(snap, out)
+        top = max_score(req.fusion)
+        scales = [lambda s, top=top: min(1.0, max(0.0, s / top))] * len(out)
+    return hits(snap, out, scales)
 
 
-def hits(snap: Snapshot, out: list[tuple[list, list]]) -> list[list[Hit]]:
+def maxsim_relevance(n_query_tokens: int):
+    """MaxSim of L2-normalised vectors is a sum of cosines, one per query token: divided by the number of query
+    tokens it is the mean best cosine, clipped to [0, 1]."""
+    n = max(1, n_query_tokens)
+    return lambda s: min(1.0, max(0.0, s / n))
+
+
+def _by_best(ranked: list) -> callable:
+    best = ranked[0][1] if ranked else 1.0
+    return lambda s: (s / best) if best > 0 else 0.0
+
+
+def hits(snap: Snapshot, out: list[tuple[list, list]], relevance: Sequence) -> list[list[Hit]]:
+    """``Hit`` lists from (rows, scores) per query; ``relevance``: per query, a function of the score -> 0..1."""
     docs = snap.docstore.fetch(sorted({p for pids, _ in out for p in pids}))
-    return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2], passage=docs[p][3])
-             for r, (p, s) in enumerate(zip(pids, scores))] for pids, scores in out]
+    return [[Hit(id=docs[p][0], score=s, rank=r + 1, text=docs[p][1], metadata=docs[p][2], passage=docs[p][3],
+                 relevance=rel(s)) for r, (p, s) in enumerate(zip(pids, scores))]
+            for (pids, scores), rel in zip(out, relevance)]

@@ -130,6 +130,24 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
         raise
 
 
+def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep_metadata: bool):
+    """Upsert: leave out the documents stored exactly as given (text and metadata), and give replaced documents
+    their stored metadata when none was given. Returns the rows left and the ids they replace."""
+    same = set()
+    for id_, (text, metadata) in documents.items():
+        if id_ in stored:
+            old_text, old_meta = stored[id_]
+            if keep_metadata:
+                metadata = old_meta
+            if text == old_text and metadata == old_meta:
+                same.add(id_)
+    keep = [i for i, id_ in enumerate(rows.ids) if id_ not in same]
+    out = Rows([rows.ids[i] for i in keep], [rows.texts[i] for i in keep],
+               [stored[rows.ids[i]][1] if keep_metadata and rows.ids[i] in stored else rows.metadatas[i]
+                for i in keep], None if rows.spans is None else [rows.spans[i] for i in keep])
+    return out, {k: v for k, v in clash.items() if k not in same}
+
+
 class Writer:
     """Writes to one index folder for one ``Index`` handle (one writer per handle; the file lock covers other
     handles and processes)."""
@@ -179,10 +197,13 @@ class Writer:
             segments = segments[:-2] + (copy_segments(self.path, loaded, codec),)
         return segments
 
-    def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True) -> None:
+    def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True, *,
+            documents: Optional[dict] = None, keep_metadata: bool = False) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
-        (``on_conflict="error"``) or replaced in the same commit ("replace"). merge: merge small tail segments
-        (``MERGE_FACTOR``)."""
+        (``on_conflict="error"``) or replaced in the same commit ("replace"). documents: id -> (text, metadata) as
+        given (before chunking): with "replace", a live document with the same text and metadata is skipped;
+        keep_metadata: a replaced document keeps its stored metadata (none was given). merge: merge small tail
+        segments (``MERGE_FACTOR``)."""
         with self.transaction() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
@@ -190,6 +211,11 @@ class Writer:
                 if clash and on_conflict == "error":
                     raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]} (pass "
                                           f"on_conflict='replace' or use upsert to replace them)")
+                if clash and documents is not None:
+                    rows, clash = _skip_unchanged(rows, clash, ds.rows_of(sorted(clash), n, gen), documents,
+                                                  keep_metadata)
+                    if not rows.ids:
+                        return  # every document given is already there as given: nothing to write
                 codec = self.reader.codec_for(meta)  # the committed codec, whatever this handle saw before
                 with SegmentWriter(self.path, codec) as writer:
                     encode_and_compress(self.model, codec, rows.texts, writer, None, batch_size, 4096, show_progress,

@@ -34,24 +34,27 @@ def test_modes_return_k_unique_hits_with_filters(idx):
             assert hits == sorted(hits, key=lambda h: -h.score)
             if mode != "bm25_rerank":
                 assert len(hits) == 5
-    # hybrid = reciprocal-rank fusion of the two sides' rankings (or min-max normalised scores, summed)
+    # hybrid = reciprocal-rank fusion of the two sides' rankings (or min-max normalised scores), weighted alpha
+    # for ColBERT and 1 - alpha for BM25, summed
     q = "capital of Germany"
     dense, lex = idx.search(q, k=100), idx.search(q, k=100, mode="bm25")
-    rrf = {}
-    for side in (dense, lex):
-        for h in side:
-            rrf[h.id] = rrf.get(h.id, 0.0) + 1 / (60 + h.rank)
-    hybrid = idx.search(q, k=4, mode="hybrid", fusion="rrf")
-    assert [h.id for h in hybrid] == sorted(rrf, key=lambda d: -rrf[d])[:4]
-    assert [h.score for h in hybrid] == pytest.approx(sorted(rrf.values(), reverse=True)[:4])
-    norm = {}
-    for side in (dense, lex):
-        lo, hi = min(h.score for h in side), max(h.score for h in side)
-        for h in side:
-            norm[h.id] = norm.get(h.id, 0.0) + (h.score - lo) / (hi - lo)
-    assert [h.score for h in idx.search(q, k=4, mode="hybrid", fusion="normalized")] == pytest.approx(
-        sorted(norm.values(), reverse=True)[:4])
+    for alpha in (0.5, 0.8):
+        rrf, norm = {}, {}
+        for side, w in ((dense, alpha), (lex, 1 - alpha)):
+            lo, hi = min(h.score for h in side), max(h.score for h in side)
+            for h in side:
+                rrf[h.id] = rrf.get(h.id, 0.0) + w / (60 + h.rank)
+                norm[h.id] = norm.get(h.id, 0.0) + w * (h.score - lo) / (hi - lo)
+        hybrid = idx.search(q, k=4, mode="hybrid", fusion="rrf", alpha=alpha)
+        assert [h.id for h in hybrid] == sorted(rrf, key=lambda d: -rrf[d])[:4]
+        assert [h.score for h in hybrid] == pytest.approx(sorted(rrf.values(), reverse=True)[:4])
+        normalized = idx.search(q, k=4, mode="hybrid", fusion="normalized", alpha=alpha)
+        assert [h.score for h in normalized] == pytest.approx(sorted(norm.values(), reverse=True)[:4])
+        assert all(0.0 <= h.relevance <= 1.0 for h in hybrid + normalized)
     assert idx.search(q, k=4, mode="hybrid") == idx.search(q, k=4, mode="hybrid", fusion="normalized")  # default
+    assert idx.search(q, k=1, mode="bm25")[0].relevance == 1.0  # BM25 relevance: relative to the best hit
+    with pytest.raises(InvalidArgument, match="alpha"):
+        idx.search(q, k=4, mode="hybrid", alpha=1.5)
     # bm25_rerank re-scores BM25's candidates with exact MaxSim: the scores are the ColBERT exhaustive scores
     exact = {h.id: h.score for h in idx.search("capital of Germany", k=8, exhaustive=True)}
     for h in idx.search("capital of Germany", k=2, mode="bm25_rerank"):

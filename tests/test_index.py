@@ -71,9 +71,22 @@ def test_duplicate_ids_rejected(tmp_path, tiny_model, built_index):
         built_index.add(["new text"], ids=["d3"])
 
 
-def test_build_refuses_existing_without_overwrite(built_index, tiny_model):
-    with pytest.raises(InvalidArgument, match="overwrite=True"):
-        Index.build(built_index.path, ["x y"], model=tiny_model, show_progress=False)
+def test_build_over_an_existing_index(built_index, tiny_model):
+    """One rule for an existing index: upsert by id by default (the same ids give the same index), refuse with
+    if_exists="error", replace atomically with "overwrite"."""
+    path, before = built_index.path, built_index.generation
+    with pytest.raises(InvalidArgument, match="if_exists"):
+        Index.build(path, ["x y"], model=tiny_model, show_progress=False, if_exists="error")
+    again = Index.build(path, ["x y"], ids=["d0"], model=tiny_model, show_progress=False)
+    assert len(again) == 200 and again.get(["d0"])[0].text == "x y" and again.generation == before + 1
+    same = Index.build(path, ["x y"], ids=["d0"], model=tiny_model, show_progress=False)
+    assert same.generation == before + 1  # unchanged: nothing written
+    fresh = Index.build(path, ["x y"], model=tiny_model, show_progress=False, if_exists="overwrite")
+    assert len(fresh) == 1
+    with pytest.raises(InvalidArgument, match="if_exists must be one of"):
+        Index.build(path, ["x y"], model=tiny_model, if_exists="append")
+    with pytest.warns(DeprecationWarning, match="if_exists"):
+        Index.build(path, ["x y"], model=tiny_model, show_progress=False, overwrite=True)
 
 
 def test_bad_metadata(tmp_path, tiny_model):

@@ -50,8 +50,11 @@ def test_truncate_error_and_warning(tmp_path, tiny_model, caplog):
     with pytest.raises(InvalidArgument, match="truncate must be one of"):
         Index.build(tmp_path / "i", ["short text"], model=tiny_model, truncate="cut", show_progress=False)
     with caplog.at_level(logging.WARNING):
-        idx = Index.build(tmp_path / "i", ["short text", long], model=tiny_model, show_progress=False)
+        idx = Index.build(tmp_path / "i", ["short text", long], model=tiny_model, truncate="warn",
+                          show_progress=False)
     assert any("79 tokens dropped" in r.getMessage() for r in caplog.records)
+    chunked = Index.build(tmp_path / "c", ["short text", long], model=tiny_model, show_progress=False)  # default
+    assert chunked.metadata["counts"]["live"] > 2 and len(chunked) == 2 and chunked.get(["1"])[0].text == long
     with pytest.raises(InvalidArgument, match="exceed"):
         idx.add([long], truncate="error")
     assert len(idx) == 2

@@ -410,3 +410,52 @@ def test_probed_scores_equal_a_direct_loop():
                 expect[d] = sum(per_token)
         assert pids.tolist() == sorted(expect)
         assert torch.allclose(scores, torch.tensor([expect[d] for d in sorted(expect)]), atol=1e-5)
+
+
+def test_passages_ranked_as_documents_on_the_real_path(tmp_path, tiny_model):
+    """Documents stored as several passages: PLAID ranks documents (each once, as its best passage) in one pass
+    over the stages, on the real path, agreeing with exhaustive search; a document's score is its best
+    passage's exact MaxSim."""
+    texts = make_corpus(600, seed=31, min_words=30, max_words=60)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)  # default: chunk
+    rows = idx.metadata["counts"]["live"]
+    assert rows > 1.5 * len(texts) and len(idx) == len(texts)
+    trace, agree = [], 0
+    queries = make_corpus(10, seed=32, min_words=10, max_words=14)
+    for q in queries:
+        hits = idx.search(q, k=10, ncells=4, ndocs=256, trace=trace)
+        exh = idx.search(q, k=10, exhaustive=True)
+        assert len({h.id for h in hits}) == 10 and all(h.passage is not None for h in hits)
+        agree += len({h.id for h in hits} & {h.id for h in exh})
+        exact = {h.id: h.score for h in idx.search(q, k=len(texts), exhaustive=True)}
+        assert all(h.score == pytest.approx(exact[h.id], abs=1e-5) for h in hits)
+    assert_real_path(trace, rows)
+    assert agree / (10 * len(queries)) >= 0.9
+
+
+def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():
+    """With groups (passages), a plan sized for k documents that scores rows holding fewer than k documents
+    widens (the rest of stage 2's rows, then every row) and still returns the k best documents, each as its best
+    row: the same as exhaustive search grouped."""
+    from colbert_retriever import SearchConfig, plaid
+
+    from .test_numba import clustered_arrays, query
+
+    from colbert_retriever import stages
+
+    arrays, x, _ = clustered_arrays(n_docs=3000, cuts=(0.6,))
+    n = arrays.num_docs
+    for seed in range(4):
+        q = query(arrays.codec, x, 10, seed)
+        # the 200 best rows belong to 5 documents of 40 rows; every other row is a document of its own
+        order = torch.argsort(stages.exact_scores(q, arrays, torch.arange(n), kernels="torch"), descending=True)
+        groups = torch.empty(n, dtype=torch.long)
+        groups[order[:200]] = torch.arange(200) // 40
+        groups[order[200:]] = 5 + torch.arange(n - 200)
+        tr = []
+        got = plaid.search(q, arrays, 20, SearchConfig(ncells=4, ndocs=64), groups=groups, rows_per_group=1.0,
+                           trace=tr)
+        ref = plaid.search(q, arrays, 20, SearchConfig(exhaustive=True), groups=groups)
+        assert tr[0].widened and got[0].numel() == 20
+        assert len(set(groups[got[0]].tolist())) == 20  # k distinct documents
+        assert torch.allclose(got[1], ref[1], atol=1e-5)
