@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import layout, storage
 from .codec import ResidualCodec, code_dtype
@@ -126,7 +126,13 @@ def write_segment(folder: Path, codec: ResidualCodec, chunks) -> layout.SegmentM
         return writer.finish()
 
 
-def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
+def progress_bar(total: int, show: bool, desc: str) -> tqdm:
+    """The bar an index write shows: documents encoded, moving with every encoded batch, labelled with the phase
+    ("encoding a sample for the centroids", "training centroids (k-means)", "encoding + compressing")."""
+    return tqdm(total=total, desc=desc, unit="doc", disable=not show, mininterval=0.5)
+
+
+def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, bar: tqdm,
                   times: StageTimes) -> tuple[dict[int, torch.Tensor], int]:
     """Encode documents in random order until ``config.kmeans_sample_tokens`` tokens are seen (or all documents).
     Returns ({doc index: (n_i, dim) float32 CPU embeddings}, total sampled tokens). The sample is kept in float32
@@ -136,49 +142,60 @@ def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: 
     cache: dict[int, torch.Tensor] = {}
     tokens = 0
     step = 1024
-    bar = tqdm(total=len(texts), desc="encoding (k-means sample)", unit="doc", disable=not show_progress)
+    bar.set_description("encoding a sample for the centroids")
     t0 = time.perf_counter()
     for s in range(0, len(order), step):
         idx = order[s : s + step].tolist()
-        embs, lengths = model.encode_documents_packed([texts[i] for i in idx], batch_size=batch_size)
+        embs, lengths = model.encode_documents_packed([texts[i] for i in idx], batch_size=batch_size,
+                                                      progress=bar.update)
         for i, e in zip(idx, torch.split(embs.to("cpu", torch.float32), lengths.tolist())):
             cache[i] = e
         tokens += int(lengths.sum())
-        bar.update(len(idx))
         if tokens >= config.kmeans_sample_tokens:
             break
-    bar.close()
     times.encode_s += time.perf_counter() - t0
     return cache, tokens
 
 
 def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
-                times: StageTimes) -> tuple[ResidualCodec, dict[int, torch.Tensor], int]:
+                times: StageTimes, bar: Optional[tqdm] = None) -> tuple[ResidualCodec, dict[int, torch.Tensor], int]:
     """Encode the k-means sample (``encode_sample``) and fit the codec on it. Returns the codec, the sample cache
-    (reusable by ``encode_and_compress``) and the estimated number of embeddings in ``texts``."""
-    cache, sample_tokens = encode_sample(model, texts, config, batch_size, show_progress, times)
+    (reusable by ``encode_and_compress``) and the estimated number of embeddings in ``texts``. bar: the caller's
+    progress bar over ``texts`` (else one is made for this step)."""
+    own = bar is None
+    bar = progress_bar(len(texts), show_progress, "") if own else bar
+    cache, sample_tokens = encode_sample(model, texts, config, batch_size, bar, times)
+    bar.set_description("training centroids (k-means)")
+    bar.refresh()
     t0 = time.perf_counter()
     est = int(sample_tokens / max(1, len(cache)) * len(texts))
     codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), config, est)
     # compress against exactly what is stored (fp16 centroids), so stored inverse norms match search time
     codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=codec.centroids.device)
     times.kmeans_s += time.perf_counter() - t0
+    if own:
+        bar.close()
     return codec, cache, est
 
 
 def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], writer: SegmentWriter,
                         cache: Optional[dict[int, torch.Tensor]], batch_size: int, chunk_docs: int,
-                        show_progress: bool, times: StageTimes, desc: str = "encoding + compressing") -> None:
-    """Encode (reusing ``cache`` where it has a document) and compress ``texts`` in order into ``writer``."""
+                        show_progress: bool, times: StageTimes, desc: str = "encoding + compressing",
+                        bar: Optional[tqdm] = None) -> None:
+    """Encode (reusing ``cache`` where it has a document) and compress ``texts`` in order into ``writer``. bar:
+    the caller's progress bar (documents already counted in it, the cached sample, are not counted again)."""
     cache = cache or {}
-    bar = tqdm(total=len(texts), desc=desc, unit="doc", disable=not show_progress)
+    own = bar is None
+    bar = progress_bar(len(texts), show_progress, desc) if own else bar
+    bar.set_description(desc)
     for s in range(0, len(texts), chunk_docs):
         idx = list(range(s, min(s + chunk_docs, len(texts))))
         missing = [i for i in idx if i not in cache]
         t0 = time.perf_counter()
         fresh = {}
         if missing:
-            embs, lengths = model.encode_documents_packed([texts[i] for i in missing], batch_size=batch_size)
+            embs, lengths = model.encode_documents_packed([texts[i] for i in missing], batch_size=batch_size,
+                                                          progress=bar.update)
             fresh = dict(zip(missing, torch.split(embs, lengths.tolist())))
         t1 = time.perf_counter()
         pieces = [fresh[i] if i in fresh else cache.pop(i) for i in idx]
@@ -190,5 +207,5 @@ def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], write
         times.encode_s += t1 - t0
         times.compress_s += t2 - t1
         times.write_s += t3 - t2
-        bar.update(len(idx))
-    bar.close()
+    if own:
+        bar.close()

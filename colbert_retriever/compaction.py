@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from . import layout
-from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec, write_segment
+from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
 from .codec import ResidualCodec
 from .config import CodecConfig
 from .docstore import DocStore
@@ -49,11 +49,12 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
         if recluster and reencode and len(live):  # exact: encode the stored texts (rows) again
             texts = [r[2] for rows in snap.docstore.iter_visible(n, gen) for r in rows]
             times = StageTimes()
-            codec, cache, _ = train_codec(model, texts, config, 32, show_progress, times)
-            with SegmentWriter(path, codec) as sw:
-                encode_and_compress(model, codec, texts, sw, cache, 32, 1024, show_progress, times,
-                                    desc="re-encoding")
-                seg = sw.finish()
+            with progress_bar(len(texts), show_progress, "re-encoding") as bar:
+                codec, cache, _ = train_codec(model, texts, config, 32, show_progress, times, bar)
+                with SegmentWriter(path, codec) as sw:
+                    encode_and_compress(model, codec, texts, sw, cache, 32, 1024, show_progress, times,
+                                        desc="re-encoding + compressing", bar=bar)
+                    seg = sw.finish()
         else:
             if recluster and len(live):  # re-train on a sample of the decompressed embeddings
                 idx, _ = gather_rows(offsets, live)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import _halfgemm, _loading, _validate
 from ._loading import DEFAULT_HEAD, DEFAULT_MODEL_NAME  # noqa: F401 (re-exported)
@@ -239,11 +239,12 @@ class ColBERT(nn.Module):
         return contextlib.nullcontext()
 
     def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,
-                                desc: str = "encoding") -> tuple[torch.Tensor, torch.Tensor]:
+                                desc: str = "encoding", progress=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode documents into one packed tensor.
 
         Returns (embs, lengths): embs (total_tokens, dim) float32 on the model's device, documents in input order;
-        lengths (n,) int64. Batches are sorted by length to cut padding.
+        lengths (n,) int64. Batches are sorted by length to cut padding. progress: called with the number of
+        documents after each batch (the index builder's progress bar).
         """
         documents = _validate.texts_list(documents, "documents")
         _validate.positive_int(batch_size, "batch_size")
@@ -262,6 +263,8 @@ class ColBERT(nn.Module):
                 for row, i in enumerate(idx):
                     pieces[i] = d[row][keep[row]]
                 bar.update(len(idx))
+                if progress is not None:
+                    progress(len(idx))
         bar.close()
         if truncated:
             logger.warning("%d of %d documents were longer than doc_maxlen=%d tokens and were truncated: %d tokens "
@@ -298,9 +301,15 @@ class ColBERT(nn.Module):
 
     # ------------------------------------------------------------------ reranking
     def rerank(self, query: str, texts: Sequence[str], ids: Optional[Sequence[str]] = None,
-               k: Optional[int] = None, metadatas: Optional[Sequence[dict]] = None) -> list[Hit]:
+               k: Optional[int] = None, metadatas: Optional[Sequence[dict]] = None, *,
+               long_texts: str = "split") -> list[Hit]:
         """Score ``texts`` against ``query`` with exact MaxSim, no index. Returns ``Hit``s best first
-        (``Hit.id`` = ids[i] or str(i)), at most k of them."""
+        (``Hit.id`` = ids[i] or str(i), ``Hit.text`` = texts[i]), at most k of them.
+
+        long_texts: a text longer than ``doc_maxlen`` is scored whole: "split" (the default) scores each of its
+        overlapping passages (``passage_spans``) and keeps the best (``Hit.passage`` names it), as an index
+        stores long texts; "truncate" scores its first ``doc_maxlen`` tokens (with one warning counting the
+        tokens dropped)."""
         if not isinstance(query, str):
             raise _validate.InvalidType(f"query must be a str, got {type(query).__name__}")
         _validate.texts_list(query, "query")
@@ -308,13 +317,30 @@ class ColBERT(nn.Module):
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
         metas = _validate.metadata_list(metadatas, len(texts))
         k = len(texts) if k is None else min(_validate.positive_int(k, "k"), len(texts))
+        if long_texts not in ("split", "truncate"):
+            raise InvalidArgument(f"long_texts must be 'split' or 'truncate', got {long_texts!r}")
+        owner, pieces, passage = list(range(len(texts))), list(texts), [None] * len(texts)
+        if long_texts == "split":
+            room = self.tokenizer.doc_room()
+            owner, pieces, passage = [], [], []
+            for i, (t, n) in enumerate(zip(texts, self.tokenizer.count_tokens(texts))):
+                spans = self.passage_spans(t) if n > room else [(0, len(t))]
+                for j, (a, b) in enumerate(spans):
+                    owner.append(i), pieces.append(t[a:b]), passage.append(j if len(spans) > 1 else None)
         Q = self.encode_queries([query])[0]
-        embs, lengths = self.encode_documents_packed(texts)
-        offsets = torch.zeros(len(texts) + 1, dtype=torch.long, device=embs.device)
+        embs, lengths = self.encode_documents_packed(pieces)
+        offsets = torch.zeros(len(pieces) + 1, dtype=torch.long, device=embs.device)
         offsets[1:] = torch.cumsum(lengths.to(embs.device), 0)
-        scores = maxsim_packed(Q, embs, offsets).cpu()
+        piece_scores = maxsim_packed(Q, embs, offsets).cpu()
+        scores = torch.full((len(texts),), float("-inf"))
+        best = [0] * len(texts)
+        for p, (i, s) in enumerate(zip(owner, piece_scores.tolist())):
+            if s > scores[i]:
+                scores[i], best[i] = s, p
+        n_q = max(1, int((Q.abs().sum(-1) > 0).sum()))
         top = torch.topk(scores, k)
-        return [Hit(id=ids[i], score=float(s), rank=r + 1, text=texts[i], metadata=dict(metas[i]))
+        return [Hit(id=ids[i], score=float(s), rank=r + 1, text=texts[i], metadata=dict(metas[i]),
+                    passage=passage[best[i]], relevance=min(1.0, max(0.0, float(s) / n_q)))
                 for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
 
     def __repr__(self):

@@ -24,7 +24,7 @@ import torch
 
 from . import layout, storage
 from ._version import __version__
-from .builder import SegmentWriter, StageTimes, encode_and_compress, train_codec, write_segment
+from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
 from .codec import ResidualCodec
 from .config import CodecConfig
 from .docstore import DocStore
@@ -89,17 +89,19 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                     old = storage.read_metadata(path)
             storage.collect_garbage(path, old.referenced_files() if old else set())
             times = StageTimes()
-            if codec is None:
-                codec, cache, est = train_codec(model, rows.texts, codec_config, batch_size, show_progress, times)
-            else:
-                if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
-                    raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
-                                          f"nbits={codec_config.nbits}, dim={model.config.dim}")
-                cache, est = {}, 0
-            with SegmentWriter(path, codec) as writer:
-                encode_and_compress(model, codec, rows.texts, writer, cache, batch_size, chunk_docs, show_progress,
-                                    times)
-                seg = writer.finish()
+            with progress_bar(len(rows.texts), show_progress, "encoding") as bar:
+                if codec is None:
+                    codec, cache, est = train_codec(model, rows.texts, codec_config, batch_size, show_progress,
+                                                    times, bar)
+                else:
+                    if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
+                        raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
+                                              f"nbits={codec_config.nbits}, dim={model.config.dim}")
+                    cache, est = {}, 0
+                with SegmentWriter(path, codec) as writer:
+                    encode_and_compress(model, codec, rows.texts, writer, cache, batch_size, chunk_docs,
+                                        show_progress, times, bar=bar)
+                    seg = writer.finish()
             t0 = time.perf_counter()
             docstore = layout.new_docstore_name()
             with DocStore(path / docstore, create=True) as ds:

@@ -1,11 +1,14 @@
 """LlamaIndex adapters.
 
 - ``ColBERTIndex``: a managed index (the shape of LlamaIndex's managed indices): ``from_documents``, ``insert``,
-  ``insert_nodes``, ``delete_ref_doc``, ``delete_nodes``, ``update_ref_doc``, ``ref_doc_info``,
-  ``as_retriever(similarity_top_k, filters)``, ``as_query_engine(llm=...)``. It persists in its index folder:
-  ``ColBERTIndex(index_path)`` reopens it. Each node is stored whole (its own JSON, as LlamaIndex vector stores do:
-  relationships, ``ref_doc_id``, offsets, excluded metadata keys, node type), so retrieval returns the nodes that
-  were inserted.
+  ``insert_nodes``, ``delete_ref_doc``, ``delete_nodes``, ``update_ref_doc``, ``refresh_ref_docs``,
+  ``ref_doc_info``, ``as_retriever(similarity_top_k, filters)``, ``as_query_engine(llm=...)``. It persists in its
+  index folder (every write is committed there, ref-doc hashes included): ``ColBERTIndex(index_path)`` or
+  ``ColBERTIndex.load_from_disk(index_path)`` reopens it in any process, and ``persist(persist_dir)`` copies it
+  (the convention of LlamaIndex's ColBERT managed index; ``load_index_from_storage`` is for indices whose nodes
+  live in a ``StorageContext``, which this one does not use). Each node is stored whole (its own JSON, as
+  LlamaIndex vector stores do: relationships, ``ref_doc_id``, offsets, excluded metadata keys, node type), so
+  retrieval returns the nodes that were inserted.
 - ``ColBERTRetriever`` (a ``BaseRetriever`` over an ``Index``; ``aretrieve`` runs in a worker thread) and
   ``ColBERTRerank`` (a ``BaseNodePostprocessor``).
 
@@ -15,7 +18,9 @@
 
 The default splitter (``colbert_splitter``) is LlamaIndex's ``SentenceSplitter`` counting the model's own tokens,
 with chunks that fit ``doc_maxlen`` (metadata included, as the splitter does) and a 1/8 overlap: nothing is
-truncated.
+truncated. Its node ids are deterministic (``stable_node_id``: the source file or document, the chunk's position
+and the document's hash), and ``from_documents`` over an existing index upserts (the rule of ``Index.build``):
+re-running the same ingestion leaves the index as one run left it.
 
 llama-index-core makes no network call here: it ships its NLTK and tiktoken caches, and nothing in these adapters
 reads ``Settings.llm`` or ``Settings.embed_model``.
@@ -25,163 +30,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 try:
-    from llama_index.core.bridge.pydantic import Field
     from llama_index.core.data_structs.data_structs import IndexDict
     from llama_index.core.indices.managed.base import BaseManagedIndex
-    from llama_index.core.postprocessor.types import BaseNodePostprocessor
-    from llama_index.core.retrievers import BaseRetriever
-    from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+    from llama_index.core.schema import BaseNode
     from llama_index.core.storage.docstore.types import RefDocInfo
-    from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
-    from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 except ImportError as e:  # pragma: no cover
     raise ImportError(
         "colbert_retriever.integrations.llama_index needs llama-index-core: "
         "pip install 'colbert-retriever[llama-index]'"
     ) from e
 
-from colbert_retriever import ColBERT, Index, InvalidArgument, InvalidType, load_model
-from colbert_retriever import storage
+from colbert_retriever import ColBERT, Index, InvalidArgument, load_model, storage
+
+from ._li_retrieval import (HASH_KEY, NODE_KEY, REF_DOC_KEY, SOURCE_KEYS, ColBERTRerank, ColBERTRetriever,
+                            _if_exists, _nodes_to_rows, _PROGRESS_MIN_DOCS, colbert_splitter, stable_node_id,
+                            to_colbert_filter)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ColBERTIndex", "ColBERTRetriever", "ColBERTRerank", "colbert_splitter", "to_colbert_filter"]
-
-_OPS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.GTE: "$gte",
-        FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
-REF_DOC_KEY = "ref_doc_id"
-
-
-def to_colbert_filter(filters: Union[MetadataFilters, MetadataFilter, dict, None]) -> Optional[dict]:
-    """Translate LlamaIndex ``MetadataFilters`` into this library's filter dialect. Operators without an
-    equivalent (text_match, contains, any, all, is_empty) raise ``InvalidArgument``."""
-    if filters is None or isinstance(filters, dict):
-        return filters
-    if isinstance(filters, MetadataFilter):
-        op = filters.operator
-        if op not in _OPS:
-            raise InvalidArgument(f"LlamaIndex filter operator {op.value!r} on {filters.key!r} is not supported; "
-                                  f"supported: {[o.value for o in _OPS]}")
-        return {filters.key: {_OPS[op]: filters.value}}
-    parts = [to_colbert_filter(f) for f in filters.filters]
-    if not parts:
-        return None
-    cond = filters.condition or FilterCondition.AND
-    if cond == FilterCondition.AND:
-        return {"$and": parts}
-    if cond == FilterCondition.OR:
-        return {"$or": parts}
-    if cond == FilterCondition.NOT:
-        return {"$not": {"$and": parts}}
-    raise InvalidArgument(f"filter condition {cond!r} is not supported")
-
-
-NODE_KEY = "_node_content"
-_PROGRESS_MIN_DOCS = 256
-
-
-def colbert_splitter(model: Union[ColBERT, str, None] = None, chunk_overlap: Optional[int] = None):
-    """LlamaIndex's ``SentenceSplitter`` sized in ``model``'s own tokens: chunks (with their metadata, which the
-    splitter accounts for) fit the model's ``doc_maxlen``; overlap 1/8 of a chunk unless given."""
-    from llama_index.core.node_parser import SentenceSplitter
-
-    model = load_model(model)
-    room = model.tokenizer.doc_room()
-    hf = model.hf_tokenizer
-    return SentenceSplitter(chunk_size=room, chunk_overlap=room // 8 if chunk_overlap is None else chunk_overlap,
-                            tokenizer=lambda text: hf.encode(text, add_special_tokens=False, verbose=False))
-
-
-def _nodes_to_rows(nodes: Sequence[BaseNode]):
-    """(texts, ids, metadatas): the text the model sees is the node's content in ``MetadataMode.EMBED`` (as
-    LlamaIndex embeds it); the metadata are the node's own keys at the top level (so filters see them),
-    ``ref_doc_id``/``doc_id``/``document_id`` and the whole node as JSON (``_node_content``, ``_node_type``)."""
-    texts, ids, metas, skipped = [], [], [], 0
-    for i, n in enumerate(nodes):
-        if not isinstance(n, BaseNode):
-            raise InvalidType(f"nodes[{i}] is {type(n).__name__}, expected a LlamaIndex node")
-        if not n.get_content(metadata_mode=MetadataMode.NONE).strip():
-            skipped += 1
-            continue
-        texts.append(n.get_content(metadata_mode=MetadataMode.EMBED))
-        ids.append(n.node_id)
-        metas.append(node_to_metadata_dict(n, remove_text=False, flat_metadata=False))
-    if skipped:
-        logger.warning("skipped %d node(s) with empty text", skipped)
-    return texts, ids, metas
-
-
-def _to_node(hit) -> BaseNode:
-    """The stored node (lossless) or, for an index built without node JSON, a ``TextNode`` from the hit."""
-    if NODE_KEY in hit.metadata:
-        return metadata_dict_to_node(hit.metadata)
-    return TextNode(id_=hit.id, text=hit.text, metadata=dict(hit.metadata))
-
-
-class ColBERTRetriever(BaseRetriever):
-    """Retrieve ``NodeWithScore`` from a colbert-retriever ``Index``; node ids and metadata are preserved."""
-
-    def __init__(self, index: Union[Index, str, Path], model: Union[ColBERT, str, None] = None,
-                 similarity_top_k: int = 4,
-                 filters: Union[MetadataFilters, dict, None] = None, search_kwargs: Optional[dict] = None,
-                 callback_manager=None, verbose: bool = False):
-        self.index = index if isinstance(index, Index) else Index.open(index, model=model)
-        self.similarity_top_k = similarity_top_k
-        self.filters = filters
-        self.search_kwargs = dict(search_kwargs or {})
-        super().__init__(callback_manager=callback_manager, verbose=verbose)
-
-    @classmethod
-    def from_nodes(cls, nodes: Sequence[BaseNode], index_path: Union[str, Path],
-                   model: Union[ColBERT, str, None] = None, *, nbits: int = 2, overwrite: bool = False,
-                   show_progress: Optional[bool] = None, **kwargs) -> "ColBERTRetriever":
-        texts, ids, metas = _nodes_to_rows(nodes)
-        if not texts:
-            raise InvalidArgument("no nodes to index: every node has empty text")
-        progress = show_progress if show_progress is not None else len(texts) > _PROGRESS_MIN_DOCS
-        index = Index.build(index_path, texts, ids=ids, metadatas=metas, model=model, nbits=nbits,
-                            overwrite=overwrite, show_progress=progress)
-        return cls(index, **kwargs)
-
-    @classmethod
-    def from_documents(cls, documents: Sequence[BaseNode], index_path: Union[str, Path],
-                       model: Union[ColBERT, str, None] = None, *, transformations: Optional[list] = None,
-                       **kwargs) -> "ColBERTRetriever":
-        """Split documents into nodes (default ``colbert_splitter(model)``: chunks that fit the model) and
-        index them."""
-        from llama_index.core.ingestion import run_transformations
-
-        model = load_model(model)
-        nodes = run_transformations(list(documents), transformations or [colbert_splitter(model)])
-        return cls.from_nodes(nodes, index_path, model=model, **kwargs)
-
-    @classmethod
-    def from_index(cls, path: Union[str, Path], model: Union[ColBERT, str, None] = None,
-                   **kwargs) -> "ColBERTRetriever":
-        return cls(Index.open(path, model=model), **kwargs)
-
-    def insert_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
-        """Add nodes (a node id already present is replaced). Returns the ids stored."""
-        texts, ids, metas = _nodes_to_rows(nodes)
-        if not texts:
-            return []
-        return self.index.add(texts, ids=ids, metadatas=metas, on_conflict="replace")
-
-    def delete_nodes(self, node_ids: Sequence[str]) -> int:
-        return self.index.delete(list(node_ids))
-
-    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.index.search(query_bundle.query_str, k=self.similarity_top_k,
-                                 filter=to_colbert_filter(self.filters), **self.search_kwargs)
-        return [NodeWithScore(node=_to_node(h), score=h.score) for h in hits]
-
-    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        # CPU work on torch tensors: in a worker thread, so concurrent aretrieve calls overlap
-        return await asyncio.to_thread(self._retrieve, query_bundle)
+__all__ = ["ColBERTIndex", "ColBERTRetriever", "ColBERTRerank", "colbert_splitter", "stable_node_id",
+           "to_colbert_filter", "SOURCE_KEYS", "HASH_KEY", "NODE_KEY", "REF_DOC_KEY"]
 
 
 class ColBERTIndex(BaseManagedIndex):
@@ -189,57 +62,98 @@ class ColBERTIndex(BaseManagedIndex):
 
     ``ColBERTIndex(index_path)`` opens the index there (or starts empty: the folder is created by the first
     insert); ``ColBERTIndex.from_documents(documents, index_path=...)`` splits (``colbert_splitter`` unless
-    ``transformations`` are given) and indexes. model: a ``ColBERT``, hub id, folder or "default".
+    ``transformations`` are given) and indexes; over an existing index it upserts (``if_exists``, the rule of
+    ``Index.build``: "upsert" by default, "overwrite", "error"). model: a ``ColBERT``, hub id, folder or
+    "default"; device: "cpu" (default), "cuda" or "auto". Every write is committed to the folder, the hashes
+    ``refresh_ref_docs`` compares included: reopen it in any process with ``ColBERTIndex(index_path)`` or
+    ``ColBERTIndex.load_from_disk(index_path)``.
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None,
-                 nodes: Optional[Sequence[BaseNode]] = None, *, nbits: int = 2, overwrite: bool = False,
-                 show_progress: Optional[bool] = None, transformations: Optional[list] = None,
-                 lexical: bool = False, callback_manager=None, **kwargs: Any) -> None:
+                 nodes: Optional[Sequence[BaseNode]] = None, *, nbits: int = 2, if_exists: str = "upsert",
+                 overwrite: Optional[bool] = None, show_progress: Optional[bool] = None,
+                 transformations: Optional[list] = None, lexical: bool = False, device=None, callback_manager=None,
+                 hashes: Optional[dict] = None, **kwargs: Any) -> None:
         self.path = Path(index_path)
-        self.model = load_model(model)
+        self.device = device
+        self.model = load_model(model, device=device)
         self.nbits, self.progress, self.lexical = nbits, show_progress, lexical
+        self.if_exists = _if_exists(if_exists, overwrite)
         self._colbert: Optional[Index] = None
-        if storage.holds_our_index(self.path) and not overwrite:
-            self._colbert = Index.open(self.path, model=self.model)
+        if storage.holds_our_index(self.path):
+            if self.if_exists == "error" and nodes is not None:
+                raise InvalidArgument(f"an index already exists at {self.path}; if_exists='upsert' adds to it by "
+                                      f"id, 'overwrite' replaces it")
+            self._colbert = Index.open(self.path, model=self.model, device=device)
             self.model = self._colbert.model
             if lexical and not self._colbert.has_lexical:
                 self._colbert.add_lexical()
         super().__init__(index_struct=IndexDict(summary="colbert-retriever index"), show_progress=bool(show_progress),
                          callback_manager=callback_manager, transformations=transformations or
                          [colbert_splitter(self.model)], **kwargs)
+        # the nodes live in the index folder, not in the storage context: keep its index store empty, so that
+        # load_index_from_storage on a persisted context says there is no index there (reopen with load_from_disk)
+        self.storage_context.index_store.delete_index_struct(self.index_struct.index_id)
         if nodes is not None:
-            self._add(nodes, overwrite=overwrite)
+            self._add(nodes, hashes, overwrite=self.if_exists == "overwrite")
 
     @classmethod
     def from_documents(cls, documents: Sequence[BaseNode], storage_context=None, show_progress: bool = False,
                        callback_manager=None, transformations: Optional[list] = None, *,
                        index_path: Union[str, Path, None] = None, model: Union[ColBERT, str, None] = None,
-                       **kwargs: Any) -> "ColBERTIndex":
+                       device=None, **kwargs: Any) -> "ColBERTIndex":
         from llama_index.core.ingestion import run_transformations
 
         if index_path is None:
             raise InvalidArgument("ColBERTIndex.from_documents needs index_path= (the index folder)")
-        model = load_model(model)
+        model = load_model(model, device=device)
         transformations = transformations or [colbert_splitter(model)]
         nodes = run_transformations(list(documents), transformations, show_progress=show_progress)
-        return cls(index_path, model, nodes, show_progress=show_progress or None,
-                   callback_manager=callback_manager, transformations=transformations, **kwargs)
+        return cls(index_path, model, nodes, show_progress=show_progress or None, device=device,
+                   callback_manager=callback_manager, transformations=transformations,
+                   hashes={d.id_: d.hash for d in documents}, **kwargs)
+
+    @classmethod
+    def load_from_disk(cls, persist_dir: Union[str, Path], model: Union[ColBERT, str, None] = None,
+                       **kwargs: Any) -> "ColBERTIndex":
+        """Reopen a persisted index (its folder). ``from_persist_dir`` is the same."""
+        if not storage.holds_our_index(Path(persist_dir)):
+            raise InvalidArgument(f"{persist_dir} holds no colbert-retriever index")
+        return cls(persist_dir, model, **kwargs)
+
+    from_persist_dir = load_from_disk
+
+    def persist(self, persist_dir: Union[str, Path, None] = None) -> None:
+        """Everything is already committed to ``index_path``. With another ``persist_dir``, copy the index there
+        (a new or empty folder; the committed files, metadata.json last), to reopen with ``load_from_disk``."""
+        if persist_dir is None or Path(persist_dir).resolve() == self.path.resolve() or self._colbert is None:
+            return
+        dst = Path(persist_dir)
+        if dst.exists() and any(dst.iterdir()):
+            raise InvalidArgument(f"persist_dir {dst} is not empty; give a new or empty folder")
+        dst.mkdir(parents=True, exist_ok=True)
+        meta = self._colbert.metadata
+        names = {meta["docstore"], *meta["codec"]["files"].values()}
+        for seg in meta["segments"]:
+            names |= set(seg["checksums"])
+        for name in sorted(names):
+            shutil.copyfile(self.path / name, dst / name)
+        shutil.copyfile(self.path / "metadata.json", dst / "metadata.json")
 
     @property
     def colbert_index(self) -> Optional[Index]:
         """The underlying ``colbert_retriever.Index`` (None while empty)."""
         return self._colbert
 
-    def _add(self, nodes: Sequence[BaseNode], overwrite: bool = False) -> None:
-        texts, ids, metas = _nodes_to_rows(nodes)
+    def _add(self, nodes: Sequence[BaseNode], hashes: Optional[dict] = None, overwrite: bool = False) -> None:
+        texts, ids, metas = _nodes_to_rows(nodes, hashes)
         if not texts:
             return
         progress = self.progress if self.progress is not None else len(texts) > _PROGRESS_MIN_DOCS
         if self._colbert is None or overwrite:
             self._colbert = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model,
-                                        nbits=self.nbits, overwrite=overwrite, show_progress=progress,
-                                        lexical=self.lexical)
+                                        nbits=self.nbits, if_exists="overwrite" if overwrite else "upsert",
+                                        show_progress=progress, lexical=self.lexical, device=self.device)
         else:
             self._colbert.add(texts, ids=ids, metadatas=metas, on_conflict="replace", show_progress=progress)
         if self._colbert.needs_recluster:
@@ -248,6 +162,14 @@ class ColBERTIndex(BaseManagedIndex):
     # the BaseIndex hooks --------------------------------------------------------------------------------
     def _insert(self, nodes: Sequence[BaseNode], **insert_kwargs: Any) -> None:
         self._add(nodes)
+
+    def insert(self, document, **insert_kwargs: Any) -> None:
+        """Insert a document (split by the index's transformations); its hash is stored with its nodes."""
+        from llama_index.core.ingestion import run_transformations
+
+        with self._callback_manager.as_trace("insert"):
+            nodes = run_transformations([document], self._transformations, show_progress=self._show_progress)
+            self._add(nodes, {document.id_: document.hash})
 
     def insert_nodes(self, nodes: Sequence[BaseNode], **insert_kwargs: Any) -> None:
         """Insert nodes (an existing node id is replaced). The folder is the store: nothing is kept in memory."""
@@ -274,12 +196,42 @@ class ColBERTIndex(BaseManagedIndex):
         self.delete_ref_doc(document.id_)
         self.insert(document, **update_kwargs)
 
+    def stored_hash(self, ref_doc_id: str) -> Optional[str]:
+        """The hash of the document ``ref_doc_id`` as last inserted (None: not in the index, or inserted as bare
+        nodes)."""
+        if self._colbert is None:
+            return None
+        ids = self._colbert.ids(filter={REF_DOC_KEY: ref_doc_id})
+        return self._colbert.get(ids[:1])[0].metadata.get(HASH_KEY) if ids else None
+
+    def refresh_ref_docs(self, documents: Sequence, **update_kwargs: Any) -> list[bool]:
+        """Insert documents not in the index, replace those whose hash (text and metadata) changed, leave the
+        others untouched; True for each document inserted or replaced. The hashes are read from the index folder,
+        so this works in a new process on a reopened index."""
+        with self._callback_manager.as_trace("refresh_ref_docs"):
+            out = []
+            for document in documents:
+                stored = self.stored_hash(document.id_)
+                if stored == document.hash:
+                    out.append(False)
+                    continue
+                if stored is None and self._colbert is not None and self._colbert.ids(
+                        filter={REF_DOC_KEY: document.id_}):
+                    self.delete_ref_doc(document.id_)  # nodes inserted without a hash: replaced once
+                self.update_ref_doc(document) if stored is not None else self.insert(document)
+                out.append(True)
+            return out
+
+    async def arefresh_ref_docs(self, documents: Sequence, **update_kwargs: Any) -> list[bool]:
+        return await asyncio.to_thread(self.refresh_ref_docs, documents, **update_kwargs)
+
     @property
     def ref_doc_info(self) -> dict[str, RefDocInfo]:
         out: dict[str, RefDocInfo] = {}
         if self._colbert is None:
             return out
         ids = self._colbert.ids()
+        skip = (NODE_KEY, "_node_type", "doc_id", "document_id", REF_DOC_KEY, HASH_KEY)
         for s in range(0, len(ids), 1000):
             for r in self._colbert.get(ids[s : s + 1000]):
                 ref = r.metadata.get(REF_DOC_KEY)
@@ -287,51 +239,33 @@ class ColBERTIndex(BaseManagedIndex):
                     info = out.setdefault(ref, RefDocInfo(node_ids=[], metadata={}))
                     info.node_ids.append(r.id)
                     if not info.metadata:
-                        info.metadata = {k: v for k, v in r.metadata.items()
-                                         if k not in (NODE_KEY, "_node_type", "doc_id", "document_id", REF_DOC_KEY)}
+                        info.metadata = {k: v for k, v in r.metadata.items() if k not in skip}
         return out
 
     def as_retriever(self, **kwargs: Any) -> "ColBERTRetriever":
         """``similarity_top_k`` (default 4), ``filters`` (``MetadataFilters`` or a dict), ``search_kwargs``
-        (PLAID knobs; ``mode``/``fusion`` for hybrid search), ``vector_store_query_mode`` (LlamaIndex's name:
-        "default" = ColBERT, "hybrid", "sparse"/"text_search" = BM25; needs ``lexical=True``)."""
+        (PLAID knobs; ``mode``/``fusion``/``alpha`` for hybrid search), ``vector_store_query_mode`` (LlamaIndex's
+        name: "default" = ColBERT, "hybrid", "sparse"/"text_search" = BM25; needs ``lexical=True``), ``alpha``
+        (LlamaIndex's hybrid weight of the dense side, 0..1), ``normalize_scores`` (0..1 node scores)."""
         if self._colbert is None:
             raise InvalidArgument(f"the ColBERTIndex at {self.path} is empty: insert documents first")
         qmode = kwargs.pop("vector_store_query_mode", None)
+        search_kwargs = dict(kwargs.pop("search_kwargs", None) or {})
         if qmode is not None:
             qmode = getattr(qmode, "value", qmode)
             modes = {"default": "colbert", "hybrid": "hybrid", "sparse": "bm25", "text_search": "bm25"}
             if qmode not in modes:
                 raise InvalidArgument(f"vector_store_query_mode {qmode!r} is not supported; use one of {sorted(modes)}")
-            kwargs["search_kwargs"] = {**kwargs.get("search_kwargs", {}), "mode": modes[qmode]}
-        allowed = {"similarity_top_k", "filters", "search_kwargs", "callback_manager", "verbose"}
+            search_kwargs["mode"] = modes[qmode]
+        alpha = kwargs.pop("alpha", None)
+        if alpha is not None:
+            search_kwargs["alpha"] = alpha
+        allowed = {"similarity_top_k", "filters", "callback_manager", "verbose", "normalize_scores"}
         unknown = sorted(set(kwargs) - allowed - {"llm", "response_mode", "streaming", "node_postprocessors",
                                                   "text_qa_template", "refine_template", "summary_template",
                                                   "use_async", "output_cls", "response_synthesizer"})
         if unknown:
-            raise InvalidArgument(f"unknown retriever argument(s) {unknown}; supported: {sorted(allowed)}")
-        return ColBERTRetriever(self._colbert, **{k: v for k, v in kwargs.items() if k in allowed})
-
-
-class ColBERTRerank(BaseNodePostprocessor):
-    """Rerank nodes with exact MaxSim and keep the best ``top_n``."""
-
-    model: Any = Field(default=None, description="a colbert_retriever.ColBERT, a hub id, a folder or 'default'")
-    top_n: int = Field(default=3)
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "ColBERTRerank"
-
-    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
-                           ) -> list[NodeWithScore]:
-        if query_bundle is None:
-            raise InvalidArgument("ColBERTRerank needs the query (query_bundle is None)")
-        keep = [n for n in nodes if n.node.get_content(metadata_mode=MetadataMode.NONE).strip()]
-        if not keep:
-            return []
-        if not isinstance(self.model, ColBERT):
-            self.model = load_model(self.model)
-        texts = [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in keep]
-        hits = self.model.rerank(query_bundle.query_str, texts, k=min(self.top_n, len(keep)))
-        return [NodeWithScore(node=keep[int(h.id)].node, score=h.score) for h in hits]
+            raise InvalidArgument(f"unknown retriever argument(s) {unknown}; supported: "
+                                  f"{sorted(allowed | {'search_kwargs', 'vector_store_query_mode', 'alpha'})}")
+        return ColBERTRetriever(self._colbert, search_kwargs=search_kwargs,
+                                **{k: v for k, v in kwargs.items() if k in allowed})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..config import _Config
 from ..encoder import ColBERT

@@ -6,7 +6,7 @@ from langchain_core.documents import Document  # noqa: E402
 from langchain_tests.integration_tests import RetrieversIntegrationTests  # noqa: E402
 
 from colbert_retriever import InvalidArgument, InvalidType  # noqa: E402
-from colbert_retriever.integrations.langchain import ColBERTReranker, ColBERTRetriever  # noqa: E402
+from colbert_retriever.integrations.langchain import ColBERTRerank, ColBERTRetriever  # noqa: E402
 
 from .conftest import DOCS  # noqa: E402
 
@@ -25,7 +25,7 @@ class TestColBERTRetrieverStandard(RetrieversIntegrationTests):
 
     @property
     def retriever_constructor_params(self):
-        return {"index": str(_STATE["path"]), "model": _STATE["model"], "k": 4}
+        return {"index_path": str(_STATE["path"]), "model": _STATE["model"], "k": 4}
 
     @property
     def retriever_query_example(self) -> str:
@@ -89,7 +89,7 @@ def test_reranker(default_model):
             return self.docs
 
     base = ListRetriever(docs=lc_docs())
-    rr = ColBERTReranker(model=default_model, top_n=2)
+    rr = ColBERTRerank(model=default_model, top_n=2)
     out = rr.compress_documents(base.invoke("x"), "how do I parse JSON in Python")
     assert len(out) == 2 and out[0].id == "lc4" and out[0].metadata["rank"] == 1
     # LCEL: retriever | reranker
@@ -186,19 +186,20 @@ def test_vectorstore_long_text_is_split_not_truncated(tmp_path, default_model):
 
 
 def test_retriever_search_kwargs_and_bad_queries(lc_index_path, default_model):
-    r = ColBERTRetriever(index=str(lc_index_path), model=default_model,
+    r = ColBERTRetriever(index_path=str(lc_index_path), model=default_model,
                          search_kwargs={"k": 2, "filter": {"source": "music.txt"}})
     assert [d.metadata["source"] for d in r.invoke("capital")] == ["music.txt", "music.txt"]
     assert len(r.invoke("capital", k=1)) == 1
-    r = ColBERTRetriever(index=str(lc_index_path), model=default_model, search_type="similarity_score_threshold",
-                         search_kwargs={"score_threshold": 0.0, "k": 3})
+    r = ColBERTRetriever(index_path=str(lc_index_path), model=default_model,
+                         search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.0, "k": 3})
     assert len(r.invoke("capital")) == 3
     # pydantic wraps the constructor's error in a ValidationError (a ValueError) carrying our message
     with pytest.raises(ValueError, match="mmr"):
-        ColBERTRetriever(index=str(lc_index_path), model=default_model, search_type="mmr")
+        ColBERTRetriever(index_path=str(lc_index_path), model=default_model, search_type="mmr")
     with pytest.raises(ValueError, match="unknown search argument"):
-        ColBERTRetriever(index=str(lc_index_path), model=default_model, search_kwargs={"fetch_k": 3})
-    r = ColBERTRetriever(index=str(lc_index_path), model="default")
+        ColBERTRetriever(index_path=str(lc_index_path), model=default_model, search_kwargs={"fetch_k": 3})
+    with pytest.warns(DeprecationWarning, match="index_path"):  # the old spelling still works
+        r = ColBERTRetriever(index=str(lc_index_path), model="default")
     for bad in ({"question": "capital"}, ["capital"]):
         with pytest.raises(InvalidType, match="query must be a string"):
             r.invoke(bad)
@@ -210,7 +211,7 @@ def test_user_score_key_is_not_overwritten(tmp_path, default_model):
     r = ColBERTRetriever.from_documents(docs, index_path=tmp_path / "i", model=default_model)
     got = {d.id: d.metadata for d in r.invoke("essay grade", k=2)}
     assert got["g"]["score"] == "A+" and isinstance(got["w"]["score"], float)
-    rr = ColBERTReranker(model="default", top_n=2)
+    rr = ColBERTRerank(model="default", top_n=2)
     assert rr.model is default_model or rr.model.identity == default_model.identity
     assert {d.id: d.metadata["score"] for d in rr.compress_documents(docs, "essay")}["g"] == "A+"
 
@@ -241,11 +242,57 @@ def test_vectorstore_hybrid(tmp_path, default_model):
     assert sorted(d.id for d in hits) == ["lc0", "lc1"]  # the filter acts on both sides: only 2 match
     r = store.as_retriever(search_kwargs={"k": 2, "mode": "hybrid", "fusion": "normalized"})
     assert len(r.invoke("piano keys")) == 2 and r.invoke("piano keys")[0].id == "lc3"
-    with pytest.raises(InvalidArgument, match="score_threshold applies to mode='colbert'"):
-        store.similarity_search("piano", k=2, mode="hybrid", score_threshold=0.5)
+    # relevance is 0..1 in every mode: a threshold works in hybrid mode too
+    scored = store.similarity_search_with_relevance_scores("piano keys", k=4, mode="hybrid")
+    assert all(0.0 <= s <= 1.0 for _, s in scored) and scored[0][1] >= scored[-1][1]
+    assert len(store.similarity_search("piano keys", k=4, mode="hybrid", score_threshold=scored[0][1])) == 1
     retriever = ColBERTRetriever(index=store.index, search_kwargs={"mode": "bm25_rerank", "k": 1})
     assert retriever.invoke("violin bow")[0].id == "lc2"
     # an existing store gains the lexical side when asked
     plain = ColBERTVectorStore.from_documents(lc_docs(), index_path=tmp_path / "p", model=default_model)
     assert not plain.index.has_lexical
     assert ColBERTVectorStore(tmp_path / "p", model=default_model, lexical=True).index.has_lexical
+
+
+def test_rerunning_ingestion_is_idempotent(tmp_path, default_model):
+    """Re-running the same from_documents (documents without ids, as a loader and splitter give them) over the
+    same folder leaves the index as one run left it: the same ids, count and top hits (ids are derived from
+    text and metadata; an existing index is upserted, unchanged documents skipped)."""
+    from colbert_retriever.integrations.langchain import document_id
+
+    chunks = [Document(page_content=t, metadata=m) for t, m in DOCS] + [Document(page_content=DOCS[0][0],
+                                                                                 metadata=DOCS[0][1])]  # a repeat
+    runs = []
+    for _ in range(2):
+        store = ColBERTVectorStore.from_documents(chunks, index_path=tmp_path / "s", model=default_model)
+        runs.append((sorted(store.index.ids()), len(store.index), store.index.generation,
+                     [d.id for d in store.similarity_search("capital of France", k=3)]))
+    assert runs[0][:2] == runs[1][:2] and runs[0][3] == runs[1][3] and runs[1][1] == len(DOCS) + 1
+    assert runs[1][2] == runs[0][2]  # nothing was written the second time
+    first = document_id(DOCS[0][0], DOCS[0][1])
+    assert first in runs[0][0] and f"{first}-2" in runs[0][0]  # the repeat kept, under a suffixed id
+    r1 = ColBERTRetriever.from_documents(chunks, index_path=tmp_path / "r", model=default_model)
+    r2 = ColBERTRetriever.from_documents(chunks, index_path=tmp_path / "r", model=default_model)
+    assert sorted(r1.index.ids()) == sorted(r2.index.ids()) == runs[0][0]
+    with pytest.raises(InvalidArgument, match="already exists"):
+        ColBERTVectorStore.from_documents(chunks, index_path=tmp_path / "s", model=default_model, if_exists="error")
+    fresh = ColBERTVectorStore.from_documents(chunks[:2], index_path=tmp_path / "s", model=default_model,
+                                              if_exists="overwrite")
+    assert len(fresh.index) == 2
+
+
+def test_reranker_scores_long_documents_whole(default_model):
+    """A document longer than the model is scored by its best passage (not its first 256 tokens); the old
+    name still works, with a deprecation warning."""
+    text = long_text()
+    docs = [Document(page_content=text, id="long"), Document(page_content="A short note about apples.", id="s")]
+    rr = ColBERTRerank(model=default_model, top_n=2)
+    out = rr.compress_documents(docs, "secret password tangerine-zeppelin")
+    assert [d.id for d in out] == ["long", "s"] and out[0].page_content == text
+    cut = ColBERTRerank(model=default_model, top_n=2, long_texts="truncate")
+    assert cut.compress_documents(docs, "secret password tangerine-zeppelin")[0].metadata["score"] < \
+        out[0].metadata["score"]
+    from colbert_retriever.integrations.langchain import ColBERTReranker
+
+    with pytest.warns(DeprecationWarning, match="ColBERTRerank"):
+        ColBERTReranker(model=default_model)

@@ -193,3 +193,108 @@ def test_managed_index_hybrid_query_mode(tmp_path, default_model):
     assert sorted(n.node.node_id for n in sparse) == ["n0", "n1"]  # BM25: only documents with the word
     with pytest.raises(InvalidArgument, match="vector_store_query_mode"):
         index.as_retriever(vector_store_query_mode="mmr")
+
+
+def _folder_of_files(tmp_path):
+    docs_dir = tmp_path / "docs"
+    docs_dir.mkdir()
+    for i, (t, _) in enumerate(DOCS):
+        (docs_dir / f"note{i}.txt").write_text(f"# Note {i}\n\n{t}\n\n" + "Filler sentence. " * 30)
+    return docs_dir
+
+
+def test_rerunning_from_documents_is_idempotent(tmp_path, default_model):
+    """SimpleDirectoryReader gives documents random ids; re-running the same ingestion over the same folder gives
+    the same node ids (``stable_node_id``), count and top hits: an upsert, not a second copy."""
+    docs_dir = _folder_of_files(tmp_path)
+    runs = []
+    for _ in range(2):
+        documents = SimpleDirectoryReader(str(docs_dir)).load_data()
+        index = ColBERTIndex.from_documents(documents, index_path=tmp_path / "i", model=default_model)
+        r = index.as_retriever(similarity_top_k=3)
+        runs.append((sorted(index.colbert_index.ids()), len(index.colbert_index),
+                     [n.node.node_id for n in r.retrieve("capital of Germany")]))
+    assert runs[0] == runs[1] and runs[0][1] >= len(DOCS)
+    with pytest.raises(InvalidArgument, match="already exists"):
+        ColBERTIndex.from_documents(documents, index_path=tmp_path / "i", model=default_model, if_exists="error")
+    r1 = ColBERTRetriever.from_documents(documents, tmp_path / "r", model=default_model)
+    r2 = ColBERTRetriever.from_documents(SimpleDirectoryReader(str(docs_dir)).load_data(), tmp_path / "r",
+                                         model=default_model)
+    assert sorted(r1.index.ids()) == sorted(r2.index.ids()) == runs[0][0]
+
+
+REFRESH = """
+import json, sys
+sys.path.insert(0, {root!r})
+from llama_index.core import SimpleDirectoryReader
+from colbert_retriever.integrations.llama_index import ColBERTIndex
+docs = SimpleDirectoryReader({docs!r}, filename_as_id=True).load_data()
+index = ColBERTIndex.load_from_disk({path!r})
+before = len(index.colbert_index)
+print(json.dumps([index.refresh_ref_docs(docs), before, len(index.colbert_index)]))
+"""
+
+
+def test_refresh_ref_docs_after_reopening_in_a_new_process(tmp_path, default_model):
+    """Ref-doc hashes live in the index folder: a new process reopening the index refreshes unchanged files as
+    no-ops, an edited file as a replacement, a new file as an insert."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs_dir = _folder_of_files(tmp_path)
+    docs = SimpleDirectoryReader(str(docs_dir), filename_as_id=True).load_data()
+    ColBERTIndex.from_documents(docs, index_path=tmp_path / "i", model=default_model)
+    script = tmp_path / "refresh.py"
+    script.write_text(REFRESH.format(root=str(Path(__file__).resolve().parents[2]), docs=str(docs_dir),
+                                     path=str(tmp_path / "i")))
+
+    def run():
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    refreshed, before, after = run()
+    assert refreshed == [False] * len(DOCS) and before == after
+    (docs_dir / "note2.txt").write_text("# Note 2\n\nThe cello is a larger string instrument.")
+    (docs_dir / "note9.txt").write_text("# Note 9\n\nA brand new file about harpsichords.")
+    refreshed, _, _ = run()
+    assert sum(refreshed) == 2 and len(refreshed) == len(DOCS) + 1
+    index = ColBERTIndex(tmp_path / "i", model=default_model)
+    top = index.as_retriever(similarity_top_k=1).retrieve("harpsichords")[0].node
+    assert top.ref_doc_id.endswith("note9.txt")
+    assert not any("violin" in n.node.get_content() for n in
+                   index.as_retriever(similarity_top_k=20).retrieve("violin bow"))  # the old note2 is gone
+
+
+def test_persist_and_the_standard_storage_idioms(tmp_path, default_model):
+    """The folder is the store: ``persist(other)`` copies it and ``load_from_disk`` reopens it. LlamaIndex's
+    ``storage_context.persist`` still works, and ``load_index_from_storage`` on it says there is no index there
+    (this index keeps no nodes in a StorageContext) instead of importing an OpenAI embedding."""
+    from llama_index.core import StorageContext, load_index_from_storage
+
+    index = ColBERTIndex(tmp_path / "i", model=default_model, nodes=nodes())
+    index.persist(tmp_path / "copy")
+    again = ColBERTIndex.load_from_disk(tmp_path / "copy", model=default_model)
+    assert sorted(again.colbert_index.ids()) == sorted(index.colbert_index.ids())
+    assert again.as_retriever(similarity_top_k=1).retrieve("capital of Germany")[0].node.node_id == "n1"
+    index.storage_context.persist(persist_dir=str(tmp_path / "ctx"))
+    with pytest.raises(ValueError, match="No index in storage context"):
+        load_index_from_storage(StorageContext.from_defaults(persist_dir=str(tmp_path / "ctx")))
+    with pytest.raises(InvalidArgument, match="holds no colbert-retriever index"):
+        ColBERTIndex.load_from_disk(tmp_path / "ctx")
+
+
+def test_hybrid_alpha_normalized_scores_and_long_nodes(tmp_path, default_model):
+    index = ColBERTIndex(tmp_path / "i", model=default_model, nodes=nodes(), lexical=True)
+    r = index.as_retriever(vector_store_query_mode="hybrid", alpha=0.9, similarity_top_k=3, normalize_scores=True)
+    assert r.search_kwargs == {"mode": "hybrid", "alpha": 0.9}
+    got = r.retrieve("piano keys")
+    assert got[0].node.node_id == "n3" and all(0.0 <= n.score <= 1.0 for n in got)
+    long = TextNode(id_="long", text="Filler sentence about nothing. " * 120 + "The harpsichord plucks strings.")
+    short = TextNode(id_="short", text="A note about apples.")
+    rr = ColBERTRerank(model=default_model, top_n=2)
+    out = rr.postprocess_nodes([NodeWithScore(node=short), NodeWithScore(node=long)],
+                               QueryBundle("harpsichord plucks strings"))
+    assert out[0].node.node_id == "long"  # its best passage counts, not its first 256 tokens
