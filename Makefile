@@ -30,8 +30,12 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m colbert_retriever.demo
 
+# the linter, the suite (numba kernels where numba imports), then the search tests once more on the torch kernels
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q --kernels torch tests/test_search.py tests/test_index.py tests/test_format.py \
+		tests/test_hybrid.py tests/test_lifecycle.py
 
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu"

@@ -83,8 +83,8 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
             old = None
             if storage.holds_our_index(path):
                 if not overwrite:
-                    raise InvalidArgument(f"an index already exists at {path}; pass overwrite=True (CLI: "
-                                          f"--overwrite) to replace it")
+                    raise InvalidArgument(f"an index already exists at {path}; if_exists='upsert' adds to it by "
+                                          f"id, 'overwrite' replaces it")
                 with contextlib.suppress(IndexFormatError):
                     old = storage.read_metadata(path)
             storage.collect_garbage(path, old.referenced_files() if old else set())

@@ -75,14 +75,15 @@ def test_version_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("index", "search", "eval", "add", "delete", "info"):
+    for cmd in ("index", "search", "eval", "add", "delete", "info", "compact", "lexical"):
         assert f"  {cmd}" in out
     import argparse
 
     from colbert_retriever.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"index", "search", "eval", "add", "delete", "info", "train", "bench"}
+    assert set(sub.choices) == {"index", "search", "eval", "add", "delete", "info", "train", "bench", "compact",
+                                "lexical"}
     for cmd, parser in sub.choices.items():  # every subcommand, argument and flag has a help text
         assert any(c.dest == cmd and c.help for c in sub._choices_actions), cmd
         for action in parser._actions:
@@ -111,10 +112,12 @@ def test_text_folder_add_delete_info_exhaustive(tmp_path, capsys):
     assert len({h["id"] for h in hits}) == 3
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"_id": "paris.txt", "text": "Paris hosts the Louvre."}) + "\n")
-    assert main(["add", str(idx), str(more), "--quiet"]) == 2
-    assert "already in the index" in capsys.readouterr().err
-    assert main(["add", str(idx), str(more), "--quiet", "--on-conflict", "replace"]) == 0
-    assert json.loads(capsys.readouterr().out)["documents"] == 3
+    assert main(["add", str(idx), str(more), "--quiet", "--on-conflict", "error"]) == 2
+    err = capsys.readouterr().err
+    assert "already in the index" in err and "--on-conflict replace" in err  # the remedy names the CLI flag
+    for _ in range(2):  # the default replaces (upsert): a re-run changes nothing
+        assert main(["add", str(idx), str(more), "--quiet"]) == 0
+        assert json.loads(capsys.readouterr().out)["documents"] == 3
     assert main(["delete", str(idx), "--filter", '{"path": "sub/piano.md"}']) == 0
     assert json.loads(capsys.readouterr().out) == {"index": str(idx), "deleted": 1, "documents": 2}
     assert main(["delete", str(idx)]) == 2
@@ -134,7 +137,7 @@ def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):
     capsys.readouterr()
     cases = [
         (["eval", str(beir / "corpus.jsonl"), str(idx)], "needs a judged folder"),
-        (["index", str(beir), str(idx), "--quiet"], "pass --overwrite"),
+        (["index", str(beir), str(idx), "--quiet", "--if-exists", "error"], "--if-exists overwrite"),
         (["index", str(tmp_path / "nothing"), str(tmp_path / "x")], "does not exist"),
         (["index", str(tmp_path / "idx" / "metadata.json"), str(tmp_path / "y")], "expected a .jsonl"),
         (["search", str(idx), "q", "--filter", '{"a": {"$like": 1}}'], "unknown filter operator"),
@@ -204,3 +207,28 @@ def test_internal_errors_keep_their_traceback(monkeypatch, beir, tmp_path):
     monkeypatch.setattr(builtins, "open", broken)
     with pytest.raises(RuntimeError, match="internal bug"):
         main(["index", str(beir), str(tmp_path / "i"), "--quiet"])
+
+
+def test_rerunning_index_and_add_is_idempotent(tmp_path, capsys, beir):
+    """The CLI's index and add over the same data again leave the index as one run left it: same ids, count,
+    generation (nothing written) and top hits; compact, lexical and 'no results' work from the command line."""
+    idx = tmp_path / "idx"
+    states = []
+    for _ in range(2):
+        assert main(["index", str(beir), str(idx), "--quiet"]) == 0
+        assert main(["add", str(idx), str(beir), "--quiet"]) == 0
+        assert main(["search", str(idx), "capital of France", "--json", "-k", "2"]) == 0
+        capsys.readouterr()
+        meta = json.loads((idx / "metadata.json").read_text())
+        assert main(["search", str(idx), "capital of France", "--json", "-k", "2"]) == 0
+        states.append((meta["counts"], meta["generation"], [h["id"] for h in json.loads(capsys.readouterr().out)]))
+    assert states[0] == states[1]
+    assert main(["delete", str(idx), "a"]) == 0 and main(["compact", str(idx), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compact", str(idx), "--quiet", "--recluster", "no"]) == 0
+    assert json.loads(capsys.readouterr().out)["segments"] == 1
+    assert main(["search", str(idx), "zzz", "--mode", "bm25"]) == 2
+    assert "colbert-retriever lexical INDEX" in capsys.readouterr().err
+    assert main(["lexical", str(idx)]) == 0 and json.loads(capsys.readouterr().out)["added"] is True
+    assert main(["search", str(idx), "zzzqqq", "--mode", "bm25"]) == 0
+    assert capsys.readouterr().out.startswith("no results")

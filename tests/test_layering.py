@@ -34,8 +34,10 @@ LAYERS = [
     {"index"},
     # 10: the package, and what sits on the public API
     {"__init__", "evaluation", "distributed"},
-    # 11: entry points
-    {"cli", "demo"},
+    # 11: the command line's commands; the demo
+    {"_cli_commands", "demo"},
+    # 12: the command line
+    {"cli"},
 ]
 LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 DOORS = {("_kernels", "triton_kernels"), ("_kernels", "_numba")}

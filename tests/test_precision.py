@@ -73,25 +73,29 @@ def test_bf16_documents_close_to_float32(colbert_ai_ckpt, tmp_path):
 
 
 def test_same_index_from_the_same_text_on_either_cpu(monkeypatch, colbert_ai_ckpt, tmp_path):
-    """Default (auto) builds on a bf16 CPU and on a plain one give the same codes and residuals (float32
-    assignment and k-means sample), and an index built on one kind answers the same on the other."""
+    """The same documents' dtype gives the same index on a bf16 CPU and on a plain one (float32 assignment and
+    k-means sample: the CPU kind changes no code); an index built with the auto policy on one kind (bf16
+    documents on a bf16 CPU, recorded) opens and answers the same on the other (queries are float32 on both)."""
     texts = make_corpus(400, seed=15)
     built = {}
     for flag in ("0", "1"):
         monkeypatch.setenv(CPU_BF16_ENV, flag)
-        model = ColBERT.from_pretrained(colbert_ai_ckpt)  # dtype="auto"
-        built[flag] = Index.build(tmp_path / f"cpu{flag}", texts, model=model, show_progress=False)
-    if BF16_DOCUMENTS_ON_BF16_CPUS:
-        pytest.skip("auto encodes documents in bf16 on bf16 CPUs: the indexes differ by design")
+        built[flag] = Index.build(tmp_path / f"cpu{flag}", texts, show_progress=False,
+                                  model=ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32"))
     seg = {f: idx.metadata["segments"][0]["name"] for f, idx in built.items()}
     for part in ("codes", "residuals"):
         a = (built["0"].path / f"{seg['0']}.{part}.npy").read_bytes()
         b = (built["1"].path / f"{seg['1']}.{part}.npy").read_bytes()
         assert a == b, part
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    auto = Index.build(tmp_path / "auto", texts, model=ColBERT.from_pretrained(colbert_ai_ckpt), show_progress=False)
+    recorded = auto.metadata["provenance"]["precision"]["documents"]
+    assert recorded == ("bfloat16" if BF16_DOCUMENTS_ON_BF16_CPUS else "float32")
+    queries = make_corpus(5, seed=16)
+    here = [[(h.id, h.score) for h in auto.search(q, k=5)] for q in queries]
     monkeypatch.setenv(CPU_BF16_ENV, "0")
-    other = Index.open(built["1"].path, model=ColBERT.from_pretrained(colbert_ai_ckpt))
-    for q in make_corpus(5, seed=16):
-        assert [(h.id, h.score) for h in other.search(q, k=5)] == [(h.id, h.score) for h in built["1"].search(q, k=5)]
+    other = Index.open(tmp_path / "auto", model=ColBERT.from_pretrained(colbert_ai_ckpt))
+    assert [[(h.id, h.score) for h in other.search(q, k=5)] for q in queries] == here
 
 
 def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
