@@ -161,3 +161,11 @@ def _check_value(v: Any, where: str, depth: int) -> None:
             _check_value(value, f"{where}[{j}]", depth + 1)
     else:
         raise InvalidType(f"{where} is {type(v).__name__}, which is not JSON-serialisable")
+
+
+def lock_timeout(value: Any) -> float:
+    """Seconds a writer waits for another (>= 0; 0: do not wait)."""
+    value = number(value, "lock_timeout")
+    if value < 0:
+        raise InvalidArgument(f"lock_timeout must be >= 0 seconds (0: do not wait), got {value}")
+    return value

@@ -14,24 +14,24 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from . import _parallel, _validate, compaction, retrieval, storage, writer
+from . import _parallel, _validate, compaction, embedded, retrieval, storage, writer
 from ._device import resolve_device
 from .codec import ResidualCodec
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .docstore import StaleSnapshot
 from .encoder import ColBERT
+from .external import EmbeddingsOnly
 from .models import load_model
 from .errors import IncompatibleModelError, InvalidArgument, InvalidType
 from .filters import compile_filter
 from .fusion import DEFAULT_FUSION
 from .hits import Hit, Record
-from .ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, prepare_rows
+from .ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
 from .reader import Reader, Snapshot, check_model_matches
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ _STALE_RETRIES = 3
 
 
 def _check_model(model: Any) -> None:
-    if not isinstance(model, ColBERT):
+    if not isinstance(model, (ColBERT, EmbeddingsOnly)):
         raise InvalidType(f"model must be a ColBERT (e.g. ColBERT.default() or ColBERT.from_pretrained(name)), got "
                           f"{type(model).__name__}")
 
@@ -49,25 +49,6 @@ def _check_model(model: Any) -> None:
 def _check_verify(verify) -> None:
     if not (verify is True or verify is False or (isinstance(verify, str) and verify in ("auto", "deep"))):
         raise InvalidArgument(f"verify must be True, False, 'auto' or 'deep', got {verify!r}")
-
-
-IF_EXISTS = ("upsert", "overwrite", "error")
-
-
-def _if_exists(if_exists: str, overwrite: Optional[bool]) -> str:
-    if overwrite is not None:
-        _validate.flag(overwrite, "overwrite")
-        warnings.warn("Index.build(overwrite=...) is deprecated: pass if_exists='overwrite' (or 'error')",
-                      DeprecationWarning, stacklevel=3)
-        return "overwrite" if overwrite else "error"
-    return check_mode("if_exists", if_exists, IF_EXISTS)
-
-
-def _check_lock_timeout(value) -> float:
-    value = _validate.number(value, "lock_timeout")
-    if value < 0:
-        raise InvalidArgument(f"lock_timeout must be >= 0 seconds (0: do not wait), got {value}")
-    return value
 
 
 class Index:
@@ -80,7 +61,7 @@ class Index:
         self.path = Path(path)
         self.model = model
         self.device = resolve_device(device) if device is not None else model.device
-        self.lock_timeout = _check_lock_timeout(lock_timeout)
+        self.lock_timeout = _validate.lock_timeout(lock_timeout)
         self.verify = verify
         self._reader = Reader(self.path, model, self.device, verify)
         self._writer = writer.Writer(self.path, model, self.lock_timeout, self._reader)
@@ -116,7 +97,7 @@ class Index:
         nothing in it is touched. ``overwrite=True`` is the older spelling of ``if_exists="overwrite"``.
         """
         path = _validate.path_arg(path)
-        if_exists = _if_exists(if_exists, overwrite)
+        if_exists = if_exists_mode(if_exists, overwrite)
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]
         given_metadatas = metadatas is not None
@@ -127,7 +108,7 @@ class Index:
             raise InvalidArgument(f"nbits={nbits} contradicts codec_config.nbits={codec_config.nbits}; give one")
         codec_config = codec_config or CodecConfig(nbits=2 if nbits is None else _validate.positive_int(nbits, "nbits"))
         _validate.flag(lexical, "lexical")
-        lock_timeout = _check_lock_timeout(lock_timeout)
+        lock_timeout = _validate.lock_timeout(lock_timeout)
         device = resolve_device(device) if device is not None else None
         model = load_model(model, device=device)
         check_mode("truncate", truncate, TRUNCATE_MODES)
@@ -161,6 +142,35 @@ class Index:
         return index
 
     @classmethod
+    def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids: Optional[Sequence[str]] = None,
+                              metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,
+                              model=None, name: Optional[str] = None, nbits: Optional[int] = None,
+                              codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
+                              show_progress: bool = True, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                              lexical: bool = False) -> "Index":
+        """An index of precomputed multi-vector embeddings: ``embeddings[i]`` is document i's (tokens, dim)
+        tensor or numpy array (any float dtype, any dim with dim x nbits a multiple of 8), from any encoder (a
+        PyLate model, ColPali page embeddings, fast-plaid's inputs). ``embeddings`` may be any sequence with
+        ``len`` and indexing: it is read a document at a time (a lazy reader keeps memory at one chunk). Rows are
+        L2-normalised (scores are cosine MaxSim, as ColBERT's). ids, metadatas, if_exists as in ``build``;
+        texts: optional, stored and returned as ``Hit.text`` (needed for ``lexical=True``). model: the
+        ``ColBERT`` that made the embeddings, if one did (then ``search("text")`` works and the index records it);
+        otherwise ``name`` labels the embeddings' origin and queries are embeddings (``search_embeddings``). Each
+        document is checked as it is read (shape, dtype, finite values): a bad one stops the build, naming it,
+        and nothing is committed."""
+        return embedded.build_from_embeddings(cls, path, embeddings, ids, metadatas, texts, model=model, name=name,
+                                              nbits=nbits, codec_config=codec_config, if_exists=if_exists,
+                                              show_progress=show_progress, device=device, lock_timeout=lock_timeout,
+                                              lexical=lexical)
+
+    def add_embeddings(self, embeddings: Sequence, ids: Optional[Sequence[str]] = None,
+                       metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,
+                       on_conflict: str = "error", show_progress: bool = False, merge: bool = True) -> list[str]:
+        """``add`` for precomputed embeddings (see ``build_from_embeddings``); their dim must be the index's."""
+        return embedded.add_embeddings(self, embeddings, ids, metadatas, texts, on_conflict=on_conflict,
+                                       show_progress=show_progress, merge=merge)
+
+    @classmethod
     def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None, *,
              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, verify: Union[bool, str] = "auto") -> "Index":
         """Open an index; the model is restored from the index's metadata unless given (then it must match).
@@ -177,7 +187,9 @@ class Index:
         device = resolve_device(device) if device is not None else None
         meta = storage.read_metadata(path)
         m = meta.model
-        if model is None or isinstance(model, (str, os.PathLike)):
+        if model is None and m.get("kind") == "embeddings":  # built from embeddings, no model named
+            model = EmbeddingsOnly(int(m["encoder_config"].get("dim", 0)), m["name"], m["identity"])
+        elif model is None or isinstance(model, (str, os.PathLike)):
             try:
                 # the index says how its documents were encoded (e.g. a doc_maxlen chosen at build time): a
                 # view of the shared model with that config

@@ -8,12 +8,16 @@ warning that counts the tokens dropped ("warn").
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Optional
 
 from .errors import InvalidArgument
 
 TRUNCATE_MODES = ("warn", "error", "chunk")
 ON_CONFLICT = ("error", "replace")
+IF_EXISTS = ("upsert", "overwrite", "error")
+"""What building into a folder that already holds an index means (``Index.build``): the one rule of every entry
+point (the CLI, both adapters' ``from_documents``)."""
 
 
 @dataclasses.dataclass
@@ -30,6 +34,17 @@ def check_mode(name: str, value: str, choices: tuple) -> str:
     if value not in choices:
         raise InvalidArgument(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def if_exists_mode(if_exists: str, overwrite: Optional[bool] = None) -> str:
+    """``if_exists`` checked; ``overwrite=True/False`` is its older spelling ("overwrite" / "error"), deprecated."""
+    if overwrite is not None:
+        if not isinstance(overwrite, bool):
+            raise InvalidArgument(f"overwrite must be True or False, got {overwrite!r}")
+        warnings.warn("overwrite= is deprecated: pass if_exists='overwrite' (or 'error')", DeprecationWarning,
+                      stacklevel=3)
+        return "overwrite" if overwrite else "error"
+    return check_mode("if_exists", if_exists, IF_EXISTS)
 
 
 def prepare_rows(model, ids: list, texts: list, metadatas: list, truncate: str) -> Rows:

@@ -69,8 +69,16 @@ class Snapshot:
 
 
 def check_model_matches(path: Path, meta: IndexMeta, model) -> None:
-    """Refuse a model whose weights or encoder config differ from those the index was built with."""
+    """Refuse a model whose weights or encoder config differ from those the index was built with. An index built
+    from precomputed embeddings with no model named takes any model of its dimension (its queries must come from
+    the encoder that made the documents' embeddings; the library cannot check that)."""
     m = meta.model
+    if m.get("kind") == "embeddings" and model.identity != m["identity"]:
+        dim = m["encoder_config"].get("dim")
+        if model.config.dim != dim:
+            raise IncompatibleModelError(f"the index at {path} holds {dim}-dimensional embeddings; the model given "
+                                         f"makes {model.config.dim}-dimensional ones")
+        return
     if model.identity != m["identity"]:
         raise IncompatibleModelError(
             f"the index at {path} was built with model {m['name']!r} (weights {m['identity']}); the model given is "

@@ -17,7 +17,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from .codec import ResidualCodec
 from .config import CodecConfig
 from .docstore import DocStore
 from .errors import IndexFormatError, InvalidArgument
+from .external import EmbeddingsOnly
 from .ingest import Rows
 from .layout import Counts, IndexMeta, SegmentMeta
 from .reader import Reader, Segment, check_model_matches
@@ -46,7 +47,10 @@ def now() -> str:
 
 
 def model_meta(model) -> dict:
-    return {"name": model.name, "identity": model.identity, "encoder_config": model.config.to_dict()}
+    meta = {"name": model.name, "identity": model.identity, "encoder_config": model.config.to_dict()}
+    if isinstance(model, EmbeddingsOnly):
+        meta["kind"] = "embeddings"  # built from precomputed embeddings, no model named
+    return meta
 
 
 def write_codec(path: Path, codec: ResidualCodec) -> tuple[dict, dict]:
@@ -71,9 +75,13 @@ def copy_segments(path: Path, loaded: list[Segment], codec: ResidualCodec, chunk
 
 def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_size: int, chunk_docs: int,
           show_progress: bool, overwrite: bool, provenance: Optional[dict], codec: Optional[ResidualCodec],
-          lock_timeout: float, lexical: bool) -> None:
+          lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None) -> None:
     """Encode, compress and commit ``rows`` as a new index at ``path`` (see ``Index.build``). A first build that
-    fails leaves no folder behind; an existing index stays readable until the new one is committed."""
+    fails leaves no folder behind; an existing index stays readable until the new one is committed. encoder and
+    sources: what is encoded (default: ``model`` over the rows' texts; ``external.GivenEmbeddings`` over document
+    numbers for precomputed embeddings)."""
+    encoder = model if encoder is None else encoder
+    sources = rows.texts if sources is None else sources
     storage.check_ownership(path)  # before the lock file is created
     created = not path.exists()
     t_start = time.perf_counter()
@@ -91,7 +99,7 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
             times = StageTimes()
             with progress_bar(len(rows.texts), show_progress, "encoding") as bar:
                 if codec is None:
-                    codec, cache, est = train_codec(model, rows.texts, codec_config, batch_size, show_progress,
+                    codec, cache, est = train_codec(encoder, sources, codec_config, batch_size, show_progress,
                                                     times, bar)
                 else:
                     if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
@@ -99,7 +107,7 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                                               f"nbits={codec_config.nbits}, dim={model.config.dim}")
                     cache, est = {}, 0
                 with SegmentWriter(path, codec) as writer:
-                    encode_and_compress(model, codec, rows.texts, writer, cache, batch_size, chunk_docs,
+                    encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs,
                                         show_progress, times, bar=bar)
                     seg = writer.finish()
             t0 = time.perf_counter()
@@ -133,8 +141,9 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
 
 
 def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep_metadata: bool):
-    """Upsert: leave out the documents stored exactly as given (text and metadata), and give replaced documents
-    their stored metadata when none was given. Returns the rows left and the ids they replace."""
+    """Upsert: leave out the documents stored exactly as given (``documents``: id -> (text, metadata); empty for
+    precomputed embeddings, which are never skipped), and give replaced documents their stored metadata when none
+    was given. Returns the rows left and the ids they replace."""
     same = set()
     for id_, (text, metadata) in documents.items():
         if id_ in stored:
@@ -200,12 +209,14 @@ class Writer:
         return segments
 
     def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True, *,
-            documents: Optional[dict] = None, keep_metadata: bool = False) -> None:
+            documents: Optional[dict] = None, keep_metadata: bool = False, encoder=None,
+            sources: Optional[Sequence] = None) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
         (``on_conflict="error"``) or replaced in the same commit ("replace"). documents: id -> (text, metadata) as
         given (before chunking): with "replace", a live document with the same text and metadata is skipped;
         keep_metadata: a replaced document keeps its stored metadata (none was given). merge: merge small tail
-        segments (``MERGE_FACTOR``)."""
+        segments (``MERGE_FACTOR``). encoder and sources: as in ``build``."""
+        encoder = self.model if encoder is None else encoder
         with self.transaction() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
@@ -213,15 +224,15 @@ class Writer:
                 if clash and on_conflict == "error":
                     raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]} (pass "
                                           f"on_conflict='replace' or use upsert to replace them)")
-                if clash and documents is not None:
-                    rows, clash = _skip_unchanged(rows, clash, ds.rows_of(sorted(clash), n, gen), documents,
+                if clash and (documents is not None or keep_metadata):
+                    rows, clash = _skip_unchanged(rows, clash, ds.rows_of(sorted(clash), n, gen), documents or {},
                                                   keep_metadata)
                     if not rows.ids:
                         return  # every document given is already there as given: nothing to write
                 codec = self.reader.codec_for(meta)  # the committed codec, whatever this handle saw before
                 with SegmentWriter(self.path, codec) as writer:
-                    encode_and_compress(self.model, codec, rows.texts, writer, None, batch_size, 4096, show_progress,
-                                        StageTimes(), desc="adding")
+                    encode_and_compress(encoder, codec, rows.texts if sources is None else sources, writer, None,
+                                        batch_size, 4096, show_progress, StageTimes(), desc="adding")
                     seg = writer.finish()
                 replaced = sorted(p for ps in clash.values() for p in ps)
                 if replaced:

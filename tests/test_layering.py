@@ -21,15 +21,15 @@ LAYERS = [
     # 3: assembling models; the codec
     {"_loading", "codec", "_numba"},
     # 4: the encoder; the index's arrays
-    {"encoder", "arrays"},
+    {"encoder", "arrays", "external"},
     # 5: the model cache, search stages, segment building, training loop
     {"models", "stages", "builder", "training.trainer"},
     # 6: planning and running a search; reading a folder
     {"plaid", "reader", "training"},
     # 7: query time over a snapshot; writes
     {"retrieval", "writer"},
-    # 8: compaction
-    {"compaction"},
+    # 8: compaction; indexes of precomputed embeddings
+    {"compaction", "embedded"},
     # 9: the facade
     {"index"},
     # 10: the package, and what sits on the public API

@@ -1,0 +1,133 @@
+"""Indexes of precomputed multi-vector embeddings: build, add, upsert, search, filters, reopen; validation that
+names the document; lazy sequences read a document at a time; an index naming the model that made the
+embeddings answers text queries like an index built from the texts."""
+
+import numpy as np
+import pytest
+import torch
+
+from colbert_retriever import Index, InvalidArgument, InvalidType
+
+from .conftest import make_corpus
+
+
+def clustered(n_docs=600, dim=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.nn.functional.normalize(torch.randn(40, dim, generator=g), dim=-1)
+    docs = []
+    for _ in range(n_docs):
+        n = int(torch.randint(3, 30, (1,), generator=g))
+        topics = torch.randint(0, 40, (n,), generator=g)
+        docs.append(torch.nn.functional.normalize(centers[topics] + 0.15 * torch.randn(n, dim, generator=g), dim=-1))
+    return docs
+
+
+def planted_query(doc: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(doc[:8] + 0.02 * torch.randn(doc[:8].shape, generator=g), dim=-1)
+
+
+def test_build_search_update_reopen(tmp_path):
+    docs = clustered()
+    mixed = [d if i % 2 else d.numpy().astype(np.float16) for i, d in enumerate(docs)]  # tensors and arrays
+    ids = [f"p{i}" for i in range(len(docs))]
+    metas = [{"page": i, "book": "a" if i < 300 else "b"} for i in range(len(docs))]
+    texts = [f"page {i}" for i in range(len(docs))]
+    idx = Index.build_from_embeddings(tmp_path / "i", mixed, ids, metas, texts, name="pylate-test",
+                                      show_progress=False)
+    assert len(idx) == 600 and idx.metadata["model"]["kind"] == "embeddings"
+    assert idx.metadata["model"]["name"] == "pylate-test" and idx.metadata["model"]["encoder_config"]["dim"] == 64
+    found = 0
+    for i in range(0, 600, 60):
+        hits = idx.search_embeddings(planted_query(docs[i], i)[None], k=5)[0]
+        found += hits[0].id == f"p{i}"
+        assert hits[0].metadata == metas[int(hits[0].id[1:])] and hits[0].text == f"page {hits[0].id[1:]}"
+    assert found >= 9
+    hits = idx.search_embeddings(planted_query(docs[10], 1)[None], k=5, filter={"book": "b"})[0]
+    assert len(hits) == 5 and all(h.metadata["book"] == "b" for h in hits)
+    with pytest.raises(InvalidArgument, match="search_embeddings"):
+        idx.search("a text query", k=3)
+    new = clustered(5, seed=9)
+    idx.add_embeddings(new, ids=[f"n{i}" for i in range(5)])
+    assert idx.search_embeddings(planted_query(new[2], 3)[None], k=1)[0][0].id == "n2"
+    idx.add_embeddings([new[4]], ids=["p0"], on_conflict="replace")  # upsert: p0 now holds new[4]'s embeddings
+    assert idx.get(["p0"])[0].metadata == metas[0]  # no metadata given: the old one stays
+    assert {h.id for h in idx.search_embeddings(planted_query(new[4], 5)[None], k=2)[0]} == {"p0", "n4"}
+    idx.delete(["p1"])
+    idx.compact()
+    reopened = Index.open(tmp_path / "i")  # no model named: the index opens on its embeddings alone
+    assert len(reopened) == 604 and reopened.search_embeddings(planted_query(new[2], 3)[None], k=1)[0][0].id == "n2"
+    again = Index.build_from_embeddings(tmp_path / "i", [new[1]], ids=["n1"], show_progress=False)  # upsert
+    assert len(again) == 604
+
+
+def test_model_named_at_build_answers_text_queries(tmp_path, tiny_model):
+    """Embeddings made by a ColBERT model (here: its own document encodings), indexed with that model named,
+    answer text queries like an index built from the texts."""
+    texts = make_corpus(300, seed=3)
+    embs = tiny_model.encode_documents(texts)
+    from_embs = Index.build_from_embeddings(tmp_path / "e", embs, texts=texts, model=tiny_model, show_progress=False)
+    from_texts = Index.build(tmp_path / "t", texts, model=tiny_model, show_progress=False)
+    assert from_embs.metadata["model"]["identity"] == tiny_model.identity
+    for q in make_corpus(5, seed=4):
+        a = [(h.id, round(h.score, 3)) for h in from_embs.search(q, k=5, exhaustive=True)]
+        b = [(h.id, round(h.score, 3)) for h in from_texts.search(q, k=5, exhaustive=True)]
+        assert [i for i, _ in a] == [i for i, _ in b]
+    with pytest.raises(InvalidArgument, match="dim"):
+        Index.build_from_embeddings(tmp_path / "x", clustered(3, dim=64), model=tiny_model, show_progress=False)
+
+
+class Lazy:
+    """A sequence that reads documents on demand (as a reader over files would) and counts the reads."""
+
+    def __init__(self, docs):
+        self.docs, self.reads = docs, 0
+
+    def __len__(self):
+        return len(self.docs)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.docs[i].numpy()
+
+
+def test_lazy_sequences_are_read_a_document_at_a_time(tmp_path):
+    lazy = Lazy(clustered(400))
+    idx = Index.build_from_embeddings(tmp_path / "i", lazy, show_progress=False)
+    assert len(idx) == 400 and lazy.reads <= 2 * 400 + 1  # the k-means sample's documents are not read again
+
+
+@pytest.mark.parametrize("bad,exc,match", [
+    ([torch.zeros(3)], InvalidArgument, r"embeddings\[0\] has shape \(3,\)"),
+    ([torch.ones(2, 64), torch.ones(2, 32)], InvalidArgument, r"embeddings\[1\] has shape \(2, 32\)"),
+    ([torch.ones(2, 64), torch.full((3, 64), float("nan"))], InvalidArgument, r"embeddings\[1\] holds NaN"),
+    ([torch.ones(0, 64)], InvalidArgument, r"embeddings\[0\] has shape \(0, 64\)"),
+    ([torch.ones(2, 64, dtype=torch.int64)], InvalidType, "expected floats"),
+    ([np.ones((2, 64), dtype=np.int32)], InvalidType, "expected floats"),
+    ([torch.ones(2, 6)], InvalidArgument, "multiple of 8"),  # 6 dims x 2 bits
+    ([], InvalidArgument, "empty"),
+    ("not a list", InvalidType, "sequence"),
+])
+def test_bad_embeddings_are_named_and_nothing_is_written(tmp_path, bad, exc, match):
+    with pytest.raises(exc, match=match):
+        Index.build_from_embeddings(tmp_path / "i", bad, show_progress=False)
+    assert not (tmp_path / "i").exists()
+
+
+def test_bad_document_deep_in_a_collection_stops_the_build(tmp_path):
+    docs = clustered(300)
+    docs[250] = torch.full((4, 64), float("inf"))
+    with pytest.raises(InvalidArgument, match=r"embeddings\[250\] holds NaN or infinite"):
+        Index.build_from_embeddings(tmp_path / "i", docs, show_progress=False)
+    assert not (tmp_path / "i").exists()
+
+
+def test_texts_and_lexical_arguments(tmp_path):
+    docs = clustered(20)
+    with pytest.raises(InvalidArgument, match="texts has 3 entries"):
+        Index.build_from_embeddings(tmp_path / "i", docs, texts=["a", "b", "c"], show_progress=False)
+    with pytest.raises(InvalidArgument, match="lexical=True needs texts"):
+        Index.build_from_embeddings(tmp_path / "i", docs, lexical=True, show_progress=False)
+    idx = Index.build_from_embeddings(tmp_path / "i", docs, texts=[f"page about {w}" for w in "abcdefghijklmnopqrst"],
+                                      lexical=True, show_progress=False)
+    assert idx.search("about q", k=1, mode="bm25")[0].id == "16"
