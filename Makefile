@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m clean
 
 $(PY):
 	python3 -m venv .venv
@@ -64,11 +64,29 @@ bench-contention: setup
 bench-query-path: setup
 	$(PY) benchmarks/query_path.py
 
-# colbert-ai 0.2.22 in its own virtualenv (it wants transformers 4.57; compiles its C++ extensions at first use)
+# the peers, each in its own virtualenv: fast-plaid 1.7 (pins torch 2.11) fed our model's embeddings, and colbert-ai
+# 0.2.22 (wants transformers 4.57; compiles its C++ extensions at first use)
 PEERS_VENV := benchmarks/work/peers-venv
-bench-peers:
+bench-peers: bench-fastplaid bench-colbert-ai
+
+bench-fastplaid: setup
+	bash benchmarks/peers/setup_fastplaid.sh
+	$(PY) benchmarks/fastplaid.py
+
+bench-colbert-ai:
 	bash benchmarks/peers/setup.sh $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python benchmarks/peers.py
+
+bench-precision: setup
+	$(PY) benchmarks/precision.py
+
+bench-coldstart: setup
+	$(PY) benchmarks/coldstart.py
+
+# 10M token embeddings built through the embeddings API (about an hour on 2 cores, ~3 GB of disk under
+# benchmarks/work)
+bench-10m: setup
+	$(PY) benchmarks/tokens10m.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

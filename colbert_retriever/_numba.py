@@ -28,47 +28,47 @@ from numba import prange
 _parallel_lock = threading.Lock()
 
 
-def _ci(Sc, codes, starts, ends, out):
-    q = Sc.shape[1]
+def _ci(S, qp, q, codes, starts, ends, out):
+    """S: (K * qp,) float32 centroid scores, row-major (a centroid's scores side by side, padded with zeros to qp,
+    a multiple of 8, so the inner loops vectorise without a remainder); q: the real query tokens."""
     for i in prange(starts.shape[0]):
         a, b = starts[i], ends[i]
         if b <= a:
             out[i] = 0.0
             continue
-        best = np.full(q, -np.inf, dtype=np.float32)
+        best = np.full(qp, -np.inf, dtype=np.float32)
         for t in range(a, b):
-            row = Sc[codes[t]]
-            for j in range(q):
-                if row[j] > best[j]:
-                    best[j] = row[j]
+            o = np.int64(codes[t]) * qp
+            for j in range(qp):
+                best[j] = max(best[j], S[o + j])
         s = np.float32(0.0)
         for j in range(q):
             s += best[j]
         out[i] = s
 
 
-def _exact(Sc, lut, codes, packed, inv_norms, starts, ends, out):
-    q = Sc.shape[1]
+def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
+    """S: (K * qp,) centroid scores; lut: (P * 256 * qp,) the query's lookup table (``ResidualCodec.query_lut``),
+    both row-major with the query tokens side by side, padded with zeros to qp (a multiple of 8)."""
     P = packed.shape[1]
     for i in prange(starts.shape[0]):
         a, b = starts[i], ends[i]
         if b <= a:
             out[i] = 0.0
             continue
-        best = np.full(q, -np.inf, dtype=np.float32)
-        acc = np.empty(q, dtype=np.float32)
+        best = np.full(qp, -np.inf, dtype=np.float32)
+        acc = np.empty(qp, dtype=np.float32)
         for t in range(a, b):
-            acc[:] = 0.0
+            for j in range(qp):
+                acc[j] = 0.0
             for p in range(P):  # the residual: one lookup-table row per byte (as torch's embedding_bag sums them)
-                row = lut[p * 256 + packed[t, p]]
-                for j in range(q):
-                    acc[j] += row[j]
-            c = Sc[codes[t]]
+                o = (p * 256 + np.int64(packed[t, p])) * qp
+                for j in range(qp):
+                    acc[j] += lut[o + j]
+            o = np.int64(codes[t]) * qp
             w = inv_norms[t]
-            for j in range(q):
-                v = (acc[j] + c[j]) * w
-                if v > best[j]:
-                    best[j] = v
+            for j in range(qp):
+                best[j] = max(best[j], (acc[j] + S[o + j]) * w)
         s = np.float32(0.0)
         for j in range(q):
             s += best[j]
@@ -80,7 +80,7 @@ def _compile(fn, parallel: bool):
     name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
     clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     clone.__qualname__ = name
-    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy")(clone)
+    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy", fastmath=True)(clone)
 
 
 _KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
@@ -116,17 +116,32 @@ def _segments(arrays, pids: torch.Tensor):
         yield s, m.numpy(), (starts[m] - base).numpy(), (ends[m] - base).numpy()
 
 
+def _qp(q: int) -> int:
+    return -(-q // 8) * 8
+
+
+def _padded(m: torch.Tensor) -> np.ndarray:
+    """(rows, q) as a flat float32 array of rows padded with zero columns to a multiple of 8."""
+    q = m.shape[1]
+    if q == _qp(q):
+        return m.float().contiguous().numpy().reshape(-1)
+    out = np.zeros((m.shape[0], _qp(q)), dtype=np.float32)
+    out[:, :q] = m.float().numpy()
+    return out.reshape(-1)
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy() if t.dtype != torch.uint16 else t.view(torch.int16).numpy().view(np.uint16)
 
 
 def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: int = 1) -> torch.Tensor:
     """``stages.centroid_interaction`` (full, no pruning): (len(pids),) float32. Sc (K, q_len) is read as float32."""
-    S = Sc.float().contiguous().numpy()
+    q = Sc.shape[1]
+    S = _padded(Sc)
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_ci", threads, S, _np(arrays.codes.parts[s]), starts, ends, part)
+        _run("_ci", threads, S, _qp(q), q, _np(arrays.codes.parts[s]), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
 
@@ -135,12 +150,12 @@ def exact_scores(Q: torch.Tensor, arrays, pids: torch.Tensor, Sc: torch.Tensor, 
     """``stages.exact_scores``: exact MaxSim of ``pids`` against Q (q_len, dim) in the compressed domain,
     (len(pids),) float32. Sc: the codec's centroid scores (K, q_len)."""
     c = arrays.codec
-    S = Sc.float().contiguous().numpy()
-    lut = c.query_lut(Q).contiguous().numpy()
+    q = Sc.shape[1]
+    S, lut = _padded(Sc), _padded(c.query_lut(Q))
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_exact", threads, S, lut, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
+        _run("_exact", threads, S, lut, _qp(q), q, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
              arrays.inv_norms.parts[s].numpy(), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
