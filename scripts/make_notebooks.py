@@ -1,114 +1,43 @@
-"""Write the notebooks in notebooks/ (outputs cleared). Run after editing the cells below."""
+"""Write the notebooks in notebooks/ (outputs cleared): this file is their source. Run it after editing the
+cells below, then ``make notebooks`` to execute them in place with their outputs stored."""
 
 import nbformat as nbf
 
-SETUP = """import os
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-from pathlib import Path
-ROOT = Path.cwd() if (Path.cwd() / "examples").exists() else Path.cwd().parent
-WORK = Path(os.environ.get("NOTEBOOK_WORKDIR", "/tmp")) / "colbert_retriever_notebooks"
-WORK.mkdir(parents=True, exist_ok=True)"""
-
-QUICKSTART = [
-    ("md", "# colbert-retriever quickstart\nIndex a small collection with the offline default model, search it, "
-           "filter by metadata, update the index, and look at PLAID's latency-vs-agreement trade-off."),
-    ("code", SETUP),
-    ("code", """import json, shutil
-from colbert_retriever import ColBERT, Index
-rows = [json.loads(l) for l in open(ROOT / "examples" / "stdlib_docs.jsonl")][:1200]
-texts = [f"{r['title']}. {r['text']}" for r in rows]
-model = ColBERT.default()
-shutil.rmtree(WORK / "quickstart", ignore_errors=True)
-index = Index.build(WORK / "quickstart", texts, ids=[r["_id"] for r in rows],
-                    metadatas=[{"module": r["module"]} for r in rows], model=model, show_progress=False)
-index"""),
-    ("code", """for h in index.search("how do I parse JSON", k=3):
-    print(h.rank, round(h.score, 2), h.id)"""),
-    ("md", "Filters use a small Chroma-like dialect: equality, `$in`, `$gt`/`$gte`/`$lt`/`$lte`, `$ne`, `$and`/`$or`."),
-    ("code", """for h in index.search("open a file", k=3, filter={"module": {"$in": ["gzip", "zipfile"]}}):
-    print(h.rank, round(h.score, 2), h.id, h.metadata)"""),
-    ("code", """index.add(["Use json.loads(s) to turn a JSON string into Python objects."], ids=["howto.json"],
-          metadatas=[{"module": "howto"}])
-print([h.id for h in index.search("parse a JSON string", k=3)])
-index.delete(["howto.json"])
-print([h.id for h in index.search("parse a JSON string", k=3)], len(index))"""),
-    ("md", "PLAID knobs are per call. Agreement = share of the exhaustive top-10 that PLAID returns."),
-    ("code", """import time
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-queries = ["read a file line by line", "random integer", "current time", "sort a list", "compress data",
-           "send an email", "parse command line arguments", "hash a password", "make a temporary directory",
-           "join paths"]
-Q = model.encode_queries(queries)
-ref = [[h.id for h in index.search_embeddings(Q[i:i+1], 10, config=__import__("colbert_retriever").SearchConfig(exhaustive=True))[0]] for i in range(len(queries))]
-points = []
-for ndocs in (16, 32, 64, 128, 256):
-    t = time.perf_counter(); agree = 0
-    for i, q in enumerate(queries):
-        got = [h.id for h in index.search_embeddings(Q[i:i+1], 10, config=__import__("colbert_retriever").SearchConfig(ncells=1, ndocs=ndocs))[0]]
-        agree += len(set(got) & set(ref[i])) / 10
-    points.append(((time.perf_counter() - t) / len(queries) * 1000, agree / len(queries)))
-fig, ax = plt.subplots(figsize=(4, 3))
-ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
-ax.set_xlabel("ms / query (excl. encoding)"); ax.set_ylabel("top-10 agreement")
-points"""),
-]
-
-LANGCHAIN = [
-    ("md", "# LangChain: ColBERT retriever + MaxSim reranker in an LCEL chain\nOffline: a fake chat model stands in "
-           "for the LLM."),
-    ("code", SETUP),
-    ("code", """import shutil
-from langchain_core.documents import Document
-from langchain_text_splitters import RecursiveCharacterTextSplitter
-from colbert_retriever import ColBERT
-from colbert_retriever.integrations.langchain import ColBERTRetriever, ColBERTReranker
-handbook = (ROOT / "README.md").read_text()
-chunks = RecursiveCharacterTextSplitter(chunk_size=400, chunk_overlap=40).create_documents(
-    [handbook], metadatas=[{"source": "README.md"}])
-model = ColBERT.default()
-shutil.rmtree(WORK / "lc", ignore_errors=True)
-retriever = ColBERTRetriever.from_documents(chunks, index_path=WORK / "lc", model=model, k=6)
-len(chunks)"""),
-    ("code", """from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnableLambda, RunnablePassthrough
-reranker = ColBERTReranker(model=model, top_n=2)
-def retrieve_and_rerank(question):
-    return reranker.compress_documents(retriever.invoke(question), question)
-prompt = ChatPromptTemplate.from_template("Context:\\n{context}\\n\\nQuestion: {question}")
-llm = FakeListChatModel(responses=["(a real LLM would answer from the context here)"])
-chain = ({"context": RunnableLambda(retrieve_and_rerank) | RunnableLambda(lambda d: "\\n".join(x.page_content for x in d)),
-          "question": RunnablePassthrough()} | prompt | llm | StrOutputParser())
-print(chain.invoke("How do I run the tests?"))
-for d in retrieve_and_rerank("How do I run the tests?"):
-    print(d.metadata["rank"], round(d.metadata["score"], 2), d.page_content[:80].replace("\\n", " "))"""),
-]
-
-LLAMA = [
-    ("md", "# LlamaIndex: query engine over a ColBERT retriever\nOffline: `MockLLM` stands in for the LLM; "
-           "llama-index-core ships its NLTK/tiktoken caches."),
-    ("code", SETUP),
-    ("code", """import shutil
-from llama_index.core import SimpleDirectoryReader
-from llama_index.core.llms import MockLLM
-from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.query_engine import RetrieverQueryEngine
-from colbert_retriever import ColBERT
-from colbert_retriever.integrations.llama_index import ColBERTRetriever, ColBERTRerank
-docs = SimpleDirectoryReader(input_files=[str(ROOT / "README.md"), str(ROOT / "CONTRIBUTING.md")]).load_data()
-model = ColBERT.default()
-shutil.rmtree(WORK / "li", ignore_errors=True)
-retriever = ColBERTRetriever.from_documents(docs, WORK / "li", model=model, similarity_top_k=5,
-                                            transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)])
-engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM(max_tokens=16),
-                                        node_postprocessors=[ColBERTRerank(model=model, top_n=2)])
-response = engine.query("How do I run the benchmarks?")
-for n in response.source_nodes:
-    print(round(n.score, 2), n.node.metadata["file_name"], n.node.get_content()[:80].replace("\\n", " "))"""),
-]
+NOTEBOOKS = {
+    'quickstart': [
+        ('md', "# colbert-retriever quickstart\nIndex a small collection with the offline default model, search it, filter by metadata, update the index (upsert, get, delete by filter), index a long document as passages, and look at PLAID's latency-vs-agreement trade-off."),
+        ('code', 'import os\nos.environ.setdefault("HF_HUB_OFFLINE", "1")\nos.environ.setdefault("TOKENIZERS_PARALLELISM", "false")\nfrom pathlib import Path\nROOT = Path.cwd() if (Path.cwd() / "examples").exists() else Path.cwd().parent\nWORK = Path(os.environ.get("NOTEBOOK_WORKDIR", "/tmp")) / "colbert_retriever_notebooks"\nWORK.mkdir(parents=True, exist_ok=True)'),
+        ('code', 'import json\nimport shutil\nfrom colbert_retriever import Index, load_model\n\nrows = [json.loads(line) for line in open(ROOT / "examples" / "stdlib_docs.jsonl")][:1200]\ntexts = [f"{r[\'title\']}. {r[\'text\']}" for r in rows]\nmodel = load_model("default")  # the offline default model, loaded once per process\nshutil.rmtree(WORK / "quickstart", ignore_errors=True)\nindex = Index.build(WORK / "quickstart", texts, ids=[r["_id"] for r in rows],\n                    metadatas=[{"module": r["module"]} for r in rows], model=model)\nassert len(index) == 1200\nindex'),
+        ('code', 'hits = index.search("how do I parse JSON", k=3)\nfor h in hits:\n    print(h.rank, round(h.score, 2), h.id)\nassert any(h.id.startswith("json.") for h in hits)'),
+        ('md', 'Filters use a small Chroma-like dialect: equality, `$in`/`$nin`, `$gt`/`$gte`/`$lt`/`$lte`, `$ne`, `$exists`, `$and`/`$or`/`$not`.'),
+        ('code', 'hits = index.search("open a file", k=3, filter={"module": {"$in": ["gzip", "zipfile"]}})\nfor h in hits:\n    print(h.rank, round(h.score, 2), h.id, h.metadata)\nassert hits and all(h.metadata["module"] in ("gzip", "zipfile") for h in hits)'),
+        ('md', 'Updates are atomic. `add(..., on_conflict="replace")` (or `upsert`) replaces a document with the same id; `get` reads documents back; `delete` takes ids or a metadata filter.'),
+        ('code', 'index.add(["Use json.loads(s) to turn a JSON string into Python objects."], ids=["howto.json"],\n          metadatas=[{"module": "howto"}])\nprint([h.id for h in index.search("parse a JSON string", k=3)])\nindex.upsert(["json.loads(s) parses a JSON document held in a str, bytes or bytearray."], ids=["howto.json"],\n             metadatas=[{"module": "howto", "version": 2}])\nprint(index.get("howto.json"))\nassert index.get("howto.json")[0].metadata["version"] == 2 and len(index) == 1201\nprint("deleted", index.delete(filter={"module": "howto"}), "->", len(index), "documents")\nassert "howto.json" not in [h.id for h in index.search("parse a JSON string", k=10)]'),
+        ('md', 'A text longer than the model\'s `doc_maxlen` is never cut silently: `truncate="chunk"` indexes it as overlapping passages under its own id. A hit is the document once, with its best passage\'s score and text; `get` returns the whole text.'),
+        ('code', 'guide = " ".join(f"Step {i}: check the {w} settings before you continue." for i, w in\n                 enumerate(["network", "disk", "memory", "printer", "display"] * 60))\nguide += " Finally, the recovery code is written on the blue card in the drawer."\nprint(model.tokenizer.count_tokens([guide])[0], "tokens; the model keeps", model.tokenizer.doc_room())\nindex.add([guide], ids=["guide"], metadatas=[{"module": "manual"}], truncate="chunk")\nhit = index.search("where is the recovery code written?", k=1)[0]\nprint(hit.id, "passage", hit.passage, "...", hit.text[-90:])\nassert hit.id == "guide" and hit.passage > 0 and "blue card" in hit.text\nassert index.get("guide")[0].text == guide'),
+        ('md', 'PLAID knobs are per call. Agreement = share of the exhaustive top-10 that PLAID returns, over 100 queries (the first words of 100 indexed docstrings); each setting is timed 3 times, interleaved, and its median kept. The numbers are printed with the plot.'),
+        ('code', 'import random\nimport statistics\nimport time\nimport matplotlib.pyplot as plt\n\nrng = random.Random(0)\nqueries = [r["text"][:60] for r in rng.sample(rows, 100)]\nref = [[h.id for h in hits] for hits in index.search(queries, k=10, exhaustive=True)]\nsettings = [(1, 16), (1, 64), (2, 128), (4, 256), (8, 1024)]\ntimes = {s: [] for s in settings}\nfor rnd in range(3):  # rounds interleave the settings, so the machine\'s drift hits all alike\n    for ncells, ndocs in settings if rnd % 2 == 0 else settings[::-1]:\n        t = time.perf_counter()\n        got = index.search(queries, k=10, ncells=ncells, ndocs=ndocs)\n        times[(ncells, ndocs)].append((time.perf_counter() - t) / len(queries) * 1000)\npoints = []\nfor ncells, ndocs in settings:\n    got = index.search(queries, k=10, ncells=ncells, ndocs=ndocs)\n    agree = sum(len({h.id for h in g} & set(r)) / 10 for g, r in zip(got, ref)) / len(queries)\n    ms = statistics.median(times[(ncells, ndocs)])\n    points.append((f"{ncells}/{ndocs}", ms, agree))\n    print(f"ncells={ncells:2d} ndocs={ndocs:5d}: {ms:5.1f} ms/query (incl. encoding), top-10 agreement {agree:.3f}")\nfig, ax = plt.subplots(figsize=(4.5, 3))\nax.plot([p[1] for p in points], [p[2] for p in points], "o-")\nfor label, ms, ag in points:\n    ax.annotate(label, (ms, ag), fontsize=7)\nax.set_xlabel("ms / query (incl. encoding)")\nax.set_ylabel("top-10 agreement with exhaustive")\nplt.show()\nassert points[-1][2] >= 0.95 and points[-1][2] > points[0][2]'),
+    ],
+    'langchain_rag': [
+        ('md', "# LangChain: a ColBERT vector store, a MaxSim reranker, and a RAG chain\nThe vector store speaks LangChain's idiom (`from_documents`, `add_documents` as upsert, `delete`, `get_by_ids`, `as_retriever(search_kwargs=...)`); `ColBERTRerank` works in a `ContextualCompressionRetriever`. Offline: a fake chat model stands in for the LLM."),
+        ('code', 'import os\nos.environ.setdefault("HF_HUB_OFFLINE", "1")\nos.environ.setdefault("TOKENIZERS_PARALLELISM", "false")\nfrom pathlib import Path\nROOT = Path.cwd() if (Path.cwd() / "examples").exists() else Path.cwd().parent\nWORK = Path(os.environ.get("NOTEBOOK_WORKDIR", "/tmp")) / "colbert_retriever_notebooks"\nWORK.mkdir(parents=True, exist_ok=True)'),
+        ('code', 'import shutil\nfrom langchain_core.documents import Document\nfrom colbert_retriever.integrations.langchain import ColBERTRerank, ColBERTTextSplitter, ColBERTVectorStore\n\npages = [Document(page_content=(ROOT / name).read_text(), metadata={"source": name})\n         for name in ("README.md", "CONTRIBUTING.md")]\n# passages sized in the model\'s own tokens, so nothing is truncated\nchunks = ColBERTTextSplitter("default", chunk_size=128, chunk_overlap=16).split_documents(pages)\nshutil.rmtree(WORK / "lc", ignore_errors=True)\nstore = ColBERTVectorStore.from_documents(chunks, index_path=WORK / "lc", model="default")\nprint(len(chunks), "chunks indexed")\nassert len(store.index) == len(chunks)'),
+        ('code', 'retriever = store.as_retriever(search_kwargs={"k": 6, "filter": {"source": "README.md"}})\ndocs = retriever.invoke("How do I run the tests?")\nfor d in docs[:3]:\n    print(d.metadata["source"], "|", d.page_content[:80].replace("\\n", " "))\nassert len(docs) == 6 and all(d.metadata["source"] == "README.md" for d in docs)'),
+        ('code', 'from langchain_classic.retrievers import ContextualCompressionRetriever\n\ncompressed = ContextualCompressionRetriever(base_compressor=ColBERTRerank(model="default", top_n=2),\n                                            base_retriever=store.as_retriever(search_kwargs={"k": 8}))\nfor d in compressed.invoke("How do I run the tests?"):\n    print(d.metadata["rank"], round(d.metadata["score"], 2), d.page_content[:80].replace("\\n", " "))\nassert len(compressed.invoke("How do I run the tests?")) == 2'),
+        ('code', 'from langchain_core.language_models.fake_chat_models import FakeListChatModel\nfrom langchain_core.output_parsers import StrOutputParser\nfrom langchain_core.prompts import ChatPromptTemplate\nfrom langchain_core.runnables import RunnablePassthrough\n\nprompt = ChatPromptTemplate.from_template("Context:\\n{context}\\n\\nQuestion: {question}")\nllm = FakeListChatModel(responses=["(a real LLM would answer from the context here)"])\nchain = ({"context": compressed | (lambda ds: "\\n\\n".join(d.page_content for d in ds)),\n          "question": RunnablePassthrough()} | prompt | llm | StrOutputParser())\nanswer = chain.invoke("How do I run the tests?")\nprint(answer)\nassert answer.startswith("(a real LLM")'),
+        ('md', 'Re-ingestion is idempotent: running `from_documents` again over the same chunks (ids derived from text and metadata) changes nothing. Adding a document under an existing id replaces it (the updated document is printed); `delete` takes ids or a metadata filter.'),
+        ('code', 'again = ColBERTVectorStore.from_documents(chunks, index_path=WORK / "lc", model="default")\nassert sorted(again.index.ids()) == sorted(store.index.ids()) and again.index.generation == store.index.generation\ntarget = store.index.ids()[0]\nprint("before:", store.get_by_ids([target])[0].page_content[:60].replace("\\n", " "))\nstore.add_documents([Document(page_content="colbert-retriever: updated intro.", metadata={"source": "README.md"})],\n                    ids=[target])\nprint("after: ", store.get_by_ids([target])[0].page_content)\nassert store.get_by_ids([target])[0].page_content == "colbert-retriever: updated intro."\nstore.delete(filter={"source": "CONTRIBUTING.md"})\nassert all(d.metadata["source"] == "README.md" for d in store.similarity_search("contributing", k=5))'),
+    ],
+    'llama_index_rag': [
+        ('md', '# LlamaIndex: a ColBERT managed index and its query engine\n`ColBERTIndex` stores each node whole (relationships, `ref_doc_id`, excluded metadata keys) and splits documents to fit the model by default. Offline: `MockLLM` stands in for the LLM; llama-index-core ships its NLTK/tiktoken caches.'),
+        ('code', 'import os\nos.environ.setdefault("HF_HUB_OFFLINE", "1")\nos.environ.setdefault("TOKENIZERS_PARALLELISM", "false")\nfrom pathlib import Path\nROOT = Path.cwd() if (Path.cwd() / "examples").exists() else Path.cwd().parent\nWORK = Path(os.environ.get("NOTEBOOK_WORKDIR", "/tmp")) / "colbert_retriever_notebooks"\nWORK.mkdir(parents=True, exist_ok=True)'),
+        ('code', 'import logging\nimport shutil\nfrom llama_index.core import SimpleDirectoryReader\nfrom llama_index.core.llms import MockLLM\nfrom colbert_retriever.integrations.llama_index import ColBERTIndex, ColBERTRerank\n\n# plain-text files need none of llama-index-readers-file\'s PDF/DOCX readers; silence its "not installed" notice\nlogging.getLogger("llama_index.core.readers.file.base").setLevel(logging.ERROR)\ndocs = SimpleDirectoryReader(input_files=[str(ROOT / "README.md"), str(ROOT / "CONTRIBUTING.md")]).load_data()\nshutil.rmtree(WORK / "li", ignore_errors=True)\nindex = ColBERTIndex.from_documents(docs, index_path=WORK / "li", model="default")\ninfo = index.ref_doc_info\nprint({ref[:8]: len(i.node_ids) for ref, i in info.items()})\nassert set(info) == {d.doc_id for d in docs}'),
+        ('code', 'engine = index.as_query_engine(llm=MockLLM(max_tokens=16), similarity_top_k=6,\n                               node_postprocessors=[ColBERTRerank(model="default", top_n=2)])\nresponse = engine.query("How do I run the benchmarks?")\nfor n in response.source_nodes:\n    print(round(n.score, 2), n.node.metadata["file_name"], n.node.get_content()[:80].replace("\\n", " "))\ntop = response.source_nodes[0].node\nassert len(response.source_nodes) == 2 and top.ref_doc_id in info\nassert "file_path" in top.metadata and "file_path" not in top.excluded_llm_metadata_keys'),
+        ('code', '# update a source document: its nodes are replaced; delete_ref_doc removes them all\ncontributing = next(d for d in docs if d.metadata["file_name"] == "CONTRIBUTING.md")\nindex.delete_ref_doc(contributing.doc_id)\nassert contributing.doc_id not in index.ref_doc_info\nnodes = index.as_retriever(similarity_top_k=3).retrieve("contributing guidelines")\nassert all(n.node.metadata["file_name"] == "README.md" for n in nodes)\nprint(len(index.ref_doc_info), "source document left")'),
+        ('md', "The folder is the store: a new `ColBERTIndex` (in any process) reopens it, and `refresh_ref_docs` compares the documents' hashes stored there, so unchanged files are left alone."),
+        ('code', 'reopened = ColBERTIndex.load_from_disk(WORK / "li", model="default")\nrefreshed = reopened.refresh_ref_docs([d for d in docs if d.metadata["file_name"] == "README.md"])\nprint("refreshed:", refreshed)\nassert refreshed == [False]'),
+    ],
+}
 
 
 def write(name, cells):
@@ -118,6 +47,6 @@ def write(name, cells):
     nbf.write(nb, f"notebooks/{name}.ipynb")
 
 
-write("quickstart", QUICKSTART)
-write("langchain_rag", LANGCHAIN)
-write("llama_index_rag", LLAMA)
+if __name__ == "__main__":
+    for name, cells in NOTEBOOKS.items():
+        write(name, cells)

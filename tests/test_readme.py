@@ -1,0 +1,57 @@
+"""Every code block of README.md runs: Python blocks in order in one namespace, shell blocks with bash, all in a
+fresh folder (offline). A block preceded by ``<!-- readme-test: skip (reason) -->`` is skipped with that reason;
+only commands that run the test suite itself, or need a network, a GPU or a cluster, may be."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"(?:<!-- readme-test: skip \((?P<why>[^)]*)\) -->\n)?```(?P<lang>\w+)\n(?P<code>.*?)```",
+                   re.S)
+
+
+def blocks():
+    text = (ROOT / "README.md").read_text()
+    out = []
+    for m in FENCE.finditer(text):
+        if m["lang"] in ("python", "bash"):
+            line = text.count("\n", 0, m.start("code")) + 1
+            out.append(pytest.param(m["lang"], m["code"], m["why"], id=f"README.md:{line}-{m['lang']}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("readme")
+    (d / "examples").symlink_to(ROOT / "examples")
+    return d
+
+
+@pytest.fixture(scope="module")
+def namespace():
+    return {"__name__": "__readme__"}
+
+
+def test_every_block_is_checked():
+    langs = [p.values[0] for p in blocks()]
+    assert langs.count("python") >= 8 and langs.count("bash") >= 2
+
+
+@pytest.mark.parametrize("lang,code,why", blocks())
+def test_readme_block(lang, code, why, workdir, namespace, monkeypatch):
+    if why:
+        pytest.skip(why)
+    monkeypatch.chdir(workdir)
+    if lang == "python":
+        exec(compile(code, "README.md", "exec"), namespace)
+        return
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=workdir, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, f"{code}\n--- stdout\n{res.stdout[-2000:]}\n--- stderr\n{res.stderr[-3000:]}"
