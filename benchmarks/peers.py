@@ -172,7 +172,7 @@ def ratio_at(agree_ours: float, lat_ours: float, curve: list[tuple[float, float]
 
 
 def measure(args) -> dict:
-    from colbert_retriever import ColBERT, Index, SearchConfig
+    from colbert_retriever import ColBERT, Index, SearchConfig, retrieval
 
     ids, texts, queries, qrels = corpus()
     qids = [q for q in queries if q in qrels][: args.queries]
@@ -183,13 +183,17 @@ def measure(args) -> dict:
     snap = index._current()
     out: dict = {"queries": len(qids), "documents": len(texts)}
 
+    def colbert_top(snap, rows, k, cfg):
+        # the ColBERT stage alone (no text lookups), as Index.search_embeddings runs it
+        return retrieval.colbert(snap, rows, k, retrieval.Request.make(k, config=cfg), index.model.precision, None)
+
     # query encoding: the same embeddings for both libraries' searches (checked to agree: float32 weights exactly,
     # our default float16 query weights to ~2e-4)
     Q = searcher.encode(qtexts).float()
-    model.fp16_query_weights = False
-    out["encoders_max_abs_diff"] = float((Q - model.encode_queries(qtexts).float()).abs().max())
-    model.fp16_query_weights = True
-    out["encoders_max_abs_diff_fp16_query_weights"] = float((Q - model.encode_queries(qtexts).float()).abs().max())
+    exact = model.with_precision(fp16_query_weights=False)
+    out["encoders_max_abs_diff"] = float((Q - exact.encode_queries(qtexts).float()).abs().max())
+    half = model.with_precision(fp16_query_weights=True)
+    out["encoders_max_abs_diff_fp16_query_weights"] = float((Q - half.encode_queries(qtexts).float()).abs().max())
     if out["encoders_max_abs_diff"] > 1e-4:
         raise SystemExit(f"the two encoders disagree (max abs {out['encoders_max_abs_diff']:.2e}) on {CKPT}: "
                          "rebuild the checkpoint (run without --skip-build)")
@@ -205,7 +209,7 @@ def measure(args) -> dict:
     # references
     exh_c = colbert_exhaustive(searcher, Q, 100)
     with torch.inference_mode():
-        exh_o = [p for p, _ in index._colbert_top(snap, Q, 100, None, None, SearchConfig(exhaustive=True))]
+        exh_o = [p for p, _ in colbert_top(snap, list(Q), 100, SearchConfig(exhaustive=True))]
     ref = float_reference(model, [t for t in texts], Q, 10)
     out["exhaustive"] = {
         "colbert_ai": {"ndcg@10": ndcg(exh_c, qids, ids, qrels), "float_overlap@10": agreement(exh_c, ref)},
@@ -217,8 +221,7 @@ def measure(args) -> dict:
     def run_ours(qi, k, knobs):
         cfg = SearchConfig() if knobs is None else SearchConfig(ncells=knobs[0], centroid_score_threshold=knobs[1],
                                                                 ndocs=knobs[2])
-        with torch.inference_mode():
-            return index._colbert_top(snap, Q[qi : qi + 1], k, None, None, cfg)[0][0]
+        return colbert_top(snap, [Q[qi]], k, cfg)[0][0]
 
     def run_colbert(qi, k, knobs):
         colbert_configure(searcher, knobs)
@@ -302,7 +305,8 @@ def main(argv=None):
 
     PEERS.mkdir(parents=True, exist_ok=True)
     info = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "colbert_retriever": colbert_retriever.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            "colbert_retriever": colbert_retriever.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     try:
         import importlib.metadata as md
 

@@ -109,8 +109,8 @@ def bench_single_vector(texts, ids, queries, qids, qrels, dtype):
         t0 = time.perf_counter()
         v = embed([q])
         enc_ms.append((time.perf_counter() - t0) * 1000)
-        _, I = index.search(v, min(k, len(texts)))
-        return [ids[i] for i in I[0]]
+        _, found = index.search(v, min(k, len(texts)))
+        return [ids[i] for i in found[0]]
 
     run, lat = run_queries(search, qids, queries)
     excl = [a - b for a, b in zip(lat, enc_ms[1:])]
@@ -168,8 +168,8 @@ def bench_colbert(index: Index, queries, qids, qrels, exhaustive: bool):
 
 def index_stats(index: Index) -> dict:
     meta = index.metadata
-    seg_bytes = sum(
-        (index.path / f"{s['name']}.{p}.npy").stat().st_size - 128 for s in meta["segments"] for p in ("codes", "residuals"))
+    seg_bytes = sum((index.path / f"{s['name']}.{p}.npy").stat().st_size - 128
+                    for s in meta["segments"] for p in ("codes", "residuals"))
     n_emb = meta["counts"]["embeddings"]
     return {"index_bytes": folder_bytes(index.path), "embeddings": n_emb,
             "bytes_per_token_codes_residuals": round(seg_bytes / n_emb, 2),
