@@ -31,14 +31,14 @@ QUERY = "Vitamin D deficiency is associated with an increased risk of multiple s
 
 def child(path: str, kernels: str) -> None:
     t0 = time.perf_counter()
-    from colbert_retriever import Index, SearchConfig
+    from colbert_retriever import Index
 
     t1 = time.perf_counter()
     index = Index.open(path)
     t2 = time.perf_counter()
-    hits = index.search(QUERY, k=10, config=SearchConfig(kernels=kernels))
+    hits = index.search(QUERY, k=10, kernels=kernels)
     t3 = time.perf_counter()
-    index.search(QUERY, k=10, config=SearchConfig(kernels=kernels))
+    index.search(QUERY, k=10, kernels=kernels)
     t4 = time.perf_counter()
     assert len(hits) == 10
     print(json.dumps({"import_s": round(t1 - t0, 3), "open_s": round(t2 - t1, 3), "first_search_s": round(t3 - t2, 3),

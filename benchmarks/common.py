@@ -60,15 +60,19 @@ class PeakRSS:
         self.peak = 0
         self._stop = threading.Event()
 
+    def _sample(self) -> None:
+        """One poll (subclasses track other figures)."""
+        rss = self.proc.memory_info().rss
+        for c in self.proc.children(recursive=True):
+            rss += c.memory_info().rss
+        self.peak = max(self.peak, rss)
+
     def _run(self):
         while not self._stop.is_set():
             try:
-                rss = self.proc.memory_info().rss
-                for c in self.proc.children(recursive=True):
-                    rss += c.memory_info().rss
+                self._sample()
             except Exception:
                 break
-            self.peak = max(self.peak, rss)
             time.sleep(self.interval)
 
     def __enter__(self):

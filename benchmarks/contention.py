@@ -83,9 +83,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--data", default="scifact")
+    ap.add_argument("--index", type=Path, help="an existing index of --data built with the default model "
+                    "(default: make bench's, else make bench-precision's, else one built here)")
     args = ap.parse_args(argv)
     folder = SHARED / args.data
-    built = WORK / f"{args.data}-nbits2"  # make bench's index, when there is one
+    built = args.index or next((p for p in (WORK / f"{args.data}-nbits2", WORK / f"precision-{args.data}-bfloat16")
+                                if (p / "metadata.json").exists()), WORK / f"{args.data}-nbits2")
     index = index_for(folder, built if (built / "metadata.json").exists() else WORK / f"contention-{args.data}")
     queries_all, qrels = load_queries(folder), load_qrels(folder)
     queries = [queries_all[q] for q in queries_all if q in qrels][: args.queries]

@@ -116,6 +116,26 @@ def build_ours_step(path: str):
     print(json.dumps({"build_s": round(time.perf_counter() - t, 2)}))
 
 
+def sizes(ours: Path, fast_plaid: Path, tokens: int) -> dict:
+    """Bytes per token on disk, by part: the compressed tokens (centroid ids + residuals), everything but the
+    stored texts, and the whole folder (ours also holds the texts and metadata in SQLite; fast-plaid stores none)."""
+    def total(folder, pred=lambda name: True):
+        return sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and pred(f.name))
+
+    def per_token(n):
+        return round(n / tokens, 1)
+
+    return {"ours_codes_residuals": per_token(total(ours, lambda n: n.endswith((".codes.npy", ".residuals.npy")))),
+            "ours_inverse_norms": per_token(total(ours, lambda n: n.endswith(".invnorms.npy"))),
+            "ours_without_texts": per_token(total(ours, lambda n: not n.endswith(".sqlite"))),
+            "ours_bytes_per_token": per_token(total(ours)),
+            "fast_plaid_codes_residuals": per_token(total(fast_plaid, lambda n: n.startswith(("merged_codes.npy",
+                                                                                              "merged_residuals.npy")))),
+            "fast_plaid_bytes_per_token": per_token(total(fast_plaid)),
+            "ours_kmeans_sample_tokens": json.loads((ours / "metadata.json").read_text())["codec"]["config"][
+                "kmeans_sample_tokens"]}
+
+
 def agreement(runs, refs, k=10) -> float:
     return round(float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(runs, refs)])), 4)
 
@@ -133,7 +153,8 @@ def ratio_at(agree: float, lat: float, curve: list) -> tuple:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", nargs="?", default="all", choices=["all", "build-ours"])
+    ap.add_argument("step", nargs="?", default="all", choices=["all", "build-ours", "sizes"],
+                    help="sizes: re-measure the size breakdown of the indexes on disk into the existing JSON")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--k", type=int, nargs="*", default=[10, 100])
     ap.add_argument("--skip-build", action="store_true", help="reuse both indexes of an earlier run")
@@ -141,6 +162,11 @@ def main(argv=None):
     ours_path = FP / "ours"
     if args.step == "build-ours":
         return build_ours_step(str(ours_path))
+    if args.step == "sizes":
+        out = json.loads((RESULTS / "fastplaid.json").read_text())
+        out["sizes"] = {**out["sizes"], **sizes(ours_path, FP / "fast-plaid", out["tokens"])}
+        write_json("fastplaid.json", out)
+        return print(json.dumps(out["sizes"]))
     ids, texts, _ = load_corpus(SHARED / "scifact")
     queries, qrels = load_queries(SHARED / "scifact"), load_qrels(SHARED / "scifact")
     qids = [q for q in queries if q in qrels][: args.queries]
@@ -169,9 +195,7 @@ def main(argv=None):
 
     snap = index._current()
     K_fp = info["num_partitions"] or 1 << 16
-    out["sizes"] = {"ours_bytes_per_token": round(sum(f.stat().st_size for f in ours_path.iterdir()) / out["tokens"],
-                                                  1),
-                    "fast_plaid_bytes_per_token": round(info["bytes"] / out["tokens"], 1),
+    out["sizes"] = {**sizes(ours_path, FP / "fast-plaid", out["tokens"]),
                     "ours_centroids": index.metadata["codec"]["num_centroids"], "fast_plaid_centroids": K_fp}
 
     def ours(i, k, knobs):

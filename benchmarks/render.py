@@ -320,12 +320,32 @@ def fastplaid_tables() -> list[str]:
         other = r["fast_plaid_p50_interpolated"]
         out.append(f"| {r['k']} | {r['library'].replace('_', ' ')} | {knobs} | {r['agreement@10']:.3f} | "
                    f"{r['ours_p50']} | {'' if other is None else other} | {'' if r['ratio'] is None else r['ratio']} |")
+    same = []
+    for r in d["runs"]:
+        if r["library"] != "ours" or r["knobs"] == "defaults":
+            continue
+        f = next((x for x in d["runs"] if x["library"] == "fast_plaid" and x["k"] == r["k"]
+                  and x["knobs"] == [r["knobs"][0], r["knobs"][2] // 4]), None)
+        if f:
+            same.append(f"| {r['k']} | ({', '.join(map(str, r['knobs']))}) vs ({f['knobs'][0]}, {f['knobs'][1]}) | "
+                        f"{r['latency_ms']['p50']} / {f['latency_ms']['p50']} | "
+                        f"{r['latency_ms']['p50'] / f['latency_ms']['p50']:.2f} |")
+    if same:
+        out += ["", "At the same work (each sweep point against fast-plaid's point that scores the same number of "
+                "documents exactly):", "", "| k | knobs, ours vs fast-plaid | p50 ms ours / fast-plaid | ratio |",
+                "|---|---|---|---|", *same]
     out += ["", f"Exhaustive search over each compressed index: nDCG@10 ours {e['ours']['ndcg@10']:.4f}, fast-plaid "
             f"{e['fast_plaid']['ndcg@10']:.4f} (uncompressed float: {e['float']['ndcg@10']:.4f}); top-10 overlap with "
             f"exact float MaxSim ours {e['ours']['float_overlap@10']:.3f}, fast-plaid "
-            f"{e['fast_plaid']['float_overlap@10']:.3f}. Size on disk: ours {z['ours_bytes_per_token']} B/token "
-            f"({z['ours_centroids']} centroids), fast-plaid {z['fast_plaid_bytes_per_token']} B/token "
-            f"({z['fast_plaid_centroids']} centroids). Build from the embeddings (own process): "
+            f"{e['fast_plaid']['float_overlap@10']:.3f}. Size on disk per token: compressed tokens (centroid id + "
+            f"residual) ours {z.get('ours_codes_residuals')} B, fast-plaid {z.get('fast_plaid_codes_residuals')} B "
+            f"(int64 ids); ours also stores a float32 inverse norm per token ({z.get('ours_inverse_norms')} B, for "
+            f"scoring in the compressed domain); whole index without texts ours {z.get('ours_without_texts')} B, "
+            f"fast-plaid {z['fast_plaid_bytes_per_token']} B; our folder with the texts in SQLite "
+            f"{z['ours_bytes_per_token']} B ({z['ours_centroids']} centroids, fast-plaid "
+            f"{z['fast_plaid_centroids']}). Our k-means sample in this run: {z.get('ours_kmeans_sample_tokens')} tokens"
+            + (" (the default before 0.2.0; see the compression section for the current default's fidelity)"
+               if z.get("ours_kmeans_sample_tokens") == 1 << 18 else "") + ". Build from the embeddings (own process): "
             + "; ".join(f"{lib.replace('_', '-')} {v['build_s']} s, peak RSS {v['peak_rss_mb']} MB"
                         for lib, v in b.items()) + ".",
             "", "![latency vs agreement, ours and fast-plaid](benchmarks/results/fastplaid.png)", "",
@@ -347,6 +367,13 @@ def compression_tables() -> list[str]:
     for name, r in d["variants"].items():
         out.append(f"| {name} | {r['num_centroids']} | {r['build_s']} ({r['kmeans_s']}) | {r['float_overlap@10']:.3f} "
                    f"| {r['ndcg@10']:.4f} | {r['mean_token_cosine']} |")
+    if d.get("centroids"):
+        out += ["", "The centroids alone (every token compressed in memory with the same buckets, decompressed in "
+                "float32, exact MaxSim; no index or search path):", "",
+                "| centroids | k-means s | float overlap@10 | token cosine |", "|---|---|---|---|"]
+        for name, r in d["centroids"].items():
+            out.append(f"| {name} | {'' if r['kmeans_s'] is None else r['kmeans_s']} | {r['float_overlap@10']:.3f} | "
+                       f"{r['mean_token_cosine']} |")
     out += ["", _machine_line(d["machine"]), ""]
     return out
 
@@ -355,7 +382,7 @@ def precision_tables() -> list[str]:
     d = _result("precision.json")
     if d is None:
         return []
-    out = ["## Document precision on bf16 CPUs (`make bench-precision`)", "",
+    out = ["## Document encoding precision (`make bench-precision`)", "",
            "Each set indexed twice with the default model, documents encoded in float32 and in bfloat16 (queries "
            "float32 both times); nDCG@10 / Recall@100 with default search, top-10 overlap between the two, token "
            f"cosine between the two encodings. Rule: {d.get('rule')} (met: {d.get('rule_met')}). Throughput "

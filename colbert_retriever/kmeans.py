@@ -35,9 +35,9 @@ def num_centroids(num_embeddings_estimate: int, num_sample: int, requested: int 
     return max(1, min(k, num_sample))
 
 
-def train_centroids(sample: np.ndarray, k: int, niters: int, seed: int) -> np.ndarray:
+def train_centroids(sample: np.ndarray, k: int, niters: int, seed: int, flat: bool = False) -> np.ndarray:
     """sample: (n, dim) float32. Returns (k', dim) float32 L2-normalised centroids, k' = min(k, n) (about k when
-    the two-level path rounds the per-cluster shares)."""
+    the two-level path rounds the per-cluster shares). flat: never the two-level path."""
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     n, dim = sample.shape
     k = max(1, min(k, n))
@@ -48,7 +48,7 @@ def train_centroids(sample: np.ndarray, k: int, niters: int, seed: int) -> np.nd
             import faiss
         except ImportError:
             faiss = None
-        if faiss is not None and k >= TWO_LEVEL_MIN_K and n >= MIN_POINTS_PER_CENTROID * k:
+        if faiss is not None and not flat and k >= TWO_LEVEL_MIN_K and n >= MIN_POINTS_PER_CENTROID * k:
             cents = _two_level_kmeans(faiss, sample, k, niters, seed)
         elif faiss is not None:
             km = faiss.Kmeans(dim, k, niter=niters, seed=seed, verbose=False, spherical=True,

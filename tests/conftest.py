@@ -180,3 +180,16 @@ def assert_real_path(trace, n_docs):
     """Every traced search ran PLAID's stages on a subset (not the exhaustive/small-collection path)."""
     assert trace and all(not t.exhaustive and t.stage2 is not None for t in trace), trace
     assert max(t.exact_scored for t in trace) < n_docs / 2, trace
+
+
+def read_only_command(folder: Path, cmd: list[str]) -> list[str]:
+    """Make ``folder`` and its files read-only and return ``cmd`` wrapped so that the process cannot write there
+    even as root (setpriv drops the capabilities that let root ignore permission bits); skips the calling test
+    where that is impossible."""
+    for p in [*folder.iterdir(), folder]:
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    if os.geteuid() != 0:
+        return cmd
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]

@@ -150,3 +150,26 @@ def test_two_level_kmeans_for_many_centroids():
     two_level_fit = (X @ torch.from_numpy(cents).T).amax(1).mean()
     flat_fit = (X @ torch.from_numpy(flat).T).amax(1).mean()
     assert two_level_fit > flat_fit - 0.01
+
+
+def test_flat_kmeans_option_runs_one_kmeans_over_all_centroids():
+    """CodecConfig(kmeans="flat") skips the two-level path even at many centroids: the centroids are faiss' flat
+    k-means' (normalised), not the two-level ones; the choice is recorded in the config (absent in older indexes:
+    two-level); an unknown value is refused by name."""
+    faiss = pytest.importorskip("faiss")
+    from colbert_retriever.kmeans import TWO_LEVEL_MIN_K, train_centroids
+
+    x = clustered(n=16 * TWO_LEVEL_MIN_K, dim=16, k=512, seed=2).numpy()
+    flat = train_centroids(x, TWO_LEVEL_MIN_K, 4, 0, flat=True)
+    km = faiss.Kmeans(16, TWO_LEVEL_MIN_K, niter=4, seed=0, verbose=False, spherical=True,
+                      min_points_per_centroid=1, max_points_per_centroid=1 << 30)
+    km.train(x)
+    ref = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True)
+    assert np.allclose(flat, ref, atol=1e-6)
+    two_level = train_centroids(x, TWO_LEVEL_MIN_K, 4, 0)
+    assert two_level.shape != flat.shape or not np.allclose(two_level, flat, atol=1e-3)
+    cfg = CodecConfig(nbits=2, kmeans="flat")
+    assert CodecConfig.from_dict(cfg.to_dict()).kmeans == "flat"
+    assert CodecConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "kmeans"}).kmeans == "two-level"
+    with pytest.raises(InvalidArgument, match="kmeans='fast'"):
+        CodecConfig(kmeans="fast")

@@ -19,7 +19,7 @@ from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleM
                                IndexNotFoundError, InvalidArgument, InvalidType, layout)
 from colbert_retriever.writer import MERGE_FACTOR
 
-from .conftest import assert_real_path, make_corpus
+from .conftest import assert_real_path, make_corpus, read_only_command
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -426,15 +426,9 @@ def test_read_only_folder_opens_and_searches(built_index, tiny_model, colbert_ai
     idx_dir = tmp_path / "ro" / "index"
     shutil.copytree(built_index.path, idx_dir)
     before = files_in(idx_dir)
-    for p in [*idx_dir.iterdir(), idx_dir]:
-        os.chmod(p, 0o555 if p.is_dir() else 0o444)
     script = tmp_path / "ro.py"
     script.write_text(READONLY_SCRIPT.format(root=root, ckpt=str(colbert_ai_ckpt), path=str(idx_dir)))
-    cmd = [sys.executable, str(script)]
-    if os.geteuid() == 0:  # root ignores permission bits: drop the capabilities that let it
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
-        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+    cmd = read_only_command(idx_dir, [sys.executable, str(script)])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                              timeout=300)

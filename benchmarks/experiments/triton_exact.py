@@ -8,28 +8,19 @@ with the largest score difference from the torch path. Needs CUDA; prints one JS
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gpu import timeit  # noqa: E402
+
 from colbert_retriever import CodecConfig  # noqa: E402
 from colbert_retriever.arrays import IndexArrays  # noqa: E402
 from colbert_retriever.codec import ResidualCodec  # noqa: E402
 from colbert_retriever.stages import exact_scores, gather_rows  # noqa: E402
 from colbert_retriever.strided import inverted_file, offsets_from_lengths  # noqa: E402
 from colbert_retriever.triton_kernels.maxsim import maxsim_compressed  # noqa: E402
-
-
-def timeit(fn, reps=30):
-    fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return round((time.perf_counter() - t) / reps * 1000, 3)
 
 
 def main():
