@@ -5,7 +5,8 @@ Runs inside the peers virtualenv (``benchmarks/peers/setup.sh``: torch 2.13.0, c
 
 1. a colbert-ai-layout checkpoint both libraries load: the default backbone (all-MiniLM-L6-v2) + our 128-d head,
    [MASK] query augmentation, query_maxlen 32, doc_maxlen 180, saved with ``ColBERT.save``;
-2. scifact indexed by each library at 2 bits, each build in its own process (build time, peak RSS);
+2. scifact indexed by each library at 2 bits, each build in its own process (build time, peak RSS); documents
+   encoded in float32 by both (colbert-ai's CPU path; ours would take bfloat16 on a bf16 CPU by default);
 3. the 300 test queries encoded once by colbert-ai (``Searcher.encode``; ours is checked to agree: the run stops
    if our float32 encoding differs by more than 1e-4), then, for
    each knob tuple (ncells, centroid_score_threshold, ndocs) and each library's defaults (and, for each tuple,
@@ -66,7 +67,7 @@ def corpus():
 def make_checkpoint():
     from colbert_retriever import ColBERT
 
-    model = ColBERT.default(dtype=None)
+    model = ColBERT.default(dtype="float32")
     # colbert-ai always inserts its marker tokens ([unused0] / [unused1]; it has no "no marker" setting), so the
     # checkpoint says so too: both libraries then tokenize, and encode, alike (checked in ``measure``)
     model.set_config(model.config.replace(mask_augmentation=True, query_maxlen=32, doc_maxlen=DOC_MAXLEN,
@@ -81,7 +82,7 @@ def build_ours():
     from colbert_retriever import ColBERT, Index
 
     ids, texts, _, _ = corpus()
-    model = ColBERT.from_pretrained(CKPT, dtype=None)
+    model = ColBERT.from_pretrained(CKPT, dtype="float32")
     shutil.rmtree(OURS, ignore_errors=True)
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -178,7 +179,7 @@ def measure(args) -> dict:
     qids = [q for q in queries if q in qrels][: args.queries]
     qtexts = [queries[q] for q in qids]
     searcher = colbert_searcher()
-    model = ColBERT.from_pretrained(CKPT, dtype=None)
+    model = ColBERT.from_pretrained(CKPT, dtype="float32")
     index = Index.open(OURS, model=model)
     snap = index._current()
     out: dict = {"queries": len(qids), "documents": len(texts)}

@@ -347,7 +347,7 @@ def fastplaid_tables() -> list[str]:
             + (" (the default before 0.2.0; see the compression section for the current default's fidelity)"
                if z.get("ours_kmeans_sample_tokens") == 1 << 18 else "") + ". Build from the embeddings (own process): "
             + "; ".join(f"{lib.replace('_', '-')} {v['build_s']} s, peak RSS {v['peak_rss_mb']} MB"
-                        for lib, v in b.items()) + ".",
+                        + (f" (built {v['date']})" if v.get("date") else "") for lib, v in b.items()) + ".",
             "", "![latency vs agreement, ours and fast-plaid](benchmarks/results/fastplaid.png)", "",
             _machine_line(d["machine"]), ""]
     return out
@@ -361,7 +361,11 @@ def compression_tables() -> list[str]:
            f"The fast-plaid benchmark's scifact embeddings ({d['tokens']:,} tokens), 2 bits, one index per codec "
            f"variant; exhaustive search over it ({d['queries']} queries) against exact float MaxSim over the "
            f"uncompressed embeddings (float nDCG@10 {d['float']['ndcg@10']}); mean cosine of 100k tokens with their "
-           "reconstruction.", "",
+           "reconstruction. Every row decodes a bucket to the mean of the held-out residuals that fall in it (since "
+           "0.2.0; ColBERTv2 and fast-plaid use the bucket's midpoint quantile) and assigns tokens with the "
+           "coarse-to-fine probe of 32. Before 0.2.0 (2^18 sample, probe 8, midpoint levels) the same embeddings "
+           "gave float overlap@10 0.878 and nDCG@10 0.7021 (the fast-plaid benchmark run of 2026-12-04 17:48 UTC, "
+           "before these changes).", "",
            "| codec | centroids | build s (k-means s) | float overlap@10 | nDCG@10 | token cosine |",
            "|---|---|---|---|---|---|"]
     for name, r in d["variants"].items():
@@ -426,7 +430,54 @@ def tokens10m_tables() -> list[str]:
                    f"{srch['rss_after_search_mb']['file']} | {c['real']} / {c['synthetic']} |")
     if "latency_exponent" in d:
         out += ["", f"Latency grows as tokens^{d['latency_exponent']} (least squares on log p50 vs log tokens)."]
+    rep = d.get("repeats")
+    if rep:
+        out += ["", f"Repeats: the 10M search step alone, twice more on the same index: p50 "
+                f"{' and '.join(str(v) for v in rep['10000000_p50_ms'])} ms (the VM drifts between runs). "
+                "Interleaved in one process with an index built with the coarse assignment probe before 0.2.0: "
+                + ", ".join(f"{k} {v} ms" for k, v in rep["10000000_interleaved_p50_ms"].items())
+                + f"; that build took {rep['10000000_build_s_probe8']} s."]
     out += ["", _machine_line(d["machine"]), ""]
+    return out
+
+
+def ab_release_tables() -> list[str]:
+    d = _result("ab_release.json")
+    if d is None:
+        return []
+    r, e = d["retrieval_ms"], d["end_to_end_ms"]
+    return ["## This release against the previous one, same process (`benchmarks/experiments/ab_release.py`)", "",
+            f"The previous release's package (git {d['rev']}) imported under another name beside this one; both open "
+            f"the same index (`{Path(d['index']).name}`), {d['queries']} scifact queries interleaved (order "
+            "alternated), k=10, default knobs; retrieval with the same query embeddings, end-to-end with each "
+            "release's own encoder.", "",
+            "| | previous p50 / p95 ms | this release p50 / p95 ms | p50 ratio |", "|---|---|---|---|",
+            f"| retrieval | {r['previous']['p50']} / {r['previous']['p95']} | {r['this release']['p50']} / "
+            f"{r['this release']['p95']} | {d['retrieval_p50_ratio']} |",
+            f"| end-to-end | {e['previous']['p50']} / {e['previous']['p95']} | {e['this release']['p50']} / "
+            f"{e['this release']['p95']} | {d['end_to_end_p50_ratio']} |", "",
+            f"Top-10 agreement between the two: {d['top10_agreement']}; identical top-10 in the same order on "
+            f"{d['same_top10_order']:.0%} of queries.", "", _machine_line(d["machine"]), ""]
+
+
+def gpu_tables() -> list[str]:
+    g = _result("gpu.json")
+    if g is None:
+        return ["## GPU kernels", "", "Not run yet: no GPU was available to the session that wrote this file. "
+                "`bash benchmarks/gpu_check.sh` on a CUDA machine runs the gpu tests and `benchmarks/gpu.py`, which "
+                "writes benchmarks/results/gpu.json and this section.", ""]
+    ops = sorted({k[: -len("_torch")] for k in g if k.endswith("_torch")})
+    out = ["## GPU kernels (`benchmarks/gpu.py`)", "",
+           f"{g['gpu']}; {g['tokens']:,} random token embeddings in {g['docs']:,} documents, 2 bits; ms per call, "
+           "Triton kernels vs the torch path on the same GPU.", "", "| operation | torch ms | Triton ms | ratio |",
+           "|---|---|---|---|"]
+    for op in ops:
+        t, k = g[f"{op}_torch"], g.get(f"{op}_triton")
+        out.append(f"| {op.replace('_ms', '').replace('_', ' ')} | {t} | {k} | "
+                   f"{'' if not k else round(k / t, 2)} |")
+    out += ["", "The fused exact-MaxSim kernel multiplies in `tf32x3` at 16-token blocks: with true fp32 dots at 32 it "
+            "was 2.4x slower than the torch path (`benchmarks/experiments/triton_exact.py`, "
+            "results/triton_exact.jsonl).", "", _machine_line(g["machine"]), ""]
     return out
 
 
@@ -519,6 +570,7 @@ def render() -> Path:
     lines += peers_tables()
     lines += tokens10m_tables()
     lines += coldstart_tables()
+    lines += ab_release_tables()
     lines += precision_tables()
     lines += contention_tables()
     lines += updates_tables()
@@ -548,13 +600,7 @@ def render() -> Path:
                   f"{d['search_ms_incl_encoding_single']['p95']} ms, 2 shards {d['search_ms_incl_encoding_2_shards']['p50']}/"
                   f"{d['search_ms_incl_encoding_2_shards']['p95']} ms; top-10 overlap sharded vs single "
                   f"{d['top10_overlap_sharded_vs_single']} (different centroids: the single index trains its own).", ""]
-    gpu = RESULTS / "gpu.json"
-    if gpu.exists():
-        g = json.loads(gpu.read_text())
-        lines += ["## GPU kernels", "", "```", json.dumps(g, indent=1), "```", ""]
-    else:
-        lines += ["## GPU kernels", "", "Not run yet: no GPU was available to the session that wrote this file. "
-                  "`python benchmarks/gpu.py` on a CUDA machine writes benchmarks/results/gpu.json and this section.", ""]
+    lines += gpu_tables()
     extra = ROOT / "benchmarks" / "NOTES.md"
     if extra.exists():
         lines += [extra.read_text()]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from colbert_retriever import CodecConfig, InvalidArgument
-from colbert_retriever.codec import ResidualCodec, code_dtype
+from colbert_retriever.codec import ResidualCodec, bucket_levels, code_dtype
 from colbert_retriever.kmeans import num_centroids
 
 
@@ -39,12 +39,29 @@ def test_bit_packing_is_lossless_on_buckets(nbits):
     assert torch.allclose(codec.decompress(codes, packed), torch.nn.functional.normalize(expected, dim=-1), atol=1e-6)
 
 
-def test_bucket_weights_are_quantiles():
+def test_bucket_cutoffs_are_quantiles_and_levels_lie_inside_their_buckets():
     x = clustered()
     codec = ResidualCodec.fit(x, CodecConfig(nbits=2, num_centroids=16), x.shape[0])
     assert codec.bucket_cutoffs.shape == (3,) and codec.bucket_weights.shape == (4,)
     assert torch.all(codec.bucket_weights[:-1] <= codec.bucket_cutoffs)
     assert torch.all(codec.bucket_cutoffs <= codec.bucket_weights[1:])
+
+
+@pytest.mark.parametrize("nb", [2, 4, 16])
+def test_bucket_levels_are_conditional_means_and_beat_quantile_midpoints(nb):
+    res = np.random.default_rng(0).standard_t(5, 200_000) * 0.03  # heavy-tailed, like residuals
+    cut, levels = bucket_levels(res, nb)
+    assert np.allclose(cut, np.quantile(res, np.arange(1, nb) / nb))
+    which = np.searchsorted(cut, res, side="right")  # torch.bucketize(right=True), as compress does
+    assert np.allclose(levels, [res[which == b].mean() for b in range(nb)])
+    mid = np.quantile(res, (np.arange(nb) + 0.5) / nb)
+    assert ((res - levels[which]) ** 2).mean() < ((res - mid[which]) ** 2).mean()
+
+
+def test_bucket_levels_fill_an_empty_bucket_with_its_midpoint():
+    res = np.array([0.0] * 10 + [1.0])  # every quantile cut at 0: the lower buckets get no values
+    cut, levels = bucket_levels(res, 4)
+    assert np.isfinite(levels).all() and levels.shape == (4,)
 
 
 def test_tiny_samples_clamp_centroids():

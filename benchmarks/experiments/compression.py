@@ -7,7 +7,8 @@ between a token and its reconstruction. Variants: the k-means sample (2^18 token
 default; flat, ``CodecConfig(kmeans="flat")``).
 
 Part two isolates the centroids: every token compressed in memory with one set of buckets and each set of
-centroids, decompressed in float32 and scored by exact MaxSim (no index, no search path): fast-plaid's own
+centroids (and, once, fast-plaid's centroids with ColBERTv2's quantile-midpoint decoding levels instead of our
+bucket means), decompressed in float32 and scored by exact MaxSim (no index, no search path): fast-plaid's own
 centroids (read from its index), our two-level k-means over every token, and a flat faiss k-means over every token
 (4 iterations, at most 256 points per centroid: what fast-plaid runs).
 
@@ -39,7 +40,7 @@ from colbert_retriever.scoring import maxsim_packed  # noqa: E402
 from colbert_retriever.strided import offsets_from_lengths  # noqa: E402
 
 VARIANTS = {
-    "2^18 sample (before 0.2.0)": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 18),
+    "2^18 sample": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 18),
     "2^19 sample": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 19),
     "2^20 sample (default)": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 20),
     "every token": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 22),
@@ -47,6 +48,12 @@ VARIANTS = {
 }
 """(The two-level k-means runs at least 10 iterations per level, so ``kmeans_niters`` 4 vs 10 changes nothing at
 this size: measured identical, not repeated here.)"""
+
+
+def _heldout_residuals(codec, docs: torch.Tensor) -> np.ndarray:
+    """Residual values of 50k tokens (not the k-means sample's order) under ``codec``'s centroids."""
+    rows = docs[torch.randperm(len(docs), generator=torch.Generator().manual_seed(2))[:50_000]]
+    return (rows - codec.centroids[codec.assign(rows)]).flatten().double().numpy()
 
 
 def centroid_sources(docs: torch.Tensor, offsets: torch.Tensor, Q, ref) -> dict:
@@ -63,9 +70,13 @@ def centroid_sources(docs: torch.Tensor, offsets: torch.Tensor, Q, ref) -> dict:
     Qp = torch.nn.utils.rnn.pad_sequence(Q, batch_first=True)
     out = {}
 
-    def score(name, cents, seconds):
+    # the decoding levels ColBERTv2 uses (and we did before 0.2.0): the midpoint quantile of each bucket
+    res_q = (np.arange(4) + 0.5) / 4
+    midpoints = torch.tensor(np.quantile(_heldout_residuals(base, docs), res_q), dtype=torch.float32)
+
+    def score(name, cents, seconds, levels=base.bucket_weights):
         c = ResidualCodec(torch.nn.functional.normalize(torch.as_tensor(cents).float(), dim=-1), base.bucket_cutoffs,
-                          base.bucket_weights, 2)
+                          levels, 2)
         codes, packed = c.compress(docs)
         dec = torch.nn.functional.normalize(c.decompress(codes, packed).float(), dim=-1)
         runs = maxsim_packed(Qp, dec, offsets).topk(10, dim=1).indices.tolist()
@@ -73,7 +84,9 @@ def centroid_sources(docs: torch.Tensor, offsets: torch.Tensor, Q, ref) -> dict:
                      "mean_token_cosine": round(float((dec * docs).sum(-1).mean()), 5)}
         print(name, json.dumps(out[name]), flush=True)
 
-    score("fast-plaid's centroids", np.load(FP / "fast-plaid" / "centroids.npy").astype(np.float32), None)
+    fp_cents = np.load(FP / "fast-plaid" / "centroids.npy").astype(np.float32)
+    score("fast-plaid's centroids", fp_cents, None)
+    score("fast-plaid's centroids, quantile-midpoint levels (before 0.2.0)", fp_cents, None, midpoints)
     t = time.perf_counter()
     cents = train_centroids(x, 16384, 4, 12345)
     score("ours: two-level, every token", cents, round(time.perf_counter() - t, 1))

