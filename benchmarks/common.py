@@ -113,3 +113,34 @@ def write_json(name: str, data: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def plot_latency_vs_agreement(out: dict, names: dict, starred: tuple, title: str, path: Path,
+                              fontsize: int = 8) -> None:
+    """Two panels (each k of ``out["runs"]``): retrieval p50 against top-10 agreement with the library's own
+    exhaustive search, one line per library of ``names`` ({library: (label, style)}), each library of ``starred``
+    at its defaults as a star. Used by the peer benchmarks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = out["runs"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, k in zip(axes, sorted({r["k"] for r in runs})):
+        for lib, (label, style) in names.items():
+            pts = sorted((r["agreement@10"], r["latency_ms"]["p50"]) for r in runs
+                         if r["library"] == lib and r["k"] == k and r["knobs"] != "defaults")
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+        for lib in starred:
+            d = [r for r in runs if r["library"] == lib and r["k"] == k and r["knobs"] == "defaults"]
+            if d:
+                ax.plot(d[0]["agreement@10"], d[0]["latency_ms"]["p50"], "*", ms=12, label=f"{lib} defaults")
+        ax.set_xlabel("top-10 agreement with own exhaustive search")
+        ax.set_ylabel("retrieval p50 ms (excl. encoding)")
+        ax.set_yscale("log")
+        ax.set_title(title.format(k=k))
+        ax.legend(fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

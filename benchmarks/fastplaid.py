@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, SHARED, WORK, PeakRSS, machine_info, percentiles, write_json  # noqa: E402
+from common import (RESULTS, ROOT, SHARED, WORK, PeakRSS, machine_info, percentiles,  # noqa: E402
+                    plot_latency_vs_agreement, write_json)
 
 from colbert_retriever import Index, SearchConfig, load_model  # noqa: E402
 from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries, metrics  # noqa: E402
@@ -280,32 +281,11 @@ def main(argv=None):
 
 
 def plot(out: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = {"fast_plaid": ("fast-plaid, one query per call", "o--"), "fast_plaid_batched":
              ("fast-plaid, all queries in one call (per query)", "x:"), "ours": ("ours, pruned (same knobs)", "s-"),
              "ours_probed": ("ours, probed scoring (default stage 2)", "^-")}
-    for ax, k in zip(axes, sorted({r["k"] for r in out["runs"]})):
-        for lib, (label, style) in names.items():
-            pts = sorted((r["agreement@10"], r["latency_ms"]["p50"]) for r in out["runs"]
-                         if r["library"] == lib and r["k"] == k and r["knobs"] != "defaults")
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-        for lib in ("ours", "fast_plaid"):
-            d = [r for r in out["runs"] if r["library"] == lib and r["k"] == k and r["knobs"] == "defaults"]
-            if d:
-                ax.plot(d[0]["agreement@10"], d[0]["latency_ms"]["p50"], "*", ms=12, label=f"{lib} defaults")
-        ax.set_xlabel("top-10 agreement with own exhaustive search")
-        ax.set_ylabel("retrieval p50 ms (excl. encoding)")
-        ax.set_yscale("log")
-        ax.set_title(f"scifact, k={k}, same embeddings, 2 bits")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "fastplaid.png", dpi=110)
+    plot_latency_vs_agreement(out, names, ("ours", "fast_plaid"), "scifact, k={k}, same embeddings, 2 bits",
+                              RESULTS / "fastplaid.png", fontsize=7)
 
 
 if __name__ == "__main__":

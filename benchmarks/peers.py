@@ -41,7 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED, WORK, percentiles, run_with_peak, write_json  # noqa: E402
+from common import (RESULTS, SHARED, WORK, percentiles, plot_latency_vs_agreement, run_with_peak,  # noqa: E402
+                    write_json)
 
 DATA = SHARED / "scifact"
 PEERS = WORK / "peers"
@@ -265,30 +266,9 @@ def measure(args) -> dict:
 
 
 def plot(out: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, k in zip(axes, (10, 100)):
-        for lib, style in (("colbert_ai", "o--"), ("ours", "s-"), ("ours_probed", "^-")):
-            pts = sorted((r["agreement@10"], r["latency_ms"]["p50"]) for r in out["runs"]
-                         if r["library"] == lib and r["k"] == k and r["knobs"] != "defaults")
-            if pts:
-                name = {"colbert_ai": "colbert-ai", "ours": "ours, pruned (same knobs)",
-                        "ours_probed": "ours, probed scoring (default stage 2)"}[lib]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
-            d = [r for r in out["runs"] if r["library"] == lib and r["k"] == k and r["knobs"] == "defaults"]
-            if d:
-                ax.plot(d[0]["agreement@10"], d[0]["latency_ms"]["p50"], "*", ms=12, label=f"{lib} defaults")
-        ax.set_xlabel("top-10 agreement with own exhaustive search")
-        ax.set_ylabel("retrieval p50 ms (excl. encoding)")
-        ax.set_yscale("log")
-        ax.set_title(f"scifact, k={k}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "peers.png", dpi=110)
+    plot_latency_vs_agreement(out, {"colbert_ai": ("colbert-ai", "o--"), "ours": ("ours, pruned (same knobs)", "s-"),
+                                    "ours_probed": ("ours, probed scoring (default stage 2)", "^-")},
+                              ("colbert_ai", "ours", "ours_probed"), "scifact, k={k}", RESULTS / "peers.png")
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ Writes benchmarks/results/bench.json and BENCHMARKS.md (the scale run's tables a
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import shutil
@@ -28,25 +29,26 @@ from colbert_retriever import ColBERT, Index, SearchConfig  # noqa: E402
 from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries, metrics  # noqa: E402
 
 
-class RecordingEncoder:
-    """Wraps a ColBERT model and caches document embeddings by text, so that the nbits 1 and 4 indexes reuse the
-    nbits 2 build's encoding (their build times are then compression only)."""
+def recording_encoder(model):
+    """A shallow copy of a ColBERT model (still a ``ColBERT``, as ``Index.build`` requires) whose document encoding
+    caches embeddings by text (``._cache``), so that the nbits 4 index reuses the nbits 1 build's encoding (its
+    build time is then compression only)."""
+    enc = copy.copy(model)
+    enc._cache = {}
 
-    def __init__(self, model):
-        self._model = model
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def encode_documents_packed(self, texts, batch_size=32, show_progress=False, desc="encoding"):
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+    def encode_documents_packed(texts, batch_size=32, show_progress=False, desc="encoding", progress=None):
+        missing = list(dict.fromkeys(t for t in texts if t not in enc._cache))
         if missing:
-            embs, lengths = self._model.encode_documents_packed(missing, batch_size, show_progress, desc)
+            embs, lengths = model.encode_documents_packed(missing, batch_size, show_progress, desc)
             for t, e in zip(missing, torch.split(embs.to(torch.float16), lengths.tolist())):
-                self._cache[t] = e
-        pieces = [self._cache[t] for t in texts]
+                enc._cache[t] = e
+        if progress is not None:
+            progress(len(texts))
+        pieces = [enc._cache[t] for t in texts]
         return torch.cat(pieces).float(), torch.tensor([p.shape[0] for p in pieces])
+
+    enc.encode_documents_packed = encode_documents_packed
+    return enc
 
 
 def run_queries(search, qids, queries, k=100):
@@ -177,7 +179,7 @@ def index_stats(index: Index) -> dict:
             "build_s": meta["provenance"]["build_seconds"]}
 
 
-def reconstruction(index: Index, enc: RecordingEncoder, sample: int = 20000) -> float:
+def reconstruction(index: Index, enc, sample: int = 20000) -> float:
     """Mean cosine between original and decompressed embeddings (first documents of the cache)."""
     if not enc._cache:
         return float("nan")
@@ -218,7 +220,7 @@ def main(argv=None):
             print("bm25", json.dumps(r["bm25"]), flush=True)
             r["single_vector"] = bench_single_vector(texts, ids, queries, qids, qrels, model.dtype)
             print("single-vector", json.dumps(r["single_vector"]), flush=True)
-        enc = RecordingEncoder(model)
+        enc = recording_encoder(model)
         for nbits in args.nbits:
             path = WORK / f"{name}-nbits{nbits}"
             prev = previous.get("datasets", {}).get(name, {}).get(f"colbert_nbits{nbits}")

@@ -77,6 +77,13 @@ def main(argv=None):
                 build = time.perf_counter() - t
         meta = index.metadata
         lat = {}
+        # the first pass after open (or after the build) pays first-touch page faults of the memory-mapped arrays
+        # and the kernels' first calls: reported apart; the table's latencies are the passes after it
+        first = []
+        for i in range(Q.shape[0]):
+            t = time.perf_counter()
+            index.search_embeddings(Q[i : i + 1], 10)
+            first.append((time.perf_counter() - t) * 1000)
         for k in (10, 100, 1000):
             ms = []
             for i in range(Q.shape[0]):
@@ -102,7 +109,8 @@ def main(argv=None):
                "build_stages_s": meta["provenance"]["stages"],
                "num_centroids": meta["codec"]["num_centroids"], "index_bytes": folder_bytes(path),
                "bytes_per_token": round(seg / meta["counts"]["embeddings"], 2),
-               "latency_ms_excl_encoding": lat, "batch32_ms_per_query": round(batch, 2), "agreement_at_10": agree}
+               "latency_ms_excl_encoding": lat, "k10_first_pass_ms": percentiles(first),
+               "batch32_ms_per_query": round(batch, 2), "agreement_at_10": agree}
         out["sizes"].append(row)
         print(row, flush=True)
     # latency-vs-agreement curve on the largest index

@@ -133,13 +133,15 @@ def progress_bar(total: int, show: bool, desc: str) -> tqdm:
 
 
 def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, bar: tqdm,
-                  times: StageTimes) -> tuple[dict[int, torch.Tensor], int]:
+                  times: StageTimes) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Encode documents in random order until ``config.kmeans_sample_tokens`` tokens are seen (or all documents).
-    Returns ({doc index: (n_i, dim) float32 CPU embeddings}, total sampled tokens). The sample is kept in float32
-    (``Precision.assignment``): sampled documents are compressed from the same embeddings as the others."""
+    Returns ({doc index: (n_i, dim) float32 CPU embeddings}, the sample as one (n, dim) tensor): the cache's
+    entries are views of that tensor. The sample is kept in float32 (``Precision.assignment``): sampled documents
+    are compressed from the same embeddings as the others."""
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(texts))
-    cache: dict[int, torch.Tensor] = {}
+    docs: list[int] = []
+    chunks, sizes = [], []
     tokens = 0
     step = 1024
     bar.set_description("encoding a sample for the centroids")
@@ -148,13 +150,19 @@ def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: 
         idx = order[s : s + step].tolist()
         embs, lengths = model.encode_documents_packed([texts[i] for i in idx], batch_size=batch_size,
                                                       progress=bar.update)
-        for i, e in zip(idx, torch.split(embs.to("cpu", torch.float32), lengths.tolist())):
-            cache[i] = e
+        chunks.append(embs.to("cpu", torch.float32))
+        docs += idx
+        sizes += lengths.tolist()
         tokens += int(lengths.sum())
         if tokens >= config.kmeans_sample_tokens:
             break
+    # one copy of the sample: the cache's entries are views of the tensor k-means trains on (at 2^20 tokens a
+    # copy is 0.5 GB: keeping chunks and a concatenation of them doubled the build's peak memory)
+    sample = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    del chunks
+    cache = dict(zip(docs, torch.split(sample, sizes)))
     times.encode_s += time.perf_counter() - t0
-    return cache, tokens
+    return cache, sample
 
 
 def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
@@ -164,12 +172,13 @@ def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: in
     progress bar over ``texts`` (else one is made for this step)."""
     own = bar is None
     bar = progress_bar(len(texts), show_progress, "") if own else bar
-    cache, sample_tokens = encode_sample(model, texts, config, batch_size, bar, times)
+    cache, sample = encode_sample(model, texts, config, batch_size, bar, times)
     bar.set_description("training centroids (k-means)")
     bar.refresh()
     t0 = time.perf_counter()
-    est = int(sample_tokens / max(1, len(cache)) * len(texts))
-    codec = ResidualCodec.fit(torch.cat(list(cache.values())).float(), config, est)
+    est = int(sample.shape[0] / max(1, len(cache)) * len(texts))
+    codec = ResidualCodec.fit(sample, config, est)
+    del sample  # the cache's views keep what encode_and_compress still needs
     # compress against exactly what is stored (fp16 centroids), so stored inverse norms match search time
     codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=codec.centroids.device)
     times.kmeans_s += time.perf_counter() - t0

@@ -403,12 +403,13 @@ def test_device_argument_is_honoured(built_index, tiny_model):
 READONLY_SCRIPT = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, {root!r})
-    from colbert_retriever import ColBERT, Index, IndexLockedError
+    from colbert_retriever import ColBERT, Index, IndexLockedError, kernel_backend
     model = ColBERT.from_pretrained({ckpt!r}, dtype="float32")
     idx = Index.open({path!r}, model=model)
-    out = [[(h.id, round(h.score, 4)) for h in idx.search(q, k=10, exhaustive=True)]
-           for q in ("music guitar piano", "ocean forest", "kernel memory")]
-    filtered = [h.id for h in idx.search("ocean", k=3, filter={{"group": 1}})]
+    with kernel_backend({kernels!r}):  # the parent's kernels: same code path, same rounding
+        out = [[(h.id, round(h.score, 4)) for h in idx.search(q, k=10, exhaustive=True)]
+               for q in ("music guitar piano", "ocean forest", "kernel memory")]
+        filtered = [h.id for h in idx.search("ocean", k=3, filter={{"group": 1}})]
     try:
         idx.add(["x y"])
         err = None
@@ -419,7 +420,7 @@ READONLY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_read_only_folder_opens_and_searches(built_index, tiny_model, colbert_ai_ckpt, tmp_path):
+def test_read_only_folder_opens_and_searches(built_index, tiny_model, colbert_ai_ckpt, tmp_path, request):
     built_index.delete(["d3"])  # a WAL-mode store with a committed write
     expected = answers(built_index)
     root = str(Path(__file__).resolve().parents[1])
@@ -427,7 +428,8 @@ def test_read_only_folder_opens_and_searches(built_index, tiny_model, colbert_ai
     shutil.copytree(built_index.path, idx_dir)
     before = files_in(idx_dir)
     script = tmp_path / "ro.py"
-    script.write_text(READONLY_SCRIPT.format(root=root, ckpt=str(colbert_ai_ckpt), path=str(idx_dir)))
+    script.write_text(READONLY_SCRIPT.format(root=root, ckpt=str(colbert_ai_ckpt), path=str(idx_dir),
+                                             kernels=request.config.getoption("--kernels")))
     cmd = read_only_command(idx_dir, [sys.executable, str(script)])
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},

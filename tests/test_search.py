@@ -421,14 +421,16 @@ def test_passages_ranked_as_documents_on_the_real_path(tmp_path, tiny_model):
     rows = idx.metadata["counts"]["live"]
     assert rows > 1.5 * len(texts) and len(idx) == len(texts)
     trace, agree = [], 0
-    queries = make_corpus(10, seed=32, min_words=10, max_words=14)
-    for q in queries:
+    # agreement is a mean over queries: 100 of them (a 10-query sample of this corpus swings by +-4 points)
+    queries = make_corpus(100, seed=32, min_words=10, max_words=14)
+    for i, q in enumerate(queries):
         hits = idx.search(q, k=10, ncells=4, ndocs=256, trace=trace)
         exh = idx.search(q, k=10, exhaustive=True)
         assert len({h.id for h in hits}) == 10 and all(h.passage is not None for h in hits)
         agree += len({h.id for h in hits} & {h.id for h in exh})
-        exact = {h.id: h.score for h in idx.search(q, k=len(texts), exhaustive=True)}
-        assert all(h.score == pytest.approx(exact[h.id], abs=1e-5) for h in hits)
+        if i < 10:
+            exact = {h.id: h.score for h in idx.search(q, k=len(texts), exhaustive=True)}
+            assert all(h.score == pytest.approx(exact[h.id], abs=1e-5) for h in hits)
     assert_real_path(trace, rows)
     assert agree / (10 * len(queries)) >= 0.9
 
