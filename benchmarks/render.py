@@ -553,10 +553,10 @@ def render() -> Path:
                                     if r.get("colbert_nbits2", {}).get("build_reused_from")})), "",
                   "## Quality (default model)", "",
                   "nDCG@10 with linear gains, MRR@10, Recall@100; "
-                  + ("a retrieved id equal to the query id is kept (BEIR's rule for ArguAna and Quora, off by default "
-                     "here); the hybrid section below shows both ways. " if not b.get("merged_from_previous_run") else
-                     "rows of this run keep a retrieved id equal to the query id (runs before 0.2.0 dropped it); "
-                     "the hybrid section below shows both ways. ") +
+                  + ("rows of this run keep a retrieved id equal to the query id (runs before 0.2.0 dropped it)"
+                     if b.get("merged_from_previous_run") else "a retrieved id equal to the query id is kept (BEIR's "
+                     "rule for ArguAna and Quora, off by default here)")
+                  + "; the hybrid section below shows both ways. "
                   "BM25: bm25s (k1=0.9, b=0.4, lowercase, bm25s English stopwords). Single-vector: mean-pooled "
                   "all-MiniLM-L6-v2, faiss IndexFlatIP. ColBERT: the default model (same backbone + 128-d head).",
                   *quality_table(b), "", "## Speed, size, memory", "", *speed_table(b), "", "## Index details", "",

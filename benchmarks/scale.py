@@ -30,13 +30,20 @@ CURVE = [(None, None, None), (1, 0.5, 256), (2, 0.45, 512), (4, 0.4, 1024), (8, 
 threshold of None with other knobs set: probed scoring (the default stage 2) at those knobs."""
 
 
-def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
-    agree, lat = [], []
+def timed_searches(index, Q, k: int, cfg: SearchConfig = SearchConfig()) -> tuple[list[set], list[float]]:
+    """One query per call over the rows of Q: each query's hit ids and its latency in ms."""
+    got, ms = [], []
     for i in range(Q.shape[0]):
         t = time.perf_counter()
-        got = {h.id for h in index.search_embeddings(Q[i : i + 1], 10, config=cfg)[0]}
-        lat.append((time.perf_counter() - t) * 1000)
-        agree.append(len(got & ref[i]) / max(1, len(ref[i])))
+        hits = index.search_embeddings(Q[i : i + 1], k, config=cfg)[0]
+        ms.append((time.perf_counter() - t) * 1000)
+        got.append({h.id for h in hits})
+    return got, ms
+
+
+def agreement(index, Q, cfg: SearchConfig, ref) -> tuple[float, float]:
+    got, lat = timed_searches(index, Q, 10, cfg)
+    agree = [len(g & r) / max(1, len(r)) for g, r in zip(got, ref)]
     return round(float(np.mean(agree)), 4), round(float(np.percentile(lat, 50)), 2)
 
 
@@ -76,21 +83,10 @@ def main(argv=None):
                                     show_progress=False)
                 build = time.perf_counter() - t
         meta = index.metadata
-        lat = {}
         # the first pass after open (or after the build) pays first-touch page faults of the memory-mapped arrays
         # and the kernels' first calls: reported apart; the table's latencies are the passes after it
-        first = []
-        for i in range(Q.shape[0]):
-            t = time.perf_counter()
-            index.search_embeddings(Q[i : i + 1], 10)
-            first.append((time.perf_counter() - t) * 1000)
-        for k in (10, 100, 1000):
-            ms = []
-            for i in range(Q.shape[0]):
-                t = time.perf_counter()
-                index.search_embeddings(Q[i : i + 1], k)
-                ms.append((time.perf_counter() - t) * 1000)
-            lat[str(k)] = percentiles(ms)
+        first = timed_searches(index, Q, 10)[1]
+        lat = {str(k): percentiles(timed_searches(index, Q, k)[1]) for k in (10, 100, 1000)}
         t = time.perf_counter()
         for s in range(0, Q.shape[0], 32):
             index.search_embeddings(Q[s : s + 32], 10)

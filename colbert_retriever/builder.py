@@ -178,7 +178,6 @@ def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: in
     t0 = time.perf_counter()
     est = int(sample.shape[0] / max(1, len(cache)) * len(texts))
     codec = ResidualCodec.fit(sample, config, est)
-    del sample  # the cache's views keep what encode_and_compress still needs
     # compress against exactly what is stored (fp16 centroids), so stored inverse norms match search time
     codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=codec.centroids.device)
     times.kmeans_s += time.perf_counter() - t0
