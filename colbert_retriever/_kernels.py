@@ -102,10 +102,16 @@ def numba_centroid_interaction(Sc, arrays, pids, threads):
     return k(Sc, arrays, pids, threads)
 
 
-def numba_exact_scores(Q, arrays, pids, Sc, threads):
+def numba_probed_scores(cells, vals, missing, arrays, allowed, **how):
+    from colbert_retriever._numba import probed_scores as k
+
+    return k(cells, vals, missing, arrays, allowed, **how)
+
+
+def numba_exact_scores(arrays, pids, Sc, lut_q, threads):
     from colbert_retriever._numba import exact_scores as k
 
-    return k(Q, arrays, pids, Sc, threads)
+    return k(arrays, pids, Sc, lut_q, threads)
 
 
 def decompress(codes, packed, centroids, bucket_weights, nbits):

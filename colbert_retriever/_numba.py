@@ -1,16 +1,19 @@
-"""Fused CPU kernels for PLAID's two heaviest stages, compiled by numba (LLVM from a PyPI wheel: no C compiler on the
+"""Fused CPU kernels for PLAID's stages, compiled by numba (LLVM from a PyPI wheel: no C compiler on the
 user's machine). Imported only through ``_kernels`` when a search runs with ``kernels="numba"`` (the default on
 CPU when numba is installed); the torch code in ``stages.py`` is their tested twin and the fallback.
 
 - ``centroid_interaction``: per document, each query token's best centroid score over the document's tokens,
   summed; one pass over the document's codes, no padded blocks, no gathers.
+- ``probed_scores``: stage 2 from the probed cells alone: one pass over the probed inverted lists marks the
+  candidates, a second keeps each (candidate, query token)'s best probed cell score; no sort of the entries.
 - ``exact_scores``: per document, MaxSim over its decompressed tokens computed in the compressed domain
   (centroid score + the residual bytes' lookup-table rows, times the stored inverse norm), the per-document max
   in the same loop: no embedding is materialised.
 
-Each runs in parallel over documents (numba's ``prange``) or serially. A search that runs alone with more than one
-thread takes the parallel variant; concurrent searches take the serial one (numba's default ``workqueue``
-threading layer must not be entered by two threads at once, so at most one parallel launch runs at a time here).
+``centroid_interaction`` and ``exact_scores`` run in parallel over documents (numba's ``prange``) or serially
+(``probed_scores`` always serially). A search that runs alone with more than one thread takes the parallel
+variant; concurrent searches take the serial one (numba's default ``workqueue`` threading layer must not be
+entered by two threads at once, so at most one parallel launch runs at a time here).
 Compiled code is cached on disk (``cache=True``: beside this file, or in the user's cache folder when the
 package folder is read-only), so only the first search on a machine pays the compilation.
 """
@@ -75,6 +78,53 @@ def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
         out[i] = s
 
 
+def _probe_mark(ivf_pids, ivf_offsets, base, cells, allowed, mark, cand, n):
+    """Mark the documents (``base`` + segment-local pid) in the inverted lists of ``cells`` that ``allowed``
+    admits (empty: all); each first seen is appended to ``cand`` after its ``n`` entries. Returns the new count."""
+    use = allowed.shape[0] > 0
+    for e in range(cells.shape[0]):
+        c = cells[e]
+        for t in range(ivf_offsets[c], ivf_offsets[c + 1]):
+            d = np.int64(ivf_pids[t]) + base
+            if mark[d] or (use and not allowed[d]):
+                continue
+            mark[d] = True
+            cand[n] = d
+            n += 1
+    return n
+
+
+def _probe_slots(mark, cand, n, slot, scan):
+    """Sort the ``n`` candidates in place (by a scan of ``mark`` when ``scan``) and give each its position in
+    that order (``slot``)."""
+    if scan:
+        i = 0
+        for d in range(mark.shape[0]):
+            if mark[d]:
+                cand[i] = d
+                i += 1
+    else:
+        cand[:n] = np.sort(cand[:n])
+    for i in range(n):
+        slot[cand[i]] = i
+
+
+def _probe_best(ivf_pids, ivf_offsets, base, cells, vals, ncells, q, allowed, slot, best):
+    """best: (n * q,) each (candidate, query token)'s best probed cell score so far; cells/vals: (q * ncells,)."""
+    use = allowed.shape[0] > 0
+    for e in range(cells.shape[0]):
+        c = cells[e]
+        j = e // ncells
+        v = vals[e]
+        for t in range(ivf_offsets[c], ivf_offsets[c + 1]):
+            d = np.int64(ivf_pids[t]) + base
+            if use and not allowed[d]:
+                continue
+            r = np.int64(slot[d]) * q + j
+            if v > best[r]:
+                best[r] = v
+
+
 def _compile(fn, parallel: bool):
     """A numba dispatcher of ``fn``, parallel or serial, under its own name (each variant its own cache files)."""
     name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
@@ -84,6 +134,7 @@ def _compile(fn, parallel: bool):
 
 
 _KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
+_PROBE = {fn.__name__: _compile(fn, False) for fn in (_probe_mark, _probe_slots, _probe_best)}
 
 
 def _run(name: str, threads: int, *args) -> None:
@@ -146,12 +197,11 @@ def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: 
     return torch.from_numpy(out)
 
 
-def exact_scores(Q: torch.Tensor, arrays, pids: torch.Tensor, Sc: torch.Tensor, threads: int = 1) -> torch.Tensor:
-    """``stages.exact_scores``: exact MaxSim of ``pids`` against Q (q_len, dim) in the compressed domain,
-    (len(pids),) float32. Sc: the codec's centroid scores (K, q_len)."""
-    c = arrays.codec
+def exact_scores(arrays, pids: torch.Tensor, Sc: torch.Tensor, lut_q: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """``stages.exact_scores``: exact MaxSim of ``pids`` against a query in the compressed domain, (len(pids),)
+    float32. Sc: the codec's centroid scores (K, q_len); lut_q: its lookup table (``ResidualCodec.query_lut``)."""
     q = Sc.shape[1]
-    S, lut = _padded(Sc), _padded(c.query_lut(Q))
+    S, lut = _padded(Sc), _padded(lut_q)
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
@@ -159,3 +209,33 @@ def exact_scores(Q: torch.Tensor, arrays, pids: torch.Tensor, Sc: torch.Tensor, 
              arrays.inv_norms.parts[s].numpy(), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
+
+
+SCAN_RATIO = 16
+"""Probed scoring orders its candidates by scanning a mark per document when there are at most this many
+documents per candidate, else by sorting the candidates."""
+
+
+def probed_scores(cells: torch.Tensor, vals: torch.Tensor, missing: torch.Tensor, arrays, allowed=None,
+                  scan_ratio: float = SCAN_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stages.probed_scores`` after its top cells: cells, vals (q, ncells) each query token's probed cells and
+    their scores, best first; missing (q,) each token's imputed score. Returns (sorted candidate pids int64,
+    scores float32). Serial: two passes over a few thousand list entries, cheaper than a parallel launch."""
+    q, ncells = cells.shape
+    c = cells.reshape(-1).contiguous().numpy()
+    v = vals.reshape(-1).float().contiguous().numpy()
+    ok = np.empty(0, dtype=np.bool_) if allowed is None else allowed.numpy()
+    n_docs = arrays.num_docs
+    total = int(arrays.ivf_sizes.index_select(0, cells.reshape(-1)).sum())
+    mark = np.zeros(n_docs, dtype=np.bool_)
+    cand = np.empty(min(total, n_docs), dtype=np.int64)
+    n = 0
+    for part in arrays.ivf:
+        n = _PROBE["_probe_mark"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, ok, mark, cand, n)
+    slot = np.empty(n_docs, dtype=np.int32)
+    _PROBE["_probe_slots"](mark, cand, n, slot, n_docs <= scan_ratio * n)
+    best = np.tile(missing.float().numpy(), n)
+    for part in arrays.ivf:
+        _PROBE["_probe_best"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, v, ncells, q, ok, slot,
+                              best)
+    return torch.from_numpy(cand[:n].copy()), torch.from_numpy(best.reshape(n, q).sum(1, dtype=np.float32))

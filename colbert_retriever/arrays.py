@@ -1,12 +1,14 @@
 """The index's arrays as search reads them: columns of token rows stored per segment (``Rows``), each segment's
-inverted file (``IvfPart``), and the bundle ``IndexArrays`` that the search stages take. No files here: the reader
-(``reader.py``) fills these from memory maps; tests build them in memory (``IndexArrays.single``)."""
+inverted file (``IvfPart``), the bundle ``IndexArrays`` that the search stages take, and the rows of documents
+stored as passages (``Groups``). No files here: the reader (``reader.py``) fills these from memory maps; tests
+build them in memory (``IndexArrays.single``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from .codec import ResidualCodec
@@ -123,3 +125,43 @@ def ivf_lists(arrays: IndexArrays, cells: torch.Tensor) -> tuple[torch.Tensor, t
     if len(pids) == 1:
         return pids[0], which[0]
     return torch.cat(pids), torch.cat(which)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Documents stored as several rows (passages): the document of each row and each document's rows, as host
+    arrays (a search ranks documents among a few hundred scored rows: a few small array operations, cheaper on
+    the host than as tensor kernels). A snapshot builds it once (``of``); ``plaid.search`` uses it to rank
+    documents and to score every row of the k documents it returns."""
+
+    of_row: np.ndarray  # (n_rows,) int64 document number of each row
+    offsets: np.ndarray  # (n_docs + 1,) int64: document g owns positions offsets[g]:offsets[g+1] of ``order``
+    order: Optional[np.ndarray] = None  # rows sorted by document; None: ``of_row`` never decreases
+
+    @classmethod
+    def of(cls, of_row) -> "Groups":
+        """From the document number of each row (a tensor or an array)."""
+        g = np.asarray(of_row.cpu() if isinstance(of_row, torch.Tensor) else of_row).astype(np.int64, copy=False)
+        counts = np.bincount(g)
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        ordered = g.size < 2 or bool((g[1:] >= g[:-1]).all())
+        return cls(g, offsets, None if ordered else np.argsort(g, kind="stable"))
+
+    def rows_of(self, docs: np.ndarray) -> np.ndarray:
+        """Every row of the documents ``docs``."""
+        lo = self.offsets[docs]
+        n = self.offsets[docs + 1] - lo
+        idx = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        return idx if self.order is None else self.order[idx]
+
+    def best_rows(self, rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each document's best row among ``rows`` (the lowest row among equal scores): (documents ascending,
+        their best rows, those rows' scores)."""
+        g = self.of_row[rows]
+        o = np.lexsort((rows, -scores, g))  # by document, best score first, lowest row first among ties
+        g = g[o]
+        first = np.ones(g.size, dtype=bool)
+        first[1:] = g[1:] != g[:-1]
+        o = o[first]
+        return g[first], rows[o], scores[o]

@@ -18,11 +18,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from . import _kernels, _parallel, stages
 from ._device import Precision
-from .arrays import IndexArrays
+from .arrays import Groups, IndexArrays
 from .config import SearchConfig
 
 CELLS_PER_QUERY = 48
@@ -31,6 +32,11 @@ PROBED_CELLS_PER_QUERY = 96
 """The same floor for probed scoring, which sees only the probed cells (the pruned stage sees every centroid above
 its threshold): on 100k WordNet glosses with 1-3-word queries, 48 cells in all agreed 0.987 with exhaustive top-10,
 96 agreed 0.994 at about the same latency (k=10)."""
+
+SERIAL_EXACT_DOCS = 32
+"""Fewer documents than this are scored exactly on one thread (the few rows that complete the documents returned,
+see ``_Run.top``): waking a parallel kernel's threads right after the other stages' cost more than the work,
+measured on scifact passages (2 cores): ~0.9 ms for 4 passages on 2 threads, ~0.1 ms on one."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class SearchTrace:
     """What one query's search did (``Index.search(..., trace=[])`` appends one per query): the stage-2 method
     ("probed" or "pruned"; None when every allowed document was scored), candidates found, documents kept after
     stage 2 and scored exactly, whether every allowed document was scored (``exhaustive``) and why, the kernels,
-    threads and stage-3 score dtype used."""
+    threads and stage-3 score dtype used, and (documents stored as passages) how many rows of the documents
+    returned the stages had not kept and were scored to complete them (``completed``)."""
 
     stage2: Optional[str] = None
     candidates: int = 0
@@ -74,6 +81,7 @@ class SearchTrace:
     threads: int = 1
     interaction_dtype: Optional[torch.dtype] = None
     widened: bool = False
+    completed: int = 0
 
 
 def _defaults(k: int) -> tuple[int, float, int, int, int]:
@@ -134,19 +142,20 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
 
 def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(), *,
            allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
-           groups: Optional[torch.Tensor] = None, rows_per_group: float = 1.0,
+           groups: Optional[torch.Tensor | Groups] = None, rows_per_group: float = 1.0,
            precision: Optional[Precision] = None, plan_override: Optional[SearchPlan] = None,
            trace: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PLAID search for one query: the top-k (pids, exact MaxSim scores), best first.
 
     q: (q_len, dim) float32 query embeddings, real rows only, on the index's device. allowed: (n_rows,) bool of
     rows that may be returned (live and matching a filter) or None for all; n_allowed: its count (computed when
-    not given). groups: (n_rows,) int64 document number of each row when documents are stored as several rows
-    (passages): then the top k *documents* are returned, each as its best row, and the stages are sized for k
-    documents of ``rows_per_group`` rows on average. precision: the policy the stages follow (default: the
-    CPU's); plan_override: a resolved plan to run instead of planning (benchmarks comparing two ways of running
-    a stage); trace: a list to append this query's ``SearchTrace`` to. Always returns min(k, allowed documents)
-    results.
+    not given). groups: when documents are stored as several rows (passages), a ``Groups`` (or the (n_rows,)
+    document number of each row, from which one is built): then the top k *documents* are returned, each as its
+    best row with its exact score (every allowed row of the k documents returned is scored exactly, whether the
+    stages kept it or not), and the stages are sized for k documents of ``rows_per_group`` rows on average.
+    precision: the policy the stages follow (default: the CPU's); plan_override: a resolved plan to run instead
+    of planning (benchmarks comparing two ways of running a stage); trace: a list to append this query's
+    ``SearchTrace`` to. Always returns min(k, allowed documents) results.
     """
     assert q.dim() == 2 and q.dtype == torch.float32, (q.shape, q.dtype)
     dev = arrays.doc_offsets.device
@@ -166,6 +175,8 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     if rows > p.exact_docs:
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
     tr.kernels = p.kernels
+    if groups is not None and not isinstance(groups, Groups):
+        groups = Groups.of(groups)
     run = _Run(q, Sc, Sc.T if ScT is None else ScT, arrays, k, p, allowed, groups, tr)
     with _parallel.search_threads(p.threads) as n:  # many small steps: see _parallel
         tr.threads = n
@@ -181,39 +192,57 @@ class _Run:
     def __init__(self, q, Sc, ScT, arrays, k, p: SearchPlan, allowed, groups, tr: SearchTrace):
         self.q, self.Sc, self.ScT, self.arrays, self.k, self.p = q, Sc, ScT, arrays, k, p
         self.allowed, self.groups, self.tr = allowed, groups, tr
+        self.lut_q = None
 
-    def top(self, pids: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k best results: rows, or with ``groups`` each document's best row (fewer when fewer documents)."""
-        if self.groups is not None:
-            g = self.groups.index_select(0, pids)
-            docs, inv = torch.unique(g, return_inverse=True)
-            best = torch.full((docs.numel(),), float("-inf"), dtype=scores.dtype, device=scores.device)
-            best.scatter_reduce_(0, inv, scores, "amax")
-            # each document's best row: the first row (lowest pid: rows are sorted) that reaches its best score
-            is_best = scores == best.index_select(0, inv)
-            row = torch.full((docs.numel(),), pids.numel(), dtype=torch.long, device=pids.device)
-            row.scatter_reduce_(0, inv[is_best], is_best.nonzero().flatten(), "amin")
-            pids, scores = pids.index_select(0, row), best
-        k = min(self.k, pids.numel())
-        top = torch.topk(scores, k)
-        return pids[top.indices], top.values
+    def top(self, pids: torch.Tensor, scores: torch.Tensor, complete: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best results: rows, or with ``groups`` each document's best row (fewer when fewer documents).
+        pids: sorted unique rows with their exact scores. With groups and ``complete``, the allowed rows of the k
+        documents chosen that are not among ``pids`` are scored too, so that each is returned as its best row
+        with its true score: that only raises the chosen documents' scores, so the same k are returned. (Fewer
+        than k documents: the caller widens to more rows, and completes then.)"""
+        if self.groups is None:
+            top = torch.topk(scores, min(self.k, pids.numel()))
+            return pids[top.indices], top.values
+        dev = pids.device
+        p, s = pids.cpu().numpy(), scores.cpu().numpy()
+        docs, rows, best = self.groups.best_rows(p, s)
+        sel = np.argsort(-best, kind="stable")[: self.k]  # best first; equal scores: the lower document first
+        if complete and docs.size >= self.k:
+            want = self.groups.rows_of(docs[sel])
+            if self.allowed is not None:
+                want = want[self.allowed.cpu().numpy()[want]]
+            pos = np.searchsorted(p, want).clip(max=p.size - 1)
+            missing = want[p[pos] != want]
+            if missing.size:
+                self.tr.completed += int(missing.size)
+                both = np.concatenate([p, missing])
+                order = np.argsort(both)
+                more = self.exact(torch.from_numpy(missing).to(dev)).cpu().numpy()
+                return self.top(torch.from_numpy(both[order]), torch.from_numpy(np.concatenate([s, more])[order]),
+                                complete=False)
+        return torch.from_numpy(rows[sel]).to(dev), torch.from_numpy(best[sel]).to(dev)
 
     def exact(self, pids: torch.Tensor) -> torch.Tensor:
         self.tr.exact_scored += int(pids.numel())
-        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=self.tr.threads)
+        if self.lut_q is None and self.p.kernels != "triton":  # the query's lookup table, once per search
+            self.lut_q = self.arrays.codec.query_lut(self.q)
+        threads = self.tr.threads if pids.numel() >= SERIAL_EXACT_DOCS else 1
+        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=threads,
+                                   lut_q=self.lut_q)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.tr.exhaustive = True
         dev = self.arrays.doc_offsets.device
         a = self.allowed
         pids = a.nonzero().flatten() if a is not None else torch.arange(self.arrays.num_docs, device=dev)
-        return self.top(pids, self.exact(pids))
+        return self.top(pids, self.exact(pids), complete=False)  # every allowed row is scored
 
     def stages(self) -> tuple[torch.Tensor, torch.Tensor]:
         p, arrays, tr = self.p, self.arrays, self.tr
         if p.centroid_score_threshold is None:
             tr.stage2 = "probed"
-            pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique)
+            pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique,
+                                                kernels=p.kernels)
         else:
             tr.stage2 = "pruned"
             pids, approx = stages.pruned_candidates(self.Sc, arrays, p.ncells, p.centroid_score_threshold,

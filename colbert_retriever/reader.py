@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import layout, storage
-from .arrays import IndexArrays, IvfPart, Rows
+from .arrays import Groups, IndexArrays, IvfPart, Rows
 from .codec import ResidualCodec, code_dtype
 from .config import EncoderConfig
 from .docstore import DocStore
@@ -47,8 +47,8 @@ class Segment:
 @dataclasses.dataclass
 class Snapshot:
     """One committed generation as a reader sees it, from the start of a search to its end. ``groups``: when
-    documents are stored as passages, the document number of each row (int32); None when every row is a
-    document."""
+    documents are stored as passages, each row's document and each document's rows (``plaid.Groups``); None when
+    every row is a document."""
 
     meta: IndexMeta
     arrays: IndexArrays
@@ -57,7 +57,7 @@ class Snapshot:
     live_count: int  # live rows (a document stored as passages has several)
     stamp: Optional[tuple]
     live_docs: int = -1  # live documents
-    groups: Optional[torch.Tensor] = None
+    groups: Optional[Groups] = None
 
     @property
     def passages(self) -> bool:
@@ -262,6 +262,6 @@ class Reader:
         if len(cont):
             starts = torch.ones(n, dtype=torch.int32)
             starts[torch.from_numpy(cont)] = 0
-            groups = (torch.cumsum(starts, 0, dtype=torch.int32) - 1).to(self.device)
+            groups = Groups.of(torch.cumsum(starts, 0) - 1)
             live_docs = docstore.count_documents(n, meta.generation)
         return Snapshot(meta, arrays, docstore, live.to(self.device), meta.counts.live, stamp, live_docs, groups)

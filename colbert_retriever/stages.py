@@ -128,18 +128,23 @@ def pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thresh
 
 
 def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: Optional[torch.Tensor] = None, *,
-                  unique: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                  unique: str = "auto", kernels: str = "torch", **how) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1 and 2 from the probed cells alone (WARP's candidate scoring, arXiv 2501.17788): each query token
     probes its ``ncells`` best centroids; a document in those inverted lists scores, per query token, the best
     centroid score among the cells probed for that token that list it (at least 0), or ``IMPUTE`` x the score of
     the token's last probed cell when none does; summed over query tokens. Touches only the probed lists (no
     token or pruned-centroid pass), so it costs little more than candidate generation.
     ScT: (q_len, num_centroids) query-centroid scores (``Sc.T``, a view is fine: the top cells are read along
-    its rows). unique: how the distinct candidates are found (``unique_inverse``). Returns (sorted candidate pids
-    int64, scores float32)."""
+    its rows). unique: how the distinct candidates are found (``unique_inverse``). kernels "numba":
+    ``_numba.probed_scores`` (two passes over the lists, no sort of the entries; ``how``: its options).
+    Returns (sorted candidate pids int64, scores float32)."""
     q = ScT.shape[0]
     ncells = min(ncells, ScT.shape[1])
     top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
+    # a token none of a candidate's probed cells serves: the imputed score (at least 0)
+    missing = IMPUTE * top.values[:, -1].clamp_min(0.0)
+    if kernels == "numba":
+        return _kernels.numba_probed_scores(top.indices, top.values, missing, arrays, allowed, **how)
     cells, vals = top.indices.flatten(), top.values.flatten()
     docs, which = ivf_lists(arrays, cells)  # which: the (token, cell) pair each entry came from
     if allowed is not None:
@@ -149,7 +154,6 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     # every (document, token) starts at the token's imputed score and takes the best probed cell above it: the
     # same as "the best probed cell if any (and > 0), else the imputed score", since a probed cell scores at least
     # the token's last one (no where() pass over the scores)
-    missing = IMPUTE * vals.view(q, ncells)[:, -1].clamp_min(0.0)
     best = missing.repeat(pids.numel())
     best.scatter_reduce_(0, inv * q + torch.div(which, ncells, rounding_mode="floor"), vals.index_select(0, which),
                          "amax")
@@ -172,19 +176,20 @@ def unique_inverse(x: torch.Tensor, n: int, method: str = "auto") -> tuple[torch
 
 
 def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: Optional[torch.Tensor] = None, *,
-                 kernels: str = "torch", threads: int = 1, chunk_docs: int = 8192) -> torch.Tensor:
+                 kernels: str = "torch", threads: int = 1, chunk_docs: int = 8192,
+                 lut_q: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
-    computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T when the caller
-    already has it. Returns (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads),
-    "triton": the fused Triton kernel (CUDA)."""
+    computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T and lut_q:
+    ``codec.query_lut(Q)``, when the caller already has them (a search scoring twice reuses both). Returns
+    (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads), "triton": the fused
+    Triton kernel (CUDA)."""
     c = arrays.codec
-    if kernels == "numba":
-        Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
-        return _kernels.numba_exact_scores(Q, arrays, pids, Sc, threads)
-    out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     if kernels != "triton":
         Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
-        lut_q = c.query_lut(Q)
+        lut_q = lut_q if lut_q is not None else c.query_lut(Q)
+    if kernels == "numba":
+        return _kernels.numba_exact_scores(arrays, pids, Sc, lut_q, threads)
+    out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]
         idx, sub = gather_rows(arrays.doc_offsets, p)

@@ -423,16 +423,48 @@ def test_passages_ranked_as_documents_on_the_real_path(tmp_path, tiny_model):
     trace, agree = [], 0
     # agreement is a mean over queries: 100 of them (a 10-query sample of this corpus swings by +-4 points)
     queries = make_corpus(100, seed=32, min_words=10, max_words=14)
-    for i, q in enumerate(queries):
+    for q in queries:
         hits = idx.search(q, k=10, ncells=4, ndocs=256, trace=trace)
-        exh = idx.search(q, k=10, exhaustive=True)
+        exact = idx.search(q, k=len(texts), exhaustive=True)
         assert len({h.id for h in hits}) == 10 and all(h.passage is not None for h in hits)
-        agree += len({h.id for h in hits} & {h.id for h in exh})
-        if i < 10:
-            exact = {h.id: h.score for h in idx.search(q, k=len(texts), exhaustive=True)}
-            assert all(h.score == pytest.approx(exact[h.id], abs=1e-5) for h in hits)
+        agree += len({h.id for h in hits} & {h.id for h in exact[:10]})
+        # each document returned as its best passage, with that passage's exact score
+        best = {h.id: (h.score, h.passage) for h in exact}
+        assert all(h.score == pytest.approx(best[h.id][0], abs=1e-5) and h.passage == best[h.id][1] for h in hits)
     assert_real_path(trace, rows)
     assert agree / (10 * len(queries)) >= 0.9
+
+
+def test_plaid_returns_each_document_as_its_best_row_even_when_the_stages_dropped_it():
+    """With groups (passages), the rows of the k documents returned that the stages did not keep are scored
+    before the documents are ranked: each document comes back as its best row with its exact score (the real
+    path, with knobs small enough that the stages drop some of those rows: asserted by the trace)."""
+    from colbert_retriever import SearchConfig, plaid
+    from colbert_retriever.arrays import Groups
+
+    from .test_numba import clustered_arrays, query
+
+    from colbert_retriever import stages
+
+    arrays, x, _ = clustered_arrays(n_docs=3000, cuts=(0.6,))
+    n = arrays.num_docs
+    g = torch.Generator().manual_seed(5)
+    of_row = torch.repeat_interleave(torch.arange(n), torch.randint(1, 30, (n,), generator=g))[:n]
+    for of_row in (of_row, of_row[torch.randperm(n, generator=g)]):  # documents' rows in order, shuffled
+        groups, completed = Groups.of(of_row), 0
+        for seed in range(6):
+            q = query(arrays.codec, x, 10, seed)
+            exact = stages.exact_scores(q, arrays, torch.arange(n), kernels="torch")
+            best = torch.full((int(of_row.max()) + 1,), float("-inf")).scatter_reduce(0, of_row, exact, "amax")
+            tr = []
+            rows, scores = plaid.search(q, arrays, 10, SearchConfig(ncells=1, ndocs=16), groups=groups, trace=tr)
+            assert tr[0].stage2 is not None and not tr[0].exhaustive
+            docs = of_row[rows]
+            assert len(set(docs.tolist())) == 10
+            assert torch.allclose(scores, best[docs], atol=1e-5) and torch.allclose(exact[rows], scores, atol=1e-5)
+            assert bool((scores[:-1] >= scores[1:]).all())
+            completed += tr[0].completed
+        assert completed > 0
 
 
 def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():

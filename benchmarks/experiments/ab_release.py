@@ -5,9 +5,9 @@ them (order alternated) with the same query embeddings (this release's encoder):
 (``search_embeddings``, k=10, default knobs) and top-10 agreement between the two; then end-to-end
 ``Index.search(text)`` (each release's own encoder).
 
-    python benchmarks/experiments/ab_release.py [--rev 6009ad5] [--index PATH] [--queries 300]
+    python benchmarks/experiments/ab_release.py [--rev 6009ad5] [--index PATH] [--queries 300] [--out NAME]
 
-Writes benchmarks/results/ab_release.json.
+Writes benchmarks/results/ab_release.json (or NAME).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from colbert_retriever.evaluation import load_qrels, load_queries  # noqa: E402
 def old_package(rev: str, where: Path):
     subprocess.run(f"git -C {ROOT} archive {rev} colbert_retriever | tar -x -C {where}", shell=True, check=True)
     (where / "colbert_retriever").rename(where / "colbert_retriever_previous")
+    for f in (where / "colbert_retriever_previous").rglob("*.py"):  # its lazy absolute imports (kernels) too
+        f.write_text(f.read_text().replace("from colbert_retriever.", "from colbert_retriever_previous.")
+                     .replace("from colbert_retriever import", "from colbert_retriever_previous import"))
     sys.path.insert(0, str(where))
     return importlib.import_module("colbert_retriever_previous")
 
@@ -43,6 +46,7 @@ def main(argv=None):
     ap.add_argument("--index", type=Path, default=WORK / "precision-scifact-bfloat16")
     ap.add_argument("--data", default="scifact")
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--out", default="ab_release.json", help="results file name under benchmarks/results")
     args = ap.parse_args(argv)
     queries_all, qrels = load_queries(SHARED / args.data), load_qrels(SHARED / args.data)
     texts = [queries_all[q] for q in queries_all if q in qrels][: args.queries]
@@ -80,7 +84,7 @@ def main(argv=None):
                                            / out["retrieval_ms"]["previous"]["p50"], 3)
         out["end_to_end_p50_ratio"] = round(out["end_to_end_ms"]["this release"]["p50"]
                                             / out["end_to_end_ms"]["previous"]["p50"], 3)
-    write_json("ab_release.json", out)
+    write_json(args.out, out)
     print(json.dumps({k: v for k, v in out.items() if k != "machine"}, indent=1))
 
 
