@@ -102,10 +102,10 @@ def numba_centroid_interaction(Sc, arrays, pids, threads):
     return k(Sc, arrays, pids, threads)
 
 
-def numba_probed_scores(cells, vals, missing, arrays, allowed, **how):
+def numba_probed_scores(ScT, ncells, impute, arrays, allowed, threads, **how):
     from colbert_retriever._numba import probed_scores as k
 
-    return k(cells, vals, missing, arrays, allowed, **how)
+    return k(ScT, ncells, impute, arrays, allowed, threads, **how)
 
 
 def numba_exact_scores(arrays, pids, Sc, lut_q, threads):

@@ -4,16 +4,18 @@ CPU when numba is installed); the torch code in ``stages.py`` is their tested tw
 
 - ``centroid_interaction``: per document, each query token's best centroid score over the document's tokens,
   summed; one pass over the document's codes, no padded blocks, no gathers.
-- ``probed_scores``: stage 2 from the probed cells alone: one pass over the probed inverted lists marks the
-  candidates, a second keeps each (candidate, query token)'s best probed cell score; no sort of the entries.
+- ``probed_scores``: stage 2 from the probed cells alone: each query token's best cells (one pass over its
+  scores, parallel over tokens), then one pass over the probed inverted lists marks the candidates and a second
+  keeps each (candidate, query token)'s best probed cell score; no sort of the entries.
 - ``exact_scores``: per document, MaxSim over its decompressed tokens computed in the compressed domain
   (centroid score + the residual bytes' lookup-table rows, times the stored inverse norm), the per-document max
   in the same loop: no embedding is materialised.
 
 ``centroid_interaction`` and ``exact_scores`` run in parallel over documents (numba's ``prange``) or serially
-(``probed_scores`` always serially). A search that runs alone with more than one thread takes the parallel
-variant; concurrent searches take the serial one (numba's default ``workqueue`` threading layer must not be
-entered by two threads at once, so at most one parallel launch runs at a time here).
+(``probed_scores``: its top cells in parallel over query tokens, its list passes serially). A search that runs
+alone with more than one thread takes the parallel variant; concurrent searches take the serial one (numba's
+default ``workqueue`` threading layer must not be entered by two threads at once, so at most one parallel launch
+runs at a time here).
 Compiled code is cached on disk (``cache=True``: beside this file, or in the user's cache folder when the
 package folder is read-only), so only the first search on a machine pays the compilation.
 """
@@ -78,6 +80,29 @@ def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
         out[i] = s
 
 
+def _probe_top(ScT, ncells, cells, vals):
+    """Each query token's ``ncells`` best centroids, best first: ScT (q, K) -> cells (q, ncells) int64 and vals
+    (q, ncells) float32, by one pass over the row keeping a sorted short list (as ``torch.topk``, which it
+    replaces here; the lower centroid first among equal scores)."""
+    q, K = ScT.shape
+    for j in prange(q):
+        for c in range(ncells):
+            vals[j, c] = -np.inf
+            cells[j, c] = 0
+        last = np.float32(-np.inf)
+        for c in range(K):
+            x = ScT[j, c]
+            if x > last:
+                i = ncells - 1
+                while i > 0 and vals[j, i - 1] < x:
+                    vals[j, i] = vals[j, i - 1]
+                    cells[j, i] = cells[j, i - 1]
+                    i -= 1
+                vals[j, i] = x
+                cells[j, i] = c
+                last = vals[j, ncells - 1]
+
+
 def _probe_mark(ivf_pids, ivf_offsets, base, cells, allowed, mark, cand, n):
     """Mark the documents (``base`` + segment-local pid) in the inverted lists of ``cells`` that ``allowed``
     admits (empty: all); each first seen is appended to ``cand`` after its ``n`` entries. Returns the new count."""
@@ -133,7 +158,7 @@ def _compile(fn, parallel: bool):
     return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy", fastmath=True)(clone)
 
 
-_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
+_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact, _probe_top) for par in (False, True)}
 _PROBE = {fn.__name__: _compile(fn, False) for fn in (_probe_mark, _probe_slots, _probe_best)}
 
 
@@ -216,17 +241,22 @@ SCAN_RATIO = 16
 documents per candidate, else by sorting the candidates."""
 
 
-def probed_scores(cells: torch.Tensor, vals: torch.Tensor, missing: torch.Tensor, arrays, allowed=None,
+def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed=None, threads: int = 1,
                   scan_ratio: float = SCAN_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
-    """``stages.probed_scores`` after its top cells: cells, vals (q, ncells) each query token's probed cells and
-    their scores, best first; missing (q,) each token's imputed score. Returns (sorted candidate pids int64,
-    scores float32). Serial: two passes over a few thousand list entries, cheaper than a parallel launch."""
-    q, ncells = cells.shape
-    c = cells.reshape(-1).contiguous().numpy()
-    v = vals.reshape(-1).float().contiguous().numpy()
+    """``stages.probed_scores``: ScT (q, K) query-centroid scores; each query token probes its ``ncells`` best
+    centroids (``_probe_top``, parallel over query tokens with ``threads``); a token none of a candidate's probed
+    cells serves scores ``impute`` x its last probed cell's score (at least 0). Returns (sorted candidate pids
+    int64, scores float32). The passes over the lists are serial: a few thousand entries, cheaper than a
+    parallel launch."""
+    q = ScT.shape[0]
+    cells = np.empty((q, ncells), dtype=np.int64)
+    vals = np.empty((q, ncells), dtype=np.float32)
+    _run("_probe_top", threads, ScT.float().contiguous().numpy(), ncells, cells, vals)
+    missing = np.float32(impute) * np.maximum(vals[:, -1], np.float32(0.0))
+    c, v = cells.reshape(-1), vals.reshape(-1)
     ok = np.empty(0, dtype=np.bool_) if allowed is None else allowed.numpy()
     n_docs = arrays.num_docs
-    total = int(arrays.ivf_sizes.index_select(0, cells.reshape(-1)).sum())
+    total = int(arrays.ivf_sizes.numpy()[c].sum())
     mark = np.zeros(n_docs, dtype=np.bool_)
     cand = np.empty(min(total, n_docs), dtype=np.int64)
     n = 0
@@ -234,7 +264,7 @@ def probed_scores(cells: torch.Tensor, vals: torch.Tensor, missing: torch.Tensor
         n = _PROBE["_probe_mark"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, ok, mark, cand, n)
     slot = np.empty(n_docs, dtype=np.int32)
     _PROBE["_probe_slots"](mark, cand, n, slot, n_docs <= scan_ratio * n)
-    best = np.tile(missing.float().numpy(), n)
+    best = np.tile(missing, n)
     for part in arrays.ivf:
         _PROBE["_probe_best"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, v, ncells, q, ok, slot,
                               best)

@@ -242,7 +242,7 @@ class _Run:
         if p.centroid_score_threshold is None:
             tr.stage2 = "probed"
             pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique,
-                                                kernels=p.kernels)
+                                                kernels=p.kernels, threads=tr.threads)
         else:
             tr.stage2 = "pruned"
             pids, approx = stages.pruned_candidates(self.Sc, arrays, p.ncells, p.centroid_score_threshold,

@@ -128,7 +128,8 @@ def pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thresh
 
 
 def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: Optional[torch.Tensor] = None, *,
-                  unique: str = "auto", kernels: str = "torch", **how) -> tuple[torch.Tensor, torch.Tensor]:
+                  unique: str = "auto", kernels: str = "torch", threads: int = 1,
+                  **how) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1 and 2 from the probed cells alone (WARP's candidate scoring, arXiv 2501.17788): each query token
     probes its ``ncells`` best centroids; a document in those inverted lists scores, per query token, the best
     centroid score among the cells probed for that token that list it (at least 0), or ``IMPUTE`` x the score of
@@ -136,15 +137,15 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     token or pruned-centroid pass), so it costs little more than candidate generation.
     ScT: (q_len, num_centroids) query-centroid scores (``Sc.T``, a view is fine: the top cells are read along
     its rows). unique: how the distinct candidates are found (``unique_inverse``). kernels "numba":
-    ``_numba.probed_scores`` (two passes over the lists, no sort of the entries; ``how``: its options).
-    Returns (sorted candidate pids int64, scores float32)."""
+    ``_numba.probed_scores`` (its own top cells, two passes over the lists, no sort of the entries; ``threads``
+    and ``how``: its options). Returns (sorted candidate pids int64, scores float32)."""
     q = ScT.shape[0]
     ncells = min(ncells, ScT.shape[1])
+    if kernels == "numba":
+        return _kernels.numba_probed_scores(ScT, ncells, IMPUTE, arrays, allowed, threads, **how)
     top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
     # a token none of a candidate's probed cells serves: the imputed score (at least 0)
     missing = IMPUTE * top.values[:, -1].clamp_min(0.0)
-    if kernels == "numba":
-        return _kernels.numba_probed_scores(top.indices, top.values, missing, arrays, allowed, **how)
     cells, vals = top.indices.flatten(), top.values.flatten()
     docs, which = ivf_lists(arrays, cells)  # which: the (token, cell) pair each entry came from
     if allowed is not None:
