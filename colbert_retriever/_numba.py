@@ -33,51 +33,96 @@ from numba import prange
 _parallel_lock = threading.Lock()
 
 
+CHUNKS = 64
+"""The parallel kernels split their documents into at most this many runs, each scored by the per-document
+function (``_ci_doc``, ``_exact_doc``) on one thread. Keeping the per-document loops out of the ``prange`` body
+matters: numba's parallel lowering of those loops measured 3x slower than the same loops compiled on their own."""
+
+_opts = dict(cache=True, nogil=True, error_model="numpy", fastmath=True)
+
+
+@numba.njit(**_opts)
+def _ci_doc(S, qp, q, codes, a, b, best):
+    """One document's centroid interaction: tokens a..b, four at a time (one pass over ``best`` for four tokens:
+    the running maximum is a chain through memory, 2.7x faster on one thread than a token at a time)."""
+    if b <= a:
+        return np.float32(0.0)
+    for j in range(qp):
+        best[j] = -np.inf
+    t = a
+    while t + 4 <= b:
+        o0, o1 = np.int64(codes[t]) * qp, np.int64(codes[t + 1]) * qp
+        o2, o3 = np.int64(codes[t + 2]) * qp, np.int64(codes[t + 3]) * qp
+        for j in range(qp):
+            best[j] = max(best[j], max(max(S[o0 + j], S[o1 + j]), max(S[o2 + j], S[o3 + j])))
+        t += 4
+    while t < b:
+        o = np.int64(codes[t]) * qp
+        for j in range(qp):
+            best[j] = max(best[j], S[o + j])
+        t += 1
+    s = np.float32(0.0)
+    for j in range(q):
+        s += best[j]
+    return s
+
+
 def _ci(S, qp, q, codes, starts, ends, out):
     """S: (K * qp,) float32 centroid scores, row-major (a centroid's scores side by side, padded with zeros to qp,
     a multiple of 8, so the inner loops vectorise without a remainder); q: the real query tokens."""
-    for i in prange(starts.shape[0]):
-        a, b = starts[i], ends[i]
-        if b <= a:
-            out[i] = 0.0
-            continue
-        best = np.full(qp, -np.inf, dtype=np.float32)
-        for t in range(a, b):
-            o = np.int64(codes[t]) * qp
+    n = starts.shape[0]
+    runs = min(n, CHUNKS)
+    for r in prange(runs):
+        best = np.empty(qp, dtype=np.float32)
+        for i in range(r * n // runs, (r + 1) * n // runs):
+            out[i] = _ci_doc(S, qp, q, codes, starts[i], ends[i], best)
+
+
+@numba.njit(**_opts)
+def _exact_doc(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
+    """One document's exact MaxSim: per token, its centroid's scores plus one lookup-table row per residual byte
+    (as torch's embedding_bag sums them), four rows per pass over the accumulator (the sum is a chain through
+    memory: four at a time measured ~1.3x faster than one), times the inverse norm; the per-token max kept."""
+    if b <= a:
+        return np.float32(0.0)
+    P = packed.shape[1]
+    P4 = P - P % 4
+    for j in range(qp):
+        best[j] = -np.inf
+    for t in range(a, b):
+        o = np.int64(codes[t]) * qp
+        for j in range(qp):
+            acc[j] = S[o + j]
+        for p in range(0, P4, 4):
+            o0 = (p * 256 + np.int64(packed[t, p])) * qp
+            o1 = ((p + 1) * 256 + np.int64(packed[t, p + 1])) * qp
+            o2 = ((p + 2) * 256 + np.int64(packed[t, p + 2])) * qp
+            o3 = ((p + 3) * 256 + np.int64(packed[t, p + 3])) * qp
             for j in range(qp):
-                best[j] = max(best[j], S[o + j])
-        s = np.float32(0.0)
-        for j in range(q):
-            s += best[j]
-        out[i] = s
+                acc[j] += (lut[o0 + j] + lut[o1 + j]) + (lut[o2 + j] + lut[o3 + j])
+        for p in range(P4, P):
+            o0 = (p * 256 + np.int64(packed[t, p])) * qp
+            for j in range(qp):
+                acc[j] += lut[o0 + j]
+        w = inv_norms[t]
+        for j in range(qp):
+            best[j] = max(best[j], acc[j] * w)
+    s = np.float32(0.0)
+    for j in range(q):
+        s += best[j]
+    return s
 
 
 def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
     """S: (K * qp,) centroid scores; lut: (P * 256 * qp,) the query's lookup table (``ResidualCodec.query_lut``),
     both row-major with the query tokens side by side, padded with zeros to qp (a multiple of 8)."""
-    P = packed.shape[1]
-    for i in prange(starts.shape[0]):
-        a, b = starts[i], ends[i]
-        if b <= a:
-            out[i] = 0.0
-            continue
-        best = np.full(qp, -np.inf, dtype=np.float32)
+    n = starts.shape[0]
+    runs = min(n, CHUNKS)
+    for r in prange(runs):
+        best = np.empty(qp, dtype=np.float32)
         acc = np.empty(qp, dtype=np.float32)
-        for t in range(a, b):
-            for j in range(qp):
-                acc[j] = 0.0
-            for p in range(P):  # the residual: one lookup-table row per byte (as torch's embedding_bag sums them)
-                o = (p * 256 + np.int64(packed[t, p])) * qp
-                for j in range(qp):
-                    acc[j] += lut[o + j]
-            o = np.int64(codes[t]) * qp
-            w = inv_norms[t]
-            for j in range(qp):
-                best[j] = max(best[j], (acc[j] + S[o + j]) * w)
-        s = np.float32(0.0)
-        for j in range(q):
-            s += best[j]
-        out[i] = s
+        for i in range(r * n // runs, (r + 1) * n // runs):
+            out[i] = _exact_doc(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
 
 
 def _probe_top(ScT, ncells, cells, vals):
@@ -155,7 +200,7 @@ def _compile(fn, parallel: bool):
     name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
     clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     clone.__qualname__ = name
-    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy", fastmath=True)(clone)
+    return numba.njit(parallel=parallel, **_opts)(clone)
 
 
 _KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact, _probe_top) for par in (False, True)}
