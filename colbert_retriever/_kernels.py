@@ -96,22 +96,28 @@ def resolve(kernels: str, device: torch.device) -> str:
     return kernels
 
 
-def numba_centroid_interaction(Sc, arrays, pids, threads):
+def numba_tables(Sc):
+    from colbert_retriever._numba import Tables
+
+    return Tables(Sc)
+
+
+def numba_centroid_interaction(Sc, arrays, pids, threads, tables=None):
     from colbert_retriever._numba import centroid_interaction as k
 
-    return k(Sc, arrays, pids, threads)
+    return k(Sc, arrays, pids, threads, tables)
 
 
-def numba_probed_scores(ScT, ncells, impute, arrays, allowed, threads, **how):
+def numba_probed_scores(ScT, ncells, impute, arrays, allowed, **how):
     from colbert_retriever._numba import probed_scores as k
 
-    return k(ScT, ncells, impute, arrays, allowed, threads, **how)
+    return k(ScT, ncells, impute, arrays, allowed, **how)
 
 
-def numba_exact_scores(arrays, pids, Sc, lut_q, threads):
+def numba_exact_scores(arrays, pids, Sc, lut_q, threads, tables=None):
     from colbert_retriever._numba import exact_scores as k
 
-    return k(arrays, pids, Sc, lut_q, threads)
+    return k(arrays, pids, Sc, lut_q, threads, tables)
 
 
 def decompress(codes, packed, centroids, bucket_weights, nbits):

@@ -5,14 +5,14 @@ CPU when numba is installed); the torch code in ``stages.py`` is their tested tw
 - ``centroid_interaction``: per document, each query token's best centroid score over the document's tokens,
   summed; one pass over the document's codes, no padded blocks, no gathers.
 - ``probed_scores``: stage 2 from the probed cells alone: each query token's best cells (one pass over its
-  scores, parallel over tokens), then one pass over the probed inverted lists marks the candidates and a second
+  scores), then one pass over the probed inverted lists marks the candidates and a second
   keeps each (candidate, query token)'s best probed cell score; no sort of the entries.
 - ``exact_scores``: per document, MaxSim over its decompressed tokens computed in the compressed domain
   (centroid score + the residual bytes' lookup-table rows, times the stored inverse norm), the per-document max
   in the same loop: no embedding is materialised.
 
 ``centroid_interaction`` and ``exact_scores`` run in parallel over documents (numba's ``prange``) or serially
-(``probed_scores``: its top cells in parallel over query tokens, its list passes serially). A search that runs
+(``probed_scores`` always serially). A search that runs
 alone with more than one thread takes the parallel variant; concurrent searches take the serial one (numba's
 default ``workqueue`` threading layer must not be entered by two threads at once, so at most one parallel launch
 runs at a time here).
@@ -130,7 +130,7 @@ def _probe_top(ScT, ncells, cells, vals):
     (q, ncells) float32, by one pass over the row keeping a sorted short list (as ``torch.topk``, which it
     replaces here; the lower centroid first among equal scores)."""
     q, K = ScT.shape
-    for j in prange(q):
+    for j in range(q):
         for c in range(ncells):
             vals[j, c] = -np.inf
             cells[j, c] = 0
@@ -165,16 +165,15 @@ def _probe_mark(ivf_pids, ivf_offsets, base, cells, allowed, mark, cand, n):
 
 
 def _probe_slots(mark, cand, n, slot, scan):
-    """Sort the ``n`` candidates in place (by a scan of ``mark`` when ``scan``) and give each its position in
-    that order (``slot``)."""
+    """Give each of the ``n`` candidates its position in ascending order (``slot``); with ``scan``, first list
+    them in that order by a scan of ``mark`` (else the caller sorted ``cand``: numpy's sort, which compiles
+    slowly under numba)."""
     if scan:
         i = 0
         for d in range(mark.shape[0]):
             if mark[d]:
                 cand[i] = d
                 i += 1
-    else:
-        cand[:n] = np.sort(cand[:n])
     for i in range(n):
         slot[cand[i]] = i
 
@@ -203,8 +202,10 @@ def _compile(fn, parallel: bool):
     return numba.njit(parallel=parallel, **_opts)(clone)
 
 
-_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact, _probe_top) for par in (False, True)}
-_PROBE = {fn.__name__: _compile(fn, False) for fn in (_probe_mark, _probe_slots, _probe_best)}
+_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
+_PROBE = {fn.__name__: _compile(fn, False) for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best)}
+"""Probed scoring's kernels, serial only: a parallel top-cells pass saved ~0.1 ms per query on 2 cores and cost
+0.8 s more compilation the first time a machine searches."""
 
 
 def _run(name: str, threads: int, *args) -> None:
@@ -255,27 +256,49 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy() if t.dtype != torch.uint16 else t.view(torch.int16).numpy().view(np.uint16)
 
 
-def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: int = 1) -> torch.Tensor:
-    """``stages.centroid_interaction`` (full, no pruning): (len(pids),) float32. Sc (K, q_len) is read as float32."""
-    q = Sc.shape[1]
-    S = _padded(Sc)
+class Tables:
+    """One query's operands as the kernels read them: its centroid scores and (once the exact stage asks) its
+    lookup table, flat float32 rows padded with zero columns to a multiple of 8, so that the inner loops vectorise
+    without a remainder (exact stage at 22 query tokens: 1.18 ms padded vs 1.64 unpadded). Padding copies (~0.12
+    ms for 16k centroids, ~0.06 for the table), so a search pads once per query (``plaid`` keeps one) instead of
+    once per kernel call."""
+
+    def __init__(self, Sc: torch.Tensor):
+        self.q = Sc.shape[1]
+        self.qp = _qp(self.q)
+        self.S = _padded(Sc)
+        self._lut = None
+
+    def lut(self, lut_q: torch.Tensor) -> np.ndarray:
+        if self._lut is None:
+            self._lut = _padded(lut_q)
+        return self._lut
+
+
+def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: int = 1,
+                         tables: Tables | None = None) -> torch.Tensor:
+    """``stages.centroid_interaction`` (full, no pruning): (len(pids),) float32. Sc (K, q_len) is read as float32
+    (``tables``: the query's padded operands, when the caller keeps them)."""
+    t = tables or Tables(Sc)
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_ci", threads, S, _qp(q), q, _np(arrays.codes.parts[s]), starts, ends, part)
+        _run("_ci", threads, t.S, t.qp, t.q, _np(arrays.codes.parts[s]), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
 
 
-def exact_scores(arrays, pids: torch.Tensor, Sc: torch.Tensor, lut_q: torch.Tensor, threads: int = 1) -> torch.Tensor:
+def exact_scores(arrays, pids: torch.Tensor, Sc: torch.Tensor, lut_q: torch.Tensor, threads: int = 1,
+                 tables: Tables | None = None) -> torch.Tensor:
     """``stages.exact_scores``: exact MaxSim of ``pids`` against a query in the compressed domain, (len(pids),)
-    float32. Sc: the codec's centroid scores (K, q_len); lut_q: its lookup table (``ResidualCodec.query_lut``)."""
-    q = Sc.shape[1]
-    S, lut = _padded(Sc), _padded(lut_q)
+    float32. Sc: the codec's centroid scores (K, q_len); lut_q: its lookup table (``ResidualCodec.query_lut``);
+    tables: the query's padded operands, when the caller keeps them."""
+    t = tables or Tables(Sc)
+    lut = t.lut(lut_q)
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_exact", threads, S, lut, _qp(q), q, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
+        _run("_exact", threads, t.S, lut, t.qp, t.q, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
              arrays.inv_norms.parts[s].numpy(), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
@@ -286,17 +309,16 @@ SCAN_RATIO = 16
 documents per candidate, else by sorting the candidates."""
 
 
-def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed=None, threads: int = 1,
+def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed=None,
                   scan_ratio: float = SCAN_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
     """``stages.probed_scores``: ScT (q, K) query-centroid scores; each query token probes its ``ncells`` best
-    centroids (``_probe_top``, parallel over query tokens with ``threads``); a token none of a candidate's probed
-    cells serves scores ``impute`` x its last probed cell's score (at least 0). Returns (sorted candidate pids
-    int64, scores float32). The passes over the lists are serial: a few thousand entries, cheaper than a
-    parallel launch."""
+    centroids (``_probe_top``); a token none of a candidate's probed cells serves scores ``impute`` x its last
+    probed cell's score (at least 0). Returns (sorted candidate pids int64, scores float32). Serial (see
+    ``_PROBE``)."""
     q = ScT.shape[0]
     cells = np.empty((q, ncells), dtype=np.int64)
     vals = np.empty((q, ncells), dtype=np.float32)
-    _run("_probe_top", threads, ScT.float().contiguous().numpy(), ncells, cells, vals)
+    _PROBE["_probe_top"](ScT.float().contiguous().numpy(), ncells, cells, vals)
     missing = np.float32(impute) * np.maximum(vals[:, -1], np.float32(0.0))
     c, v = cells.reshape(-1), vals.reshape(-1)
     ok = np.empty(0, dtype=np.bool_) if allowed is None else allowed.numpy()
@@ -308,7 +330,10 @@ def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed
     for part in arrays.ivf:
         n = _PROBE["_probe_mark"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, ok, mark, cand, n)
     slot = np.empty(n_docs, dtype=np.int32)
-    _PROBE["_probe_slots"](mark, cand, n, slot, n_docs <= scan_ratio * n)
+    scan = n_docs <= scan_ratio * n
+    if not scan:
+        cand[:n].sort()
+    _PROBE["_probe_slots"](mark, cand, n, slot, scan)
     best = np.tile(missing, n)
     for part in arrays.ivf:
         _PROBE["_probe_best"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, v, ncells, q, ok, slot,

@@ -193,6 +193,8 @@ class _Run:
         self.q, self.Sc, self.ScT, self.arrays, self.k, self.p = q, Sc, ScT, arrays, k, p
         self.allowed, self.groups, self.tr = allowed, groups, tr
         self.lut_q = None
+        # the numba kernels' operands, padded once for the whole search
+        self.tables = _kernels.numba_tables(Sc) if p.kernels == "numba" else None
 
     def top(self, pids: torch.Tensor, scores: torch.Tensor, complete: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best results: rows, or with ``groups`` each document's best row (fewer when fewer documents).
@@ -228,7 +230,7 @@ class _Run:
             self.lut_q = self.arrays.codec.query_lut(self.q)
         threads = self.tr.threads if pids.numel() >= SERIAL_EXACT_DOCS else 1
         return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=threads,
-                                   lut_q=self.lut_q)
+                                   lut_q=self.lut_q, tables=self.tables)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.tr.exhaustive = True
@@ -242,7 +244,7 @@ class _Run:
         if p.centroid_score_threshold is None:
             tr.stage2 = "probed"
             pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique,
-                                                kernels=p.kernels, threads=tr.threads)
+                                                kernels=p.kernels)
         else:
             tr.stage2 = "pruned"
             pids, approx = stages.pruned_candidates(self.Sc, arrays, p.ncells, p.centroid_score_threshold,
@@ -260,7 +262,8 @@ class _Run:
             half = p.half_interaction and p.kernels == "torch" and self.Sc.device.type == "cpu"
             Sci = self.Sc.to(torch.float16) if half else self.Sc
             tr.interaction_dtype = Sci.dtype
-            ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads)
+            ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads,
+                                             tables=self.tables)
             pids = self._best(pids, ci, p.stage3_docs)
         exact = self.exact(pids)
         out = self.top(pids, exact)

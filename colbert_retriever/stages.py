@@ -43,17 +43,18 @@ def candidate_pids(Sc: torch.Tensor, arrays: IndexArrays, ncells: int) -> torch.
 
 
 def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, *, kernels: str = "torch",
-                         threads: int = 1, max_rows: Optional[int] = None) -> torch.Tensor:
+                         threads: int = 1, max_rows: Optional[int] = None, tables=None) -> torch.Tensor:
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
     pids: sorted unique int64. Returns (len(pids),) float32. The centroid scores are gathered straight into
     blocks of documents padded to a common length and reduced with ``amax`` (``scoring.padded_positions``, blocks
     of at most ``max_rows`` rows): ~2x faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its
     slow twin. Sc may be float16 (ranking only: see ``Precision.half_interaction``); the sums are float32.
-    kernels "numba": ``_numba.centroid_interaction`` (``threads`` threads)."""
+    kernels "numba": ``_numba.centroid_interaction`` (``threads`` threads; ``tables``: the query's operands as
+    the numba kernels read them, when the caller keeps them, see ``_numba.Tables``)."""
     if kernels == "triton":
         return _kernels.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids)
     if kernels == "numba":
-        return _kernels.numba_centroid_interaction(Sc, arrays, pids, threads)
+        return _kernels.numba_centroid_interaction(Sc, arrays, pids, threads, tables)
     out = torch.zeros(pids.numel(), dtype=torch.float32, device=pids.device)
     starts = arrays.doc_offsets.index_select(0, pids)
     lengths = arrays.doc_offsets.index_select(0, pids + 1) - starts
@@ -128,8 +129,7 @@ def pruned_candidates(Sc: torch.Tensor, arrays: IndexArrays, ncells: int, thresh
 
 
 def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: Optional[torch.Tensor] = None, *,
-                  unique: str = "auto", kernels: str = "torch", threads: int = 1,
-                  **how) -> tuple[torch.Tensor, torch.Tensor]:
+                  unique: str = "auto", kernels: str = "torch", **how) -> tuple[torch.Tensor, torch.Tensor]:
     """Stages 1 and 2 from the probed cells alone (WARP's candidate scoring, arXiv 2501.17788): each query token
     probes its ``ncells`` best centroids; a document in those inverted lists scores, per query token, the best
     centroid score among the cells probed for that token that list it (at least 0), or ``IMPUTE`` x the score of
@@ -137,12 +137,12 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     token or pruned-centroid pass), so it costs little more than candidate generation.
     ScT: (q_len, num_centroids) query-centroid scores (``Sc.T``, a view is fine: the top cells are read along
     its rows). unique: how the distinct candidates are found (``unique_inverse``). kernels "numba":
-    ``_numba.probed_scores`` (its own top cells, two passes over the lists, no sort of the entries; ``threads``
-    and ``how``: its options). Returns (sorted candidate pids int64, scores float32)."""
+    ``_numba.probed_scores`` (its own top cells, two passes over the lists, no sort of the entries; ``how``: its
+    options). Returns (sorted candidate pids int64, scores float32)."""
     q = ScT.shape[0]
     ncells = min(ncells, ScT.shape[1])
     if kernels == "numba":
-        return _kernels.numba_probed_scores(ScT, ncells, IMPUTE, arrays, allowed, threads, **how)
+        return _kernels.numba_probed_scores(ScT, ncells, IMPUTE, arrays, allowed, **how)
     top = torch.topk(ScT, ncells, dim=1)  # (q, ncells)
     # a token none of a candidate's probed cells serves: the imputed score (at least 0)
     missing = IMPUTE * top.values[:, -1].clamp_min(0.0)
@@ -178,18 +178,18 @@ def unique_inverse(x: torch.Tensor, n: int, method: str = "auto") -> tuple[torch
 
 def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: Optional[torch.Tensor] = None, *,
                  kernels: str = "torch", threads: int = 1, chunk_docs: int = 8192,
-                 lut_q: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 lut_q: Optional[torch.Tensor] = None, tables=None) -> torch.Tensor:
     """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
     computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T and lut_q:
     ``codec.query_lut(Q)``, when the caller already has them (a search scoring twice reuses both). Returns
-    (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads), "triton": the fused
-    Triton kernel (CUDA)."""
+    (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads; ``tables`` as for
+    ``centroid_interaction``), "triton": the fused Triton kernel (CUDA)."""
     c = arrays.codec
     if kernels != "triton":
         Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
         lut_q = lut_q if lut_q is not None else c.query_lut(Q)
     if kernels == "numba":
-        return _kernels.numba_exact_scores(arrays, pids, Sc, lut_q, threads)
+        return _kernels.numba_exact_scores(arrays, pids, Sc, lut_q, threads, tables)
     out = torch.empty(pids.numel(), dtype=torch.float32, device=pids.device)
     for s in range(0, pids.numel(), chunk_docs):
         p = pids[s : s + chunk_docs]

@@ -92,8 +92,7 @@ def test_numba_probed_scores_equal_the_torch_twin(q_len):
     ScT = arrays.codec.centroid_scores(query(arrays.codec, x, q_len, seed=q_len))[0].T
     for ncells, mask, scan_ratio in itertools.product((1, 4, 32), (None, allowed), (0, 1e9)):
         ref = stages.probed_scores(ScT, arrays, ncells, mask, kernels="torch")
-        got = stages.probed_scores(ScT, arrays, ncells, mask, kernels="numba", scan_ratio=scan_ratio,
-                                   threads=1 + int(scan_ratio > 0))
+        got = stages.probed_scores(ScT, arrays, ncells, mask, kernels="numba", scan_ratio=scan_ratio)
         assert got[0].dtype == torch.int64 and got[1].dtype == torch.float32
         assert torch.equal(got[0], ref[0])
         assert torch.allclose(got[1], ref[1], atol=1e-5), (got[1] - ref[1]).abs().max()
