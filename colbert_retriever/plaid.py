@@ -33,11 +33,6 @@ PROBED_CELLS_PER_QUERY = 96
 its threshold): on 100k WordNet glosses with 1-3-word queries, 48 cells in all agreed 0.987 with exhaustive top-10,
 96 agreed 0.994 at about the same latency (k=10)."""
 
-SERIAL_EXACT_DOCS = 32
-"""Fewer documents than this are scored exactly on one thread (the few rows that complete the documents returned,
-see ``_Run.top``): waking a parallel kernel's threads right after the other stages' cost more than the work,
-measured on scifact passages (2 cores): ~0.9 ms for 4 passages on 2 threads, ~0.1 ms on one."""
-
 
 @dataclass(frozen=True)
 class SearchPlan:
@@ -228,8 +223,7 @@ class _Run:
         self.tr.exact_scored += int(pids.numel())
         if self.lut_q is None and self.p.kernels != "triton":  # the query's lookup table, once per search
             self.lut_q = self.arrays.codec.query_lut(self.q)
-        threads = self.tr.threads if pids.numel() >= SERIAL_EXACT_DOCS else 1
-        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=threads,
+        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=self.tr.threads,
                                    lut_q=self.lut_q, tables=self.tables)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
