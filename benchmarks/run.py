@@ -157,6 +157,17 @@ def bench_colbert(index: Index, queries, qids, qrels, exhaustive: bool):
         out[name] = {**metrics(run, qrels), "latency_ms_excl_encoding_k10": percentiles(lat10),
                      "latency_ms_excl_encoding_k100": percentiles(lat100),
                      "latency_ms_incl_encoding_k10_p50": round(percentiles(lat10)["p50"] + enc_p50, 2)}
+    # the same k=10 searches again, three times each, keeping each query's fastest: this VM's speed drifts by tens
+    # of percent within minutes (other tenants), and the per-query minimum is the code's own cost
+    best = []
+    for i in range(len(qids)):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            index.search_embeddings(Q[i : i + 1], 10)
+            times.append((time.perf_counter() - t) * 1000)
+        best.append(min(times))
+    out["plaid"]["latency_ms_excl_encoding_k10_best_of_3"] = percentiles(best)
     if exhaustive:
         agree = [len(a & b) / max(1, len(b)) for a, b in zip(top10["plaid"], top10["exhaustive"])]
         out["plaid_top10_agreement"] = round(float(np.mean(agree)), 4)

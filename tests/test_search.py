@@ -450,21 +450,29 @@ def test_plaid_returns_each_document_as_its_best_row_even_when_the_stages_droppe
     n = arrays.num_docs
     g = torch.Generator().manual_seed(5)
     of_row = torch.repeat_interleave(torch.arange(n), torch.randint(1, 30, (n,), generator=g))[:n]
-    for of_row in (of_row, of_row[torch.randperm(n, generator=g)]):  # documents' rows in order, shuffled
+    shuffled = of_row[torch.randperm(n, generator=g)]
+    # documents' rows in order or shuffled; every row allowed, or half the documents (a filter), or every row but
+    # a few of each document (rows the caller excludes are neither scored nor returned)
+    some_docs = torch.rand(int(of_row.max()) + 1, generator=g) < 0.5
+    for of_row, allow in ((of_row, "all"), (shuffled, "all"), (of_row, "docs"), (shuffled, "rows")):
+        allowed = {"all": None, "docs": some_docs[of_row], "rows": torch.rand(n, generator=g) < 0.8}[allow]
         groups, completed = Groups.of(of_row), 0
         for seed in range(6):
             q = query(arrays.codec, x, 10, seed)
             exact = stages.exact_scores(q, arrays, torch.arange(n), kernels="torch")
-            best = torch.full((int(of_row.max()) + 1,), float("-inf")).scatter_reduce(0, of_row, exact, "amax")
+            masked = exact if allowed is None else exact.masked_fill(~allowed, float("-inf"))
+            best = torch.full((int(of_row.max()) + 1,), float("-inf")).scatter_reduce(0, of_row, masked, "amax")
             tr = []
-            rows, scores = plaid.search(q, arrays, 10, SearchConfig(ncells=1, ndocs=16), groups=groups, trace=tr)
+            rows, scores = plaid.search(q, arrays, 10, SearchConfig(ncells=1, ndocs=16), groups=groups, trace=tr,
+                                        allowed=allowed)
             assert tr[0].stage2 is not None and not tr[0].exhaustive
             docs = of_row[rows]
             assert len(set(docs.tolist())) == 10
+            assert allowed is None or bool(allowed[rows].all())
             assert torch.allclose(scores, best[docs], atol=1e-5) and torch.allclose(exact[rows], scores, atol=1e-5)
             assert bool((scores[:-1] >= scores[1:]).all())
             completed += tr[0].completed
-        assert completed > 0
+        assert completed > 0, allow
 
 
 def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():
