@@ -134,14 +134,15 @@ class Groups:
     the host than as tensor kernels). A snapshot builds it once (``of``); ``plaid.search`` uses it to rank
     documents and to score every row of the k documents it returns."""
 
-    of_row: np.ndarray  # (n_rows,) int64 document number of each row
+    of_row: np.ndarray  # (n_rows,) document number of each row (int32 below 2^31 documents: 4 B a row)
     offsets: np.ndarray  # (n_docs + 1,) int64: document g owns positions offsets[g]:offsets[g+1] of ``order``
     order: Optional[np.ndarray] = None  # rows sorted by document; None: ``of_row`` never decreases
 
     @classmethod
     def of(cls, of_row) -> "Groups":
         """From the document number of each row (a tensor or an array)."""
-        g = np.asarray(of_row.cpu() if isinstance(of_row, torch.Tensor) else of_row).astype(np.int64, copy=False)
+        g = np.asarray(of_row.cpu() if isinstance(of_row, torch.Tensor) else of_row)
+        g = g.astype(np.int32 if g.size == 0 or int(g.max()) < 2**31 - 1 else np.int64, copy=False)
         counts = np.bincount(g)
         offsets = np.zeros(counts.size + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
