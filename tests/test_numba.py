@@ -111,6 +111,29 @@ def test_numba_int32_codes():
                           stages.exact_scores(q, arrays, pids, Sc, kernels="torch"), atol=1e-5)
 
 
+def test_kernels_compile_with_noalias_arguments():
+    """The per-document and probe kernels declare their array arguments alias-free (``_numba._NoAlias``: what
+    lets LLVM keep an accumulator out of memory): the compiled signature carries ``noalias`` on each array's
+    pointers, not only on numba's two own arguments as under the default compiler. If a numba release drops the
+    flag this fails, instead of the kernels silently slowing down."""
+    import numba
+    import numpy as np
+
+    from colbert_retriever import _numba
+
+    def noalias_in_signature(opts):
+        f = numba.njit(**dict(opts, cache=False))(_numba._ci_doc.py_func)
+        f(np.zeros(16, np.float32), 8, 8, np.zeros(4, np.int32), 0, 4, np.empty(8, np.float32))
+        ir = f.inspect_llvm(f.signatures[0])
+        return next(line for line in ir.splitlines() if line.startswith("define") and "_ci_doc" in line).count(
+            "noalias")
+
+    default = noalias_in_signature(_numba._opts)
+    assert noalias_in_signature(_numba._kernel_opts) >= default + 3  # the three arrays' data pointers at least
+    for kernel in list(_numba._PROBE.values()) + [_numba._ci_doc, _numba._exact_doc]:
+        assert kernel._compiler.pipeline_class is _numba._NoAlias
+
+
 def test_plaid_search_same_results_on_both_kernels():
     """Whole searches (default knobs, the real path: 5,000 documents far above the exact-stage budget) give the
     same top-10 and scores with numba and torch kernels, serial and parallel."""
