@@ -96,10 +96,10 @@ def resolve(kernels: str, device: torch.device) -> str:
     return kernels
 
 
-def numba_tables(Sc):
+def numba_tables(Sc, ScT=None):
     from colbert_retriever._numba import Tables
 
-    return Tables(Sc)
+    return Tables(Sc, ScT)
 
 
 def numba_centroid_interaction(Sc, arrays, pids, threads, tables=None):

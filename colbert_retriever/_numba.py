@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import types
+from typing import Optional
 
 import numba
 import numpy as np
@@ -183,18 +184,30 @@ def _probe_mark(ivf_pids, ivf_offsets, base, cells, allowed, mark, cand, n):
     return n
 
 
-def _probe_slots(mark, cand, n, slot, scan):
-    """Give each of the ``n`` candidates its position in ascending order (``slot``); with ``scan``, first list
-    them in that order by a scan of ``mark`` (else the caller sorted ``cand``: numpy's sort, which compiles
-    slowly under numba)."""
+def _probe_slots(mark, cand, n, slot, scan, missing, best):
+    """Give each of the ``n`` candidates its position in ascending order (``slot``) and its row of ``best``
+    (n * q,) the query tokens' imputed scores ``missing``; with ``scan``, first list them in that order by a scan
+    of ``mark`` (else the caller sorted ``cand``: numpy's sort, which compiles slowly under numba)."""
     if scan:
         i = 0
         for d in range(mark.shape[0]):
             if mark[d]:
                 cand[i] = d
                 i += 1
+    q = missing.shape[0]
     for i in range(n):
         slot[cand[i]] = i
+        for j in range(q):
+            best[i * q + j] = missing[j]
+
+
+def _probe_sums(best, q, out):
+    """out (n,) <- each candidate's row of ``best`` (n * q,) summed."""
+    for i in range(out.shape[0]):
+        s = np.float32(0.0)
+        for j in range(q):
+            s += best[i * q + j]
+        out[i] = s
 
 
 def _probe_best(ivf_pids, ivf_offsets, base, cells, vals, ncells, q, allowed, slot, best):
@@ -213,6 +226,17 @@ def _probe_best(ivf_pids, ivf_offsets, base, cells, vals, ncells, q, allowed, sl
                 best[r] = v
 
 
+def _pad_transposed(ScT, qp, out):
+    """out (K * qp,) <- the rows of ScT (q, K) transposed, each padded with zeros to qp."""
+    q, K = ScT.shape
+    for c in range(K):
+        o = c * qp
+        for j in range(q):
+            out[o + j] = ScT[j, c]
+        for j in range(q, qp):
+            out[o + j] = 0.0
+
+
 def _compile(fn, parallel: bool, **opts):
     """A numba dispatcher of ``fn``, parallel or serial, under its own name (each variant its own cache files)."""
     name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
@@ -222,10 +246,10 @@ def _compile(fn, parallel: bool, **opts):
 
 
 _KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
-_PROBE = {fn.__name__: _compile(fn, False, **_kernel_opts)
-          for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best)}
-"""Probed scoring's kernels, serial only: a parallel top-cells pass saved ~0.1 ms per query on 2 cores and cost
-0.8 s more compilation the first time a machine searches."""
+_SERIAL = {fn.__name__: _compile(fn, False, **_kernel_opts)
+           for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best, _probe_sums, _pad_transposed)}
+"""The kernels compiled serial only: probed scoring's (a parallel top-cells pass saved ~0.1 ms per query on 2
+cores and cost 0.8 s more compilation the first time a machine searches) and the score table's layout."""
 
 
 def _run(name: str, threads: int, *args) -> None:
@@ -279,15 +303,29 @@ def _np(t: torch.Tensor) -> np.ndarray:
 class Tables:
     """One query's operands as the kernels read them: its centroid scores and (once the exact stage asks) its
     lookup table, flat float32 rows padded with zero columns to a multiple of 8, so that the inner loops vectorise
-    without a remainder (exact stage at 22 query tokens: 1.18 ms padded vs 1.64 unpadded). Padding copies (~0.12
-    ms for 16k centroids, ~0.06 for the table), so a search pads once per query (``plaid`` keeps one) instead of
-    once per kernel call."""
+    without a remainder (exact stage at 22 query tokens: 1.18 ms padded vs 1.64 unpadded). Built once per search
+    (``plaid`` keeps one), not once per kernel call. From the scores' transpose (``ScT``, (q, K): what the packed
+    float16 product returns) the padded rows are written by one pass (``_pad_transposed``: 0.22-0.29 ms for 16k
+    centroids, where the transposed copy and then the padding took 0.2-0.3 + 0.1-0.3 ms); the lookup table comes
+    padded from a query padded with zero rows (``padded_query``), so it is used as it is."""
 
-    def __init__(self, Sc: torch.Tensor):
-        self.q = Sc.shape[1]
-        self.qp = _qp(self.q)
-        self.S = _padded(Sc)
+    def __init__(self, Sc: Optional[torch.Tensor] = None, ScT: Optional[torch.Tensor] = None):
+        if Sc is None:
+            self.q, K = ScT.shape
+            self.qp = _qp(self.q)
+            self.S = np.empty(K * self.qp, dtype=np.float32)
+            _SERIAL["_pad_transposed"](ScT.float().contiguous().numpy(), self.qp, self.S)
+        else:
+            self.q = Sc.shape[1]
+            self.qp = _qp(self.q)
+            self.S = _padded(Sc)
         self._lut = None
+
+    def padded_query(self, Q: torch.Tensor) -> torch.Tensor:
+        """Q (q, dim) with zero rows up to qp: its lookup table (``ResidualCodec.query_lut``) comes out padded."""
+        if Q.shape[0] == self.qp:
+            return Q
+        return torch.cat([Q, Q.new_zeros(self.qp - Q.shape[0], Q.shape[1])])
 
     def lut(self, lut_q: torch.Tensor) -> np.ndarray:
         if self._lut is None:
@@ -334,11 +372,11 @@ def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed
     """``stages.probed_scores``: ScT (q, K) query-centroid scores; each query token probes its ``ncells`` best
     centroids (``_probe_top``); a token none of a candidate's probed cells serves scores ``impute`` x its last
     probed cell's score (at least 0). Returns (sorted candidate pids int64, scores float32). Serial (see
-    ``_PROBE``)."""
+    ``_SERIAL``)."""
     q = ScT.shape[0]
     cells = np.empty((q, ncells), dtype=np.int64)
     vals = np.empty((q, ncells), dtype=np.float32)
-    _PROBE["_probe_top"](ScT.float().contiguous().numpy(), ncells, cells, vals)
+    _SERIAL["_probe_top"](ScT.float().contiguous().numpy(), ncells, cells, vals)
     missing = np.float32(impute) * np.maximum(vals[:, -1], np.float32(0.0))
     c, v = cells.reshape(-1), vals.reshape(-1)
     ok = np.empty(0, dtype=np.bool_) if allowed is None else allowed.numpy()
@@ -348,14 +386,16 @@ def probed_scores(ScT: torch.Tensor, ncells: int, impute: float, arrays, allowed
     cand = np.empty(min(total, n_docs), dtype=np.int64)
     n = 0
     for part in arrays.ivf:
-        n = _PROBE["_probe_mark"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, ok, mark, cand, n)
+        n = _SERIAL["_probe_mark"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, ok, mark, cand, n)
     slot = np.empty(n_docs, dtype=np.int32)
     scan = n_docs <= scan_ratio * n
     if not scan:
         cand[:n].sort()
-    _PROBE["_probe_slots"](mark, cand, n, slot, scan)
-    best = np.tile(missing, n)
+    best = np.empty(n * q, dtype=np.float32)
+    _SERIAL["_probe_slots"](mark, cand, n, slot, scan, missing, best)
     for part in arrays.ivf:
-        _PROBE["_probe_best"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, v, ncells, q, ok, slot,
-                              best)
-    return torch.from_numpy(cand[:n].copy()), torch.from_numpy(best.reshape(n, q).sum(1, dtype=np.float32))
+        _SERIAL["_probe_best"](part.pids.numpy(), part.offsets.numpy(), part.doc_base, c, v, ncells, q, ok, slot,
+                               best)
+    scores = np.empty(n, dtype=np.float32)
+    _SERIAL["_probe_sums"](best, q, scores)
+    return torch.from_numpy(cand[:n]), torch.from_numpy(scores)

@@ -159,13 +159,16 @@ class ResidualCodec:
         # one batched matmul (byte position j: (256, per) @ (per, q_len)); ~4x faster than the same einsum on CPU
         return torch.matmul(self._lut, Qr.permute(1, 2, 0)).reshape(-1, Q.shape[0])
 
-    def centroid_scores(self, Q: torch.Tensor, half: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def centroid_scores(self, Q: torch.Tensor, half: bool = True,
+                        keep_sc: bool = True) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Query-centroid scores ``Sc = centroids @ Q.T`` (K, q_len) float32, contiguous, and its transpose
         (q_len, K) contiguous when that came for free (else None). On CPU, when the centroids are float16 values
         (always for an index read from disk: they are stored as float16), fbgemm is there and ``half`` is true
         (``Precision.half_centroid_scores``), the product runs on the packed float16 centroids (``_halfgemm``): the
         same scores up to summation order, 0.7 + 0.3 ms (product + transposed copy) instead of 1.7 ms for 16k
-        centroids and a 22-token query on 2 cores."""
+        centroids and a 22-token query on 2 cores. ``keep_sc=False``: a caller that lays the scores out itself
+        (the numba kernels, ``_numba.Tables``) gets (None, transpose) whenever the transpose came for free, without
+        the transposed copy."""
         Q = Q.to(self.centroids.device, torch.float32)
         if half and self._half is None:
             C = self.centroids
@@ -173,6 +176,8 @@ class ResidualCodec:
                           and bool(torch.equal(C.to(torch.float16).float(), C)) and _halfgemm.PackedWeights(C))
         if half and self._half:
             ScT = self._half(Q)
+            if not keep_sc:
+                return None, ScT
             Sc = torch.empty(ScT.shape[1], ScT.shape[0], dtype=torch.float32)
             Sc.T.copy_(ScT)  # into a fresh (K, q) buffer: ~2x faster than ScT.T.contiguous() here
             return Sc, ScT

@@ -164,15 +164,16 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
                               precision=precision, kernels=_kernels.resolve(config.kernels, dev))
-    # (num_centroids, q_len) scores; the top cells read its transpose
-    Sc, ScT = arrays.codec.centroid_scores(q, half=p.half_centroid_scores)
+    # (num_centroids, q_len) scores; the top cells read its transpose (the numba kernels lay out their own copy,
+    # so they skip the torch one when the transpose is what the product gave: see _Run.Sc)
+    Sc, ScT = arrays.codec.centroid_scores(q, half=p.half_centroid_scores, keep_sc=p.kernels != "numba")
     rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
     if rows > p.exact_docs:
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
     tr.kernels = p.kernels
     if groups is not None and not isinstance(groups, Groups):
         groups = Groups.of(groups)
-    run = _Run(q, Sc, Sc.T if ScT is None else ScT, arrays, k, p, allowed, groups, tr)
+    run = _Run(q, Sc, ScT, arrays, k, p, allowed, groups, tr)
     with _parallel.search_threads(p.threads) as n:  # many small steps: see _parallel
         tr.threads = n
         if p.exhaustive or n_allowed <= p.exact_docs or q.shape[0] == 0:
@@ -185,11 +186,22 @@ class _Run:
     """One query's stages (``search`` sets it up)."""
 
     def __init__(self, q, Sc, ScT, arrays, k, p: SearchPlan, allowed, groups, tr: SearchTrace):
-        self.q, self.Sc, self.ScT, self.arrays, self.k, self.p = q, Sc, ScT, arrays, k, p
+        """Sc (K, q_len) and/or its transpose ScT (q_len, K), as ``ResidualCodec.centroid_scores`` gave them."""
+        self.q, self._Sc, self.arrays, self.k, self.p = q, Sc, arrays, k, p
+        self.ScT = Sc.T if ScT is None else ScT
         self.allowed, self.groups, self.tr = allowed, groups, tr
         self.lut_q = None
         # the numba kernels' operands, padded once for the whole search
-        self.tables = _kernels.numba_tables(Sc) if p.kernels == "numba" else None
+        self.tables = _kernels.numba_tables(Sc, ScT) if p.kernels == "numba" else None
+
+    @property
+    def Sc(self) -> torch.Tensor:
+        """(K, q_len) contiguous, made from the transpose the first time a stage asks (with the numba kernels only
+        PLAID's pruned stage 2 and the torch fallbacks do)."""
+        if self._Sc is None:
+            self._Sc = torch.empty(self.ScT.shape[1], self.ScT.shape[0], dtype=self.ScT.dtype, device=self.ScT.device)
+            self._Sc.T.copy_(self.ScT)
+        return self._Sc
 
     def top(self, pids: torch.Tensor, scores: torch.Tensor, complete: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """The k best results: rows, or with ``groups`` each document's best row (fewer when fewer documents).
@@ -222,9 +234,11 @@ class _Run:
     def exact(self, pids: torch.Tensor) -> torch.Tensor:
         self.tr.exact_scored += int(pids.numel())
         if self.lut_q is None and self.p.kernels != "triton":  # the query's lookup table, once per search
-            self.lut_q = self.arrays.codec.query_lut(self.q)
-        return stages.exact_scores(self.q, self.arrays, pids, self.Sc, kernels=self.p.kernels, threads=self.tr.threads,
-                                   lut_q=self.lut_q, tables=self.tables)
+            t = self.tables  # the numba kernels': padded columns, from a query padded with zero rows
+            self.lut_q = self.arrays.codec.query_lut(self.q if t is None else t.padded_query(self.q))
+        return stages.exact_scores(self.q, self.arrays, pids, None if self.tables is not None else self.Sc,
+                                   kernels=self.p.kernels, threads=self.tr.threads, lut_q=self.lut_q,
+                                   tables=self.tables)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.tr.exhaustive = True
@@ -253,9 +267,9 @@ class _Run:
         pool = pids
         if pids.numel() > p.stage3_docs:
             # on CPU the ranking-only interaction may gather float16 scores: half the bytes moved
-            half = p.half_interaction and p.kernels == "torch" and self.Sc.device.type == "cpu"
-            Sci = self.Sc.to(torch.float16) if half else self.Sc
-            tr.interaction_dtype = Sci.dtype
+            half = p.half_interaction and p.kernels == "torch" and self.ScT.device.type == "cpu"
+            Sci = None if self.tables is not None else self.Sc.to(torch.float16) if half else self.Sc
+            tr.interaction_dtype = torch.float32 if Sci is None else Sci.dtype
             ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads,
                                              tables=self.tables)
             pids = self._best(pids, ci, p.stage3_docs)

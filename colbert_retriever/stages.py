@@ -186,7 +186,7 @@ def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: O
     ``centroid_interaction``), "triton": the fused Triton kernel (CUDA)."""
     c = arrays.codec
     if kernels != "triton":
-        Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
+        Sc = Sc if Sc is not None or tables is not None else c.centroid_scores(Q)[0]
         lut_q = lut_q if lut_q is not None else c.query_lut(Q)
     if kernels == "numba":
         return _kernels.numba_exact_scores(arrays, pids, Sc, lut_q, threads, tables)

@@ -111,6 +111,26 @@ def test_numba_int32_codes():
                           stages.exact_scores(q, arrays, pids, Sc, kernels="torch"), atol=1e-5)
 
 
+@pytest.mark.parametrize("q_len", [1, 8, 22, 32])
+def test_tables_from_the_transpose_and_a_padded_query(q_len):
+    """The kernels' operands built the way a search builds them (scores laid out from their transpose, lookup
+    table from a query padded with zero rows) equal those padded after the fact: same scores, zero padding."""
+    import numpy as np
+
+    from colbert_retriever import _numba
+
+    arrays, x, _ = clustered_arrays(n_docs=300, K=100, cuts=())
+    codec = arrays.codec
+    q = query(codec, x, q_len, seed=q_len)
+    Sc = codec.centroid_scores(q)[0]
+    after, laid = _numba.Tables(Sc), _numba.Tables(None, Sc.T.contiguous())
+    assert (laid.q, laid.qp) == (after.q, after.qp) == (q_len, -(-q_len // 8) * 8)
+    assert np.array_equal(laid.S, after.S)
+    padded = laid.lut(codec.query_lut(laid.padded_query(q))).reshape(-1, laid.qp)
+    ref = after.lut(codec.query_lut(q)).reshape(-1, after.qp)
+    assert np.allclose(padded, ref, atol=1e-6) and not padded[:, q_len:].any()
+
+
 def test_kernels_compile_with_noalias_arguments():
     """The per-document and probe kernels declare their array arguments alias-free (``_numba._NoAlias``: what
     lets LLVM keep an accumulator out of memory): the compiled signature carries ``noalias`` on each array's
@@ -130,7 +150,7 @@ def test_kernels_compile_with_noalias_arguments():
 
     default = noalias_in_signature(_numba._opts)
     assert noalias_in_signature(_numba._kernel_opts) >= default + 3  # the three arrays' data pointers at least
-    for kernel in list(_numba._PROBE.values()) + [_numba._ci_doc, _numba._exact_doc]:
+    for kernel in list(_numba._SERIAL.values()) + [_numba._ci_doc, _numba._exact_doc]:
         assert kernel._compiler.pipeline_class is _numba._NoAlias
 
 
