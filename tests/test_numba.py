@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import itertools
+import platform
+import re
 import sys
 import threading
 from pathlib import Path
@@ -169,6 +171,20 @@ def test_plaid_search_same_results_on_both_kernels():
             got = plaid.search(q, arrays, 10, SearchConfig(kernels="numba", threads=threads), trace=tr)
             assert tr[-1].kernels == "numba" and tr[-1].threads == threads
             assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], atol=1e-5)
+
+
+@pytest.mark.skipif(bool(os.environ.get("NUMBA_CPU_NAME")), reason="already running with a chosen CPU target")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2 code needs an x86-64 CPU")
+def test_kernels_compiled_for_avx2_equal_their_torch_twins(tmp_path):
+    """The kernels as an AVX2-only CPU gets them (numba compiles for the host CPU: on an AVX-512 box the loops
+    take 512-bit registers and other widths, see ``_numba._qp``): the twin tests above, compiled for Haswell
+    (``NUMBA_CPU_NAME=haswell``, no extra features) into a cache folder of their own, in a child process."""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k",
+                        "twins and not avx2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 12, r.stdout[-1000:]  # the twin tests ran, not skipped
 
 
 def test_concurrent_searches_on_numba(tmp_path, tiny_model):
