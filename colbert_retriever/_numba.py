@@ -87,17 +87,6 @@ def _ci_doc(S, qp, q, codes, a, b, best):
     return s
 
 
-def _ci(S, qp, q, codes, starts, ends, out):
-    """S: (K * qp,) float32 centroid scores, row-major (a centroid's scores side by side, padded with zeros to qp,
-    see ``_qp``, so the inner loops vectorise without a remainder); q: the real query tokens."""
-    n = starts.shape[0]
-    runs = min(n, CHUNKS)
-    for r in prange(runs):
-        best = np.empty(qp, dtype=np.float32)
-        for i in range(r * n // runs, (r + 1) * n // runs):
-            out[i] = _ci_doc(S, qp, q, codes, starts[i], ends[i], best)
-
-
 @numba.njit(**_kernel_opts)
 def _exact_doc(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
     """One document's exact MaxSim: per token, its centroid's scores plus one lookup-table row per residual byte
@@ -133,16 +122,223 @@ def _exact_doc(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
     return s
 
 
+# ---------------------------------------------------------------- the same loops in vector registers
+# ``_ci_doc`` and ``_exact_doc`` as numba compiles them keep their running maxima and accumulators in memory: per
+# token (and residual byte) the loop over query columns is entered anew (bounds, remainder, reloads), ~45
+# instructions for the ~14 that add. For the widths most queries pad to (8, 16, 32 columns) the same loops are
+# written below as LLVM IR through numba's ``intrinsic`` (no C compiler: numba hands the IR to its own LLVM),
+# maxima and accumulators held in LLVM vectors, i.e. registers. Generic vectors: LLVM lowers them to whatever
+# the CPU has (two AVX2 registers for 16 floats). No fast-math: the additions run in the order written, so the
+# results do not depend on the CPU. One thread, scifact rows: exact stage over 128 documents (21k tokens) 1.61 ->
+# 0.83 ms at 32 columns, 1.41 -> 0.44 at 16; centroid interaction over 512 documents 0.21 -> 0.10 ms.
+
+SIMD_WIDTHS = (8, 16, 32)
+"""Padded query widths (``_qp``) the two per-document loops run in vector registers; other widths run
+``_ci_doc`` / ``_exact_doc``."""
+
+
+class _IR:
+    """What both intrinsics share: rows of ``qp`` float32 as ``n`` LLVM vectors of ``width`` lanes."""
+
+    def __init__(self, qp: int):
+        from llvmlite import ir
+
+        self.ir, self.qp = ir, qp
+        self.i64 = ir.IntType(64)
+        self.width = 16 if qp % 16 == 0 else 8
+        self.n = qp // self.width
+        self.vt = ir.VectorType(ir.FloatType(), self.width)
+
+    def const(self, v: int):
+        return self.ir.Constant(self.i64, v)
+
+    def splat(self, x: float):
+        return self.ir.Constant(self.vt, [x] * self.width)
+
+    def broadcast(self, builder, x):
+        """A vector of ``width`` copies of the float ``x``."""
+        ir, undef = self.ir, self.ir.Constant(self.vt, self.ir.Undefined)
+        lane0 = builder.insert_element(undef, x, ir.IntType(32)(0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
+        return builder.shuffle_vector(lane0, undef, zeros)
+
+    def load(self, builder, base, off):
+        """The ``width`` floats at base[off:]."""
+        return builder.load(builder.bitcast(builder.gep(base, [off]), self.vt.as_pointer()), align=4)
+
+    def load_row(self, builder, base, row):
+        """Row ``row`` (an i64) of a (rows, qp) float32 table, as ``n`` vectors."""
+        off = builder.mul(row, self.const(self.qp))
+        return [self.load(builder, base, builder.add(off, self.const(v * self.width))) for v in range(self.n)]
+
+    def store_row(self, builder, vectors, base):
+        for v, x in enumerate(vectors):
+            ptr = builder.bitcast(builder.gep(base, [self.const(v * self.width)]), self.vt.as_pointer())
+            builder.store(x, ptr, align=4)
+
+    def max_into(self, builder, slots, vectors):
+        for slot, x in zip(slots, vectors):
+            cur = builder.load(slot)
+            builder.store(builder.select(builder.fcmp_ordered(">", x, cur), x, cur), slot)
+
+    def tokens(self, context, builder, ty, a, b):
+        """A loop over tokens a..b (loop variable: i64)."""
+        from numba import types
+        from numba.core import cgutils
+
+        start = context.cast(builder, a, ty[0], types.int64)
+        stop = context.cast(builder, b, ty[1], types.int64)
+        return cgutils.for_range_slice(builder, start, stop, self.const(1), inc=True)
+
+    def code(self, builder, codes, dtype, t):
+        """codes[t] as an i64 (codes are uint8 / uint16 / int32)."""
+        widen = builder.sext if dtype.signed else builder.zext
+        return widen(builder.load(builder.gep(codes.data, [t])), self.i64)
+
+
+def _ci_ir(qp: int):
+    """A numba intrinsic ``f(S, codes, a, b, best)``: for tokens a..b of one document, best[:qp] = per query column
+    the max over tokens of S[code] (operands as in ``_ci_doc``)."""
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    g = _IR(qp)
+
+    @intrinsic
+    def ci(typingctx, S, codes, a, b, best):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            S_, codes_, best_ = (context.make_array(ty[i])(context, builder, args[i]) for i in (0, 1, 4))
+            best_v = [cgutils.alloca_once_value(builder, g.splat(float("-inf"))) for _ in range(g.n)]
+            with g.tokens(context, builder, ty[2:4], args[2], args[3]) as (t, _):
+                g.max_into(builder, best_v, g.load_row(builder, S_.data, g.code(builder, codes_, ty[1].dtype, t)))
+            g.store_row(builder, [builder.load(x) for x in best_v], best_.data)
+            return context.get_dummy_value()
+
+        return types.void(S, codes, a, b, best), codegen
+
+    return ci
+
+
+def _maxsim_ir(qp: int):
+    """A numba intrinsic ``f(S, lut, codes, packed, inv_norms, a, b, best)``: for tokens a..b of one document,
+    best[:qp] = per query column the max over tokens of (S[code] + the residual bytes' LUT rows) x inverse norm
+    (operands as in ``_exact_doc``). Even and odd byte positions sum into two accumulators (two dependency
+    chains), added before the norm."""
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    g = _IR(qp)
+
+    @intrinsic
+    def maxsim(typingctx, S, lut, codes, packed, inv_norms, a, b, best):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            S_, lut_, codes_, packed_, inv_, best_ = (context.make_array(ty[i])(context, builder, args[i])
+                                                      for i in (0, 1, 2, 3, 4, 7))
+            P = cgutils.unpack_tuple(builder, packed_.shape)[1]
+            best_v = [cgutils.alloca_once_value(builder, g.splat(float("-inf"))) for _ in range(g.n)]
+            even = [cgutils.alloca_once(builder, g.vt) for _ in range(g.n)]
+            odd = [cgutils.alloca_once(builder, g.vt) for _ in range(g.n)]
+
+            def add_row(t_row, p, acc):  # acc += the LUT row of byte position p
+                byte = builder.zext(builder.load(builder.gep(packed_.data, [builder.add(t_row, p)])), g.i64)
+                rows = g.load_row(builder, lut_.data, builder.add(builder.mul(p, g.const(256)), byte))
+                for slot, x in zip(acc, rows):
+                    builder.store(builder.fadd(builder.load(slot), x), slot)
+
+            with g.tokens(context, builder, ty[5:7], args[5], args[6]) as (t, _):
+                for slot, x in zip(even, g.load_row(builder, S_.data, g.code(builder, codes_, ty[2].dtype, t))):
+                    builder.store(x, slot)
+                for slot in odd:
+                    builder.store(g.splat(0.0), slot)
+                t_row = builder.mul(t, P)
+                with cgutils.for_range(builder, builder.udiv(P, g.const(2))) as loop:
+                    p = builder.mul(loop.index, g.const(2))
+                    add_row(t_row, p, even)
+                    add_row(t_row, builder.add(p, g.const(1)), odd)
+                with cgutils.if_unlikely(builder, builder.icmp_unsigned("!=", builder.urem(P, g.const(2)), g.const(0))):
+                    add_row(t_row, builder.sub(P, g.const(1)), even)
+                w = g.broadcast(builder, builder.load(builder.gep(inv_.data, [t])))
+                g.max_into(builder, best_v, [builder.fmul(builder.fadd(builder.load(e), builder.load(o)), w)
+                                             for e, o in zip(even, odd)])
+            g.store_row(builder, [builder.load(x) for x in best_v], best_.data)
+            return context.get_dummy_value()
+
+        return types.void(S, lut, codes, packed, inv_norms, a, b, best), codegen
+
+    return maxsim
+
+
+_ci8, _ci16, _ci32 = (_ci_ir(w) for w in SIMD_WIDTHS)
+_maxsim8, _maxsim16, _maxsim32 = (_maxsim_ir(w) for w in SIMD_WIDTHS)
+
+
+@numba.njit(**_kernel_opts)
+def _ci_doc_simd(S, qp, q, codes, a, b, best):
+    """``_ci_doc`` for qp in ``SIMD_WIDTHS`` (``_ci_ir``)."""
+    if b <= a:
+        return np.float32(0.0)
+    if qp == 32:
+        _ci32(S, codes, a, b, best)
+    elif qp == 16:
+        _ci16(S, codes, a, b, best)
+    else:
+        _ci8(S, codes, a, b, best)
+    s = np.float32(0.0)
+    for j in range(q):
+        s += best[j]
+    return s
+
+
+@numba.njit(**_kernel_opts)
+def _exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, a, b, best):
+    """``_exact_doc`` for qp in ``SIMD_WIDTHS`` (``_maxsim_ir``)."""
+    if b <= a:
+        return np.float32(0.0)
+    if qp == 32:
+        _maxsim32(S, lut, codes, packed, inv_norms, a, b, best)
+    elif qp == 16:
+        _maxsim16(S, lut, codes, packed, inv_norms, a, b, best)
+    else:
+        _maxsim8(S, lut, codes, packed, inv_norms, a, b, best)
+    s = np.float32(0.0)
+    for j in range(q):
+        s += best[j]
+    return s
+
+
+def _ci(S, qp, q, codes, starts, ends, out):
+    """S: (K * qp,) float32 centroid scores, row-major (a centroid's scores side by side, padded with zeros to qp,
+    see ``_qp``, so the inner loops vectorise without a remainder); q: the real query tokens."""
+    n = starts.shape[0]
+    runs = min(n, CHUNKS)
+    simd = qp == 8 or qp == 16 or qp == 32
+    for r in prange(runs):
+        best = np.empty(qp, dtype=np.float32)
+        for i in range(r * n // runs, (r + 1) * n // runs):
+            if simd:
+                out[i] = _ci_doc_simd(S, qp, q, codes, starts[i], ends[i], best)
+            else:
+                out[i] = _ci_doc(S, qp, q, codes, starts[i], ends[i], best)
+
+
 def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
     """S: (K * qp,) centroid scores; lut: (P * 256 * qp,) the query's lookup table (``ResidualCodec.query_lut``),
     both row-major with the query tokens side by side, padded with zeros to qp (``_qp``)."""
     n = starts.shape[0]
     runs = min(n, CHUNKS)
+    simd = qp == 8 or qp == 16 or qp == 32
     for r in prange(runs):
         best = np.empty(qp, dtype=np.float32)
         acc = np.empty(qp, dtype=np.float32)
         for i in range(r * n // runs, (r + 1) * n // runs):
-            out[i] = _exact_doc(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
+            if simd:
+                out[i] = _exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best)
+            else:
+                out[i] = _exact_doc(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
 
 
 def _probe_top(ScT, ncells, cells, vals):
