@@ -272,42 +272,34 @@ def _maxsim_ir(qp: int):
     return maxsim
 
 
-_ci8, _ci16, _ci32 = (_ci_ir(w) for w in SIMD_WIDTHS)
-_maxsim8, _maxsim16, _maxsim32 = (_maxsim_ir(w) for w in SIMD_WIDTHS)
+_CI_W = _MAXSIM_W = None  # in the width's clone of the two functions below: its intrinsic (``_bind``)
 
 
-@numba.njit(**_kernel_opts)
 def _ci_doc_simd(S, qp, q, codes, a, b, best):
-    """``_ci_doc`` for qp in ``SIMD_WIDTHS`` (``_ci_ir``)."""
+    """``_ci_doc`` in vector registers: compiled once per width in ``SIMD_WIDTHS``, ``_CI_W`` bound to that width's
+    ``_ci_ir``."""
     if b <= a:
         return np.float32(0.0)
-    if qp == 32:
-        _ci32(S, codes, a, b, best)
-    elif qp == 16:
-        _ci16(S, codes, a, b, best)
-    else:
-        _ci8(S, codes, a, b, best)
+    _CI_W(S, codes, a, b, best)
     s = np.float32(0.0)
     for j in range(q):
         s += best[j]
     return s
 
 
-@numba.njit(**_kernel_opts)
-def _exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, a, b, best):
-    """``_exact_doc`` for qp in ``SIMD_WIDTHS`` (``_maxsim_ir``)."""
+def _exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
+    """``_exact_doc`` in vector registers (``acc`` unused): compiled once per width, ``_MAXSIM_W`` bound to that
+    width's ``_maxsim_ir``."""
     if b <= a:
         return np.float32(0.0)
-    if qp == 32:
-        _maxsim32(S, lut, codes, packed, inv_norms, a, b, best)
-    elif qp == 16:
-        _maxsim16(S, lut, codes, packed, inv_norms, a, b, best)
-    else:
-        _maxsim8(S, lut, codes, packed, inv_norms, a, b, best)
+    _MAXSIM_W(S, lut, codes, packed, inv_norms, a, b, best)
     s = np.float32(0.0)
     for j in range(q):
         s += best[j]
     return s
+
+
+_CI_DOC, _EXACT_DOC = _ci_doc, _exact_doc  # in each width's clone of the drivers: that width's per-document loops
 
 
 def _ci(S, qp, q, codes, starts, ends, out):
@@ -315,14 +307,10 @@ def _ci(S, qp, q, codes, starts, ends, out):
     see ``_qp``, so the inner loops vectorise without a remainder); q: the real query tokens."""
     n = starts.shape[0]
     runs = min(n, CHUNKS)
-    simd = qp == 8 or qp == 16 or qp == 32
     for r in prange(runs):
         best = np.empty(qp, dtype=np.float32)
         for i in range(r * n // runs, (r + 1) * n // runs):
-            if simd:
-                out[i] = _ci_doc_simd(S, qp, q, codes, starts[i], ends[i], best)
-            else:
-                out[i] = _ci_doc(S, qp, q, codes, starts[i], ends[i], best)
+            out[i] = _CI_DOC(S, qp, q, codes, starts[i], ends[i], best)
 
 
 def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
@@ -330,15 +318,11 @@ def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
     both row-major with the query tokens side by side, padded with zeros to qp (``_qp``)."""
     n = starts.shape[0]
     runs = min(n, CHUNKS)
-    simd = qp == 8 or qp == 16 or qp == 32
     for r in prange(runs):
         best = np.empty(qp, dtype=np.float32)
         acc = np.empty(qp, dtype=np.float32)
         for i in range(r * n // runs, (r + 1) * n // runs):
-            if simd:
-                out[i] = _exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best)
-            else:
-                out[i] = _exact_doc(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
+            out[i] = _EXACT_DOC(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
 
 
 def _probe_top(ScT, ncells, cells, vals):
@@ -433,32 +417,56 @@ def _pad_transposed(ScT, qp, out):
             out[o + j] = 0.0
 
 
+def _bind(fn, name: str, **names):
+    """``fn`` under another name (numba caches each name apart), with the global ``names`` bound to other objects."""
+    clone = types.FunctionType(fn.__code__, dict(fn.__globals__, **names), name, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = name
+    return clone
+
+
 def _compile(fn, parallel: bool, **opts):
     """A numba dispatcher of ``fn``, parallel or serial, under its own name (each variant its own cache files)."""
-    name = f"{fn.__name__}_{'parallel' if parallel else 'serial'}"
-    clone = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    clone.__qualname__ = name
-    return numba.njit(parallel=parallel, **(opts or _opts))(clone)
+    return numba.njit(parallel=parallel, **(opts or _opts))(
+        _bind(fn, f"{fn.__name__}_{'parallel' if parallel else 'serial'}"))
 
 
-_KERNELS = {(fn.__name__, par): _compile(fn, par) for fn in (_ci, _exact) for par in (False, True)}
+def _width_kernels(w):
+    """The two drivers for padded width ``w`` (None: any width, the numba loops), parallel and serial. One
+    driver per width, so that the first search compiles only the width it needs (cold start)."""
+    if w is None:
+        docs = dict(_CI_DOC=_ci_doc, _EXACT_DOC=_exact_doc)
+    else:
+        docs = dict(_CI_DOC=numba.njit(**_kernel_opts)(_bind(_ci_doc_simd, f"_ci_doc_{w}", _CI_W=_ci_ir(w))),
+                    _EXACT_DOC=numba.njit(**_kernel_opts)(_bind(_exact_doc_simd, f"_exact_doc_{w}",
+                                                                 _MAXSIM_W=_maxsim_ir(w))))
+    _DOCS[w] = docs
+    return {(fn.__name__, par, w): _compile(_bind(fn, f"{fn.__name__}_{w or 'any'}", **docs), par)
+            for fn in (_ci, _exact) for par in (False, True)}
+
+
+_DOCS: dict = {}
+"""padded width or None -> the per-document functions its drivers call (``_width_kernels``)."""
+_KERNELS = {key: k for w in (None, *SIMD_WIDTHS) for key, k in _width_kernels(w).items()}
+"""(name, parallel, padded width or None) -> dispatcher; ``_run`` picks."""
 _SERIAL = {fn.__name__: _compile(fn, False, **_kernel_opts)
            for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best, _probe_sums, _pad_transposed)}
 """The kernels compiled serial only: probed scoring's (a parallel top-cells pass saved ~0.1 ms per query on 2
 cores and cost 0.8 s more compilation the first time a machine searches) and the score table's layout."""
 
 
-def _run(name: str, threads: int, *args) -> None:
-    """Run a kernel: the parallel variant with ``threads`` threads when more than one is wanted and no other
-    parallel launch is running in this process, else the serial one."""
+def _run(name: str, threads: int, qp: int, *args) -> None:
+    """Run a kernel for queries padded to ``qp`` columns (in vector registers when qp is in ``SIMD_WIDTHS``): the
+    parallel variant with ``threads`` threads when more than one is wanted and no other parallel launch is
+    running in this process, else the serial one."""
+    w = qp if qp in SIMD_WIDTHS else None
     if threads > 1 and _parallel_lock.acquire(blocking=False):
         try:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            _KERNELS[(name, True)](*args)
+            _KERNELS[(name, True, w)](*args)
         finally:
             _parallel_lock.release()
         return
-    _KERNELS[(name, False)](*args)
+    _KERNELS[(name, False, w)](*args)
 
 
 def _segments(arrays, pids: torch.Tensor):
@@ -543,7 +551,7 @@ def centroid_interaction(Sc: torch.Tensor, arrays, pids: torch.Tensor, threads: 
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_ci", threads, t.S, t.qp, t.q, _np(arrays.codes.parts[s]), starts, ends, part)
+        _run("_ci", threads, t.qp, t.S, t.qp, t.q, _np(arrays.codes.parts[s]), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
 
@@ -558,8 +566,8 @@ def exact_scores(arrays, pids: torch.Tensor, Sc: torch.Tensor, lut_q: torch.Tens
     out = np.empty(pids.numel(), dtype=np.float32)
     for s, where, starts, ends in _segments(arrays, pids):
         part = np.empty(len(starts), dtype=np.float32)
-        _run("_exact", threads, t.S, lut, t.qp, t.q, _np(arrays.codes.parts[s]), arrays.residuals.parts[s].numpy(),
-             arrays.inv_norms.parts[s].numpy(), starts, ends, part)
+        _run("_exact", threads, t.qp, t.S, lut, t.qp, t.q, _np(arrays.codes.parts[s]),
+             arrays.residuals.parts[s].numpy(), arrays.inv_norms.parts[s].numpy(), starts, ends, part)
         out[where] = part
     return torch.from_numpy(out)
 

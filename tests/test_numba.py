@@ -153,8 +153,7 @@ def test_kernels_compile_with_noalias_arguments():
 
     default = noalias_in_signature(_numba._opts)
     assert noalias_in_signature(_numba._kernel_opts) >= default + 3  # the three arrays' data pointers at least
-    for kernel in list(_numba._SERIAL.values()) + [_numba._ci_doc, _numba._exact_doc, _numba._ci_doc_simd,
-                                                   _numba._exact_doc_simd]:
+    for kernel in list(_numba._SERIAL.values()) + [f for docs in _numba._DOCS.values() for f in docs.values()]:
         assert kernel._compiler.pipeline_class is _numba._NoAlias
 
 
@@ -257,7 +256,7 @@ print(nb.exact_scores(a, torch.arange(2), c.centroid_scores(q)[0], c.query_lut(q
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
             assert out.returncode == 0, out.stderr[-2000:]
         cached = [p.name for p in cache.rglob("*.nbi")]
-        assert any(n.startswith("_numba._exact_serial") for n in cached), sorted(cache.rglob("*"))
+        assert any(n.startswith("_numba._exact_8_serial") for n in cached), sorted(cache.rglob("*"))  # 3 tokens: 8 wide
         assert not list(pkg.rglob("*.nbi"))
     finally:
         for root, _, _ in os.walk(ro):
