@@ -96,10 +96,10 @@ def resolve(kernels: str, device: torch.device) -> str:
     return kernels
 
 
-def numba_tables(Sc, ScT=None):
+def numba_tables(Sc, ScT=None, threads=1):
     from colbert_retriever._numba import Tables
 
-    return Tables(Sc, ScT)
+    return Tables(Sc, ScT, threads)
 
 
 def numba_centroid_interaction(Sc, arrays, pids, threads, tables=None):

@@ -407,14 +407,17 @@ def _probe_best(ivf_pids, ivf_offsets, base, cells, vals, ncells, q, allowed, sl
 
 
 def _pad_transposed(ScT, qp, out):
-    """out (K * qp,) <- the rows of ScT (q, K) transposed, each padded with zeros to qp."""
+    """out (K * qp,) <- the rows of ScT (q, K) transposed, each padded with zeros to qp; parallel over runs of
+    centroids."""
     q, K = ScT.shape
-    for c in range(K):
-        o = c * qp
-        for j in range(q):
-            out[o + j] = ScT[j, c]
-        for j in range(q, qp):
-            out[o + j] = 0.0
+    runs = min(K, CHUNKS)
+    for r in prange(runs):
+        for c in range(r * K // runs, (r + 1) * K // runs):
+            o = c * qp
+            for j in range(q):
+                out[o + j] = ScT[j, c]
+            for j in range(q, qp):
+                out[o + j] = 0.0
 
 
 def _bind(fn, name: str, **names):
@@ -447,18 +450,20 @@ def _width_kernels(w):
 _DOCS: dict = {}
 """padded width or None -> the per-document functions its drivers call (``_width_kernels``)."""
 _KERNELS = {key: k for w in (None, *SIMD_WIDTHS) for key, k in _width_kernels(w).items()}
+_KERNELS.update({("_pad_transposed", par, None): _compile(_pad_transposed, par, **_kernel_opts)
+                 for par in (False, True)})
 """(name, parallel, padded width or None) -> dispatcher; ``_run`` picks."""
 _SERIAL = {fn.__name__: _compile(fn, False, **_kernel_opts)
-           for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best, _probe_sums, _pad_transposed)}
-"""The kernels compiled serial only: probed scoring's (a parallel top-cells pass saved ~0.1 ms per query on 2
-cores and cost 0.8 s more compilation the first time a machine searches) and the score table's layout."""
+           for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best, _probe_sums)}
+"""Probed scoring's kernels, compiled serial only: a parallel top-cells pass saved ~0.1 ms per query on 2 cores
+and cost 0.8 s more compilation the first time a machine searches."""
 
 
 def _run(name: str, threads: int, qp: int, *args) -> None:
-    """Run a kernel for queries padded to ``qp`` columns (in vector registers when qp is in ``SIMD_WIDTHS``): the
+    """Run a kernel for queries padded to ``qp`` columns (its variant for that width if it has one): the
     parallel variant with ``threads`` threads when more than one is wanted and no other parallel launch is
     running in this process, else the serial one."""
-    w = qp if qp in SIMD_WIDTHS else None
+    w = qp if (name, False, qp) in _KERNELS else None
     if threads > 1 and _parallel_lock.acquire(blocking=False):
         try:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -515,16 +520,17 @@ class Tables:
     lookup table, flat float32 rows padded with zero columns (to ``_qp``), so that the inner loops vectorise
     without a remainder (exact stage at 22 query tokens: 1.18 ms padded vs 1.64 unpadded). Built once per search
     (``plaid`` keeps one), not once per kernel call. From the scores' transpose (``ScT``, (q, K): what the packed
-    float16 product returns) the padded rows are written by one pass (``_pad_transposed``: 0.22-0.29 ms for 16k
-    centroids, where the transposed copy and then the padding took 0.2-0.3 + 0.1-0.3 ms); the lookup table comes
+    float16 product returns) the padded rows are written by one pass (``_pad_transposed``, on the search's
+    threads: where the transposed copy and then the padding took 0.2-0.3 + 0.1-0.3 ms for 16k centroids, one
+    thread took 0.22-0.29 alone, ~0.4 inside a search, two ~0.2 less); the lookup table comes
     padded from a query padded with zero rows (``padded_query``), so it is used as it is."""
 
-    def __init__(self, Sc: Optional[torch.Tensor] = None, ScT: Optional[torch.Tensor] = None):
+    def __init__(self, Sc: Optional[torch.Tensor] = None, ScT: Optional[torch.Tensor] = None, threads: int = 1):
         if Sc is None:
             self.q, K = ScT.shape
             self.qp = _qp(self.q)
             self.S = np.empty(K * self.qp, dtype=np.float32)
-            _SERIAL["_pad_transposed"](ScT.float().contiguous().numpy(), self.qp, self.S)
+            _run("_pad_transposed", threads, self.qp, ScT.float().contiguous().numpy(), self.qp, self.S)
         else:
             self.q = Sc.shape[1]
             self.qp = _qp(self.q)

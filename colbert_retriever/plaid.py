@@ -191,8 +191,15 @@ class _Run:
         self.ScT = Sc.T if ScT is None else ScT
         self.allowed, self.groups, self.tr = allowed, groups, tr
         self.lut_q = None
-        # the numba kernels' operands, padded once for the whole search
-        self.tables = _kernels.numba_tables(Sc, ScT) if p.kernels == "numba" else None
+        self._tables = None
+
+    @property
+    def tables(self):
+        """The numba kernels' operands (``_numba.Tables``), laid out once for the whole search, on its threads;
+        None on other kernels."""
+        if self._tables is None and self.p.kernels == "numba":
+            self._tables = _kernels.numba_tables(self._Sc, self.ScT, self.tr.threads)
+        return self._tables
 
     @property
     def Sc(self) -> torch.Tensor:
@@ -233,12 +240,13 @@ class _Run:
 
     def exact(self, pids: torch.Tensor) -> torch.Tensor:
         self.tr.exact_scored += int(pids.numel())
+        t = self.tables
         if self.lut_q is None and self.p.kernels != "triton":  # the query's lookup table, once per search
-            t = self.tables  # the numba kernels': padded columns, from a query padded with zero rows
+            # (the numba kernels': padded columns, from a query padded with zero rows)
             self.lut_q = self.arrays.codec.query_lut(self.q if t is None else t.padded_query(self.q))
-        return stages.exact_scores(self.q, self.arrays, pids, None if self.tables is not None else self.Sc,
+        return stages.exact_scores(self.q, self.arrays, pids, None if t is not None else self.Sc,
                                    kernels=self.p.kernels, threads=self.tr.threads, lut_q=self.lut_q,
-                                   tables=self.tables)
+                                   tables=t)
 
     def score_all_allowed(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.tr.exhaustive = True

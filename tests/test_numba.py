@@ -129,6 +129,7 @@ def test_tables_from_the_transpose_and_a_padded_query(q_len):
     after, laid = _numba.Tables(Sc), _numba.Tables(None, Sc.T.contiguous())
     assert (laid.q, laid.qp) == (after.q, after.qp) == (q_len, {1: 8, 8: 8, 22: 32, 32: 32}[q_len])
     assert np.array_equal(laid.S, after.S)
+    assert np.array_equal(_numba.Tables(None, Sc.T.contiguous(), threads=2).S, after.S)  # the parallel layout
     padded = laid.lut(codec.query_lut(laid.padded_query(q))).reshape(-1, laid.qp)
     ref = after.lut(codec.query_lut(q)).reshape(-1, after.qp)
     assert np.allclose(padded, ref, atol=1e-6) and not padded[:, q_len:].any()
