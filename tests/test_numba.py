@@ -101,6 +101,29 @@ def test_numba_probed_scores_equal_the_torch_twin(q_len):
         assert torch.allclose(got[1], ref[1], atol=1e-5), (got[1] - ref[1]).abs().max()
 
 
+@pytest.mark.parametrize("K", [5, 100, 1000, 16381])
+def test_probe_top_cells_best_first_lower_centroid_first_among_ties(K):
+    """The probe's top cells (scanned 16 scores at a time) are each row's best ``ncells`` scores in order, the
+    lower centroid first among equal scores: a stable sort's order, with ties planted, for lists shorter and
+    longer than 16 and rows whose length is not a multiple of 16."""
+    import numpy as np
+
+    from colbert_retriever import _numba
+
+    g = np.random.default_rng(K)
+    ScT = (g.standard_normal((7, K)) * 0.1).astype(np.float32)
+    ScT[:, K // 2] = ScT[:, K // 3]
+    ScT[:, -1] = ScT[:, K // 2]
+    ScT[3] = 0.25  # a row of ties only
+    for ncells in sorted({1, 8, 20, K}):
+        cells = np.empty((7, min(ncells, K)), np.int64)
+        vals = np.empty((7, min(ncells, K)), np.float32)
+        _numba._SERIAL["_probe_top"](ScT, min(ncells, K), cells, vals)
+        want = np.argsort(-ScT, axis=1, kind="stable")[:, : min(ncells, K)]
+        assert np.array_equal(cells, want), ncells
+        assert np.array_equal(vals, np.take_along_axis(ScT, want, axis=1))
+
+
 def test_numba_int32_codes():
     """More than 65,536 centroids: int32 codes (checked on the kernel directly, without training that many)."""
     arrays, x, _ = clustered_arrays(n_docs=800, K=100, cuts=())
