@@ -29,8 +29,12 @@ from typing import Optional
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import prange
+from numba import types as nbtypes
+from numba.core import cgutils
 from numba.core.compiler import Compiler
+from numba.extending import intrinsic
 
 _parallel_lock = threading.Lock()
 
@@ -141,23 +145,21 @@ class _IR:
     """What both intrinsics share: rows of ``qp`` float32 as ``n`` LLVM vectors of ``width`` lanes."""
 
     def __init__(self, qp: int):
-        from llvmlite import ir
-
-        self.ir, self.qp = ir, qp
+        self.qp = qp
         self.i64 = ir.IntType(64)
         self.width = 16 if qp % 16 == 0 else 8
         self.n = qp // self.width
         self.vt = ir.VectorType(ir.FloatType(), self.width)
 
     def const(self, v: int):
-        return self.ir.Constant(self.i64, v)
+        return ir.Constant(self.i64, v)
 
     def splat(self, x: float):
-        return self.ir.Constant(self.vt, [x] * self.width)
+        return ir.Constant(self.vt, [x] * self.width)
 
     def broadcast(self, builder, x):
         """A vector of ``width`` copies of the float ``x``."""
-        ir, undef = self.ir, self.ir.Constant(self.vt, self.ir.Undefined)
+        undef = ir.Constant(self.vt, ir.Undefined)
         lane0 = builder.insert_element(undef, x, ir.IntType(32)(0))
         zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
         return builder.shuffle_vector(lane0, undef, zeros)
@@ -183,11 +185,8 @@ class _IR:
 
     def tokens(self, context, builder, ty, a, b):
         """A loop over tokens a..b (loop variable: i64)."""
-        from numba import types
-        from numba.core import cgutils
-
-        start = context.cast(builder, a, ty[0], types.int64)
-        stop = context.cast(builder, b, ty[1], types.int64)
+        start = context.cast(builder, a, ty[0], nbtypes.int64)
+        stop = context.cast(builder, b, ty[1], nbtypes.int64)
         return cgutils.for_range_slice(builder, start, stop, self.const(1), inc=True)
 
     def code(self, builder, codes, dtype, t):
@@ -199,10 +198,6 @@ class _IR:
 def _ci_ir(qp: int):
     """A numba intrinsic ``f(S, codes, a, b, best)``: for tokens a..b of one document, best[:qp] = per query column
     the max over tokens of S[code] (operands as in ``_ci_doc``)."""
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
     g = _IR(qp)
 
     @intrinsic
@@ -216,7 +211,7 @@ def _ci_ir(qp: int):
             g.store_row(builder, [builder.load(x) for x in best_v], best_.data)
             return context.get_dummy_value()
 
-        return types.void(S, codes, a, b, best), codegen
+        return nbtypes.void(S, codes, a, b, best), codegen
 
     return ci
 
@@ -226,10 +221,6 @@ def _maxsim_ir(qp: int):
     best[:qp] = per query column the max over tokens of (S[code] + the residual bytes' LUT rows) x inverse norm
     (operands as in ``_exact_doc``). Even and odd byte positions sum into two accumulators (two dependency
     chains), added before the norm."""
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
     g = _IR(qp)
 
     @intrinsic
@@ -267,7 +258,7 @@ def _maxsim_ir(qp: int):
             g.store_row(builder, [builder.load(x) for x in best_v], best_.data)
             return context.get_dummy_value()
 
-        return types.void(S, lut, codes, packed, inv_norms, a, b, best), codegen
+        return nbtypes.void(S, lut, codes, packed, inv_norms, a, b, best), codegen
 
     return maxsim
 
@@ -277,21 +268,16 @@ def _skip_below_ir():
     row[c:c+16] holds a value above ``threshold``, else the first c with fewer than 16 values left before
     ``stop``; 16 values compared per step (``_probe_top``'s scan for rows that change its lists: 4-6x faster than
     comparing one value at a time)."""
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
     g = _IR(16)
-    ir = g.ir
 
     @intrinsic
     def skip_below(typingctx, row, start, stop, threshold):
         def codegen(context, builder, signature, args):
             ty = signature.args
             data = context.make_array(ty[0])(context, builder, args[0]).data
-            stop = context.cast(builder, args[2], ty[2], types.int64)
-            above = g.broadcast(builder, context.cast(builder, args[3], ty[3], types.float32))
-            pos = cgutils.alloca_once_value(builder, context.cast(builder, args[1], ty[1], types.int64))
+            stop = context.cast(builder, args[2], ty[2], nbtypes.int64)
+            above = g.broadcast(builder, context.cast(builder, args[3], ty[3], nbtypes.float32))
+            pos = cgutils.alloca_once_value(builder, context.cast(builder, args[1], ty[1], nbtypes.int64))
             head, body, done = (builder.append_basic_block(f"skip.{n}") for n in ("head", "body", "done"))
             builder.branch(head)
             builder.position_at_end(head)
@@ -307,7 +293,7 @@ def _skip_below_ir():
             builder.position_at_end(done)
             return builder.load(pos)
 
-        return types.int64(row, start, stop, threshold), codegen
+        return nbtypes.int64(row, start, stop, threshold), codegen
 
     return skip_below
 
@@ -482,26 +468,23 @@ def _compile(fn, parallel: bool, **opts):
         _bind(fn, f"{fn.__name__}_{'parallel' if parallel else 'serial'}"))
 
 
-def _width_kernels(w):
-    """The two drivers for padded width ``w`` (None: any width, the numba loops), parallel and serial. One
-    driver per width, so that the first search compiles only the width it needs (cold start)."""
+def _width_docs(w) -> dict:
+    """The per-document functions the drivers for padded width ``w`` call (None: any width, the numba loops)."""
     if w is None:
-        docs = dict(_CI_DOC=_ci_doc, _EXACT_DOC=_exact_doc)
-    else:
-        docs = dict(_CI_DOC=numba.njit(**_kernel_opts)(_bind(_ci_doc_simd, f"_ci_doc_{w}", _CI_W=_ci_ir(w))),
-                    _EXACT_DOC=numba.njit(**_kernel_opts)(_bind(_exact_doc_simd, f"_exact_doc_{w}",
-                                                                 _MAXSIM_W=_maxsim_ir(w))))
-    _DOCS[w] = docs
-    return {(fn.__name__, par, w): _compile(_bind(fn, f"{fn.__name__}_{w or 'any'}", **docs), par)
-            for fn in (_ci, _exact) for par in (False, True)}
+        return dict(_CI_DOC=_ci_doc, _EXACT_DOC=_exact_doc)
+    return dict(_CI_DOC=numba.njit(**_kernel_opts)(_bind(_ci_doc_simd, f"_ci_doc_{w}", _CI_W=_ci_ir(w))),
+                _EXACT_DOC=numba.njit(**_kernel_opts)(_bind(_exact_doc_simd, f"_exact_doc_{w}",
+                                                             _MAXSIM_W=_maxsim_ir(w))))
 
 
-_DOCS: dict = {}
-"""padded width or None -> the per-document functions its drivers call (``_width_kernels``)."""
-_KERNELS = {key: k for w in (None, *SIMD_WIDTHS) for key, k in _width_kernels(w).items()}
+_DOCS = {w: _width_docs(w) for w in (None, *SIMD_WIDTHS)}
+"""padded width or None -> the per-document functions its drivers call."""
+_KERNELS = {(fn.__name__, par, w): _compile(_bind(fn, f"{fn.__name__}_{w or 'any'}", **docs), par)
+            for w, docs in _DOCS.items() for fn in (_ci, _exact) for par in (False, True)}
+"""(name, parallel, padded width or None) -> dispatcher; ``_run`` picks. One pair of drivers per width, so that
+the first search compiles only the width it needs (cold start)."""
 _KERNELS.update({("_pad_transposed", par, None): _compile(_pad_transposed, par, **_kernel_opts)
                  for par in (False, True)})
-"""(name, parallel, padded width or None) -> dispatcher; ``_run`` picks."""
 _SERIAL = {fn.__name__: _compile(fn, False, **_kernel_opts)
            for fn in (_probe_top, _probe_mark, _probe_slots, _probe_best, _probe_sums)}
 """Probed scoring's kernels, compiled serial only: a parallel top-cells pass saved ~0.1 ms per query on 2 cores

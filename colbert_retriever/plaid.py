@@ -24,6 +24,7 @@ import torch
 from . import _kernels, _parallel, stages
 from ._device import Precision
 from .arrays import Groups, IndexArrays
+from .codec import transposed
 from .config import SearchConfig
 
 CELLS_PER_QUERY = 48
@@ -206,8 +207,7 @@ class _Run:
         """(K, q_len) contiguous, made from the transpose the first time a stage asks (with the numba kernels only
         PLAID's pruned stage 2 and the torch fallbacks do)."""
         if self._Sc is None:
-            self._Sc = torch.empty(self.ScT.shape[1], self.ScT.shape[0], dtype=self.ScT.dtype, device=self.ScT.device)
-            self._Sc.T.copy_(self.ScT)
+            self._Sc = transposed(self.ScT)
         return self._Sc
 
     def top(self, pids: torch.Tensor, scores: torch.Tensor, complete: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
