@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m colbert_retriever.demo
+	$(PY) -m colbert_retriever.cli.demo
 
 # the linter, the suite (numba kernels where numba imports), then the search tests once more on the torch kernels
 test: setup

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, WORK, machine_info, percentiles, write_json  # noqa: E402
 
 from colbert_retriever import ColBERT, Index  # noqa: E402
-from colbert_retriever.distributed import ShardedIndex, build_sharded  # noqa: E402
+from colbert_retriever.distributed.sharded import ShardedIndex, build_sharded  # noqa: E402
 from colbert_retriever.evaluation import load_corpus  # noqa: E402
 
 

@@ -36,8 +36,8 @@ from common import (RESULTS, ROOT, SHARED, WORK, PeakRSS, machine_info, percenti
 
 from colbert_retriever import Index, SearchConfig, load_model  # noqa: E402
 from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries, metrics  # noqa: E402
-from colbert_retriever.scoring import maxsim_packed  # noqa: E402
-from colbert_retriever.strided import offsets_from_lengths  # noqa: E402
+from colbert_retriever.kernels.scoring import maxsim_packed  # noqa: E402
+from colbert_retriever.codec.strided import offsets_from_lengths  # noqa: E402
 
 FP = WORK / "fastplaid"
 FP_VENV = WORK / "fastplaid-venv"
@@ -198,7 +198,7 @@ def main(argv=None):
     info = worker(cmd="open", dir=str(FP / "fast-plaid"), queries=str(FP / "queries.npy"),
                   qlengths=str(FP / "qlengths.npy"))
     index = Index.open(ours_path)
-    from colbert_retriever import retrieval
+    from colbert_retriever.search import retrieval
 
     snap = index._current()
     K_fp = info["num_partitions"] or 1 << 16

@@ -18,11 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, write_json  # noqa: E402
 
 from colbert_retriever import CodecConfig, SearchConfig, kernel_backend  # noqa: E402
-from colbert_retriever.codec import ResidualCodec  # noqa: E402
-from colbert_retriever.arrays import IndexArrays  # noqa: E402
-from colbert_retriever.plaid import search  # noqa: E402
-from colbert_retriever.stages import centroid_interaction, exact_scores, pruned_interaction  # noqa: E402
-from colbert_retriever.strided import inverted_file, offsets_from_lengths  # noqa: E402
+from colbert_retriever.codec.residual import ResidualCodec  # noqa: E402
+from colbert_retriever.search.arrays import IndexArrays  # noqa: E402
+from colbert_retriever.search.plaid import search  # noqa: E402
+from colbert_retriever.search.stages import centroid_interaction, exact_scores, pruned_interaction  # noqa: E402
+from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths  # noqa: E402
 
 
 def timeit(fn, reps=20):

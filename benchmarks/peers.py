@@ -124,8 +124,8 @@ def colbert_configure(searcher, knobs):
 
 def colbert_exhaustive(searcher, Q: torch.Tensor, k: int) -> list[list[int]]:
     """Exact MaxSim over colbert-ai's own decompressed index."""
-    from colbert_retriever.scoring import maxsim_packed
-    from colbert_retriever.strided import offsets_from_lengths
+    from colbert_retriever.kernels.scoring import maxsim_packed
+    from colbert_retriever.codec.strided import offsets_from_lengths
 
     r = searcher.ranker
     embs = r.codec.decompress(r.embeddings).float()
@@ -136,8 +136,8 @@ def colbert_exhaustive(searcher, Q: torch.Tensor, k: int) -> list[list[int]]:
 
 def float_reference(model, texts, Q: torch.Tensor, k: int) -> list[list[int]]:
     """Exact MaxSim over uncompressed document embeddings (the same for both libraries: the encoders agree)."""
-    from colbert_retriever.scoring import maxsim_packed
-    from colbert_retriever.strided import offsets_from_lengths
+    from colbert_retriever.kernels.scoring import maxsim_packed
+    from colbert_retriever.codec.strided import offsets_from_lengths
 
     cache = PEERS / "float-embeddings.pt"  # written by the run that built the checkpoint; reused with --skip-build
     if cache.exists():
@@ -174,7 +174,8 @@ def ratio_at(agree_ours: float, lat_ours: float, curve: list[tuple[float, float]
 
 
 def measure(args) -> dict:
-    from colbert_retriever import ColBERT, Index, SearchConfig, retrieval
+    from colbert_retriever import ColBERT, Index, SearchConfig
+    from colbert_retriever.search import retrieval
 
     ids, texts, queries, qrels = corpus()
     qids = [q for q in queries if q in qrels][: args.queries]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED, WORK, machine_info, write_json  # noqa: E402
 
 from colbert_retriever import Index, load_model  # noqa: E402
-from colbert_retriever._device import cpu_supports_bf16  # noqa: E402
+from colbert_retriever.device import cpu_supports_bf16  # noqa: E402
 from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries, metrics  # noqa: E402
 
 

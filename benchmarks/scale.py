@@ -26,7 +26,7 @@ from colbert_retriever.evaluation import load_corpus  # noqa: E402
 
 CURVE = [(None, None, None), (1, 0.5, 256), (2, 0.45, 512), (4, 0.4, 1024), (8, 0.4, 2048), (12, 0.4, 2048),
          (12, 0.4, 4096), (16, 0.4, 4096), (16, 0.4, 8192), (8, None, 512), (24, None, 2048), (24, None, 4096)]
-"""(ncells, centroid_score_threshold, ndocs); all None: the adaptive default (colbert_retriever.plaid.plan); a
+"""(ncells, centroid_score_threshold, ndocs); all None: the adaptive default (colbert_retriever.search.plaid.plan); a
 threshold of None with other knobs set: probed scoring (the default stage 2) at those knobs."""
 
 

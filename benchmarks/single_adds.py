@@ -62,7 +62,7 @@ def main() -> None:
     overlap = agree = exact_g = exact_b = 0.0
     import torch
 
-    from colbert_retriever.scoring import maxsim_packed
+    from colbert_retriever.kernels.scoring import maxsim_packed
 
     ids = [d.id for d in docs]
     embs, lengths = model.encode_documents_packed([d.page_content for d in docs])  # float, once

@@ -5,10 +5,8 @@
     >>> index.search("query", k=10)                                        # doctest: +SKIP
 """
 
-from ._kernels import kernel_backend
 from ._version import __version__
 from .config import CodecConfig, EncoderConfig, SearchConfig
-from .encoder import ColBERT
 from .errors import (
     CheckpointError,
     ColbertRetrieverError,
@@ -22,7 +20,9 @@ from .errors import (
 )
 from .hits import Hit, Record
 from .index import Index
-from .models import clear_model_cache, load_model
+from .kernels.dispatch import kernel_backend
+from .model.cache import clear_model_cache, load_model
+from .model.encoder import ColBERT
 
 __all__ = [
     "ColBERT", "Index", "Hit", "Record", "load_model", "clear_model_cache", "EncoderConfig", "CodecConfig",

@@ -121,7 +121,7 @@ def _optional_int(value, name: str, minimum: int = 1):
 @dataclass(frozen=True)
 class SearchConfig(_Config):
     """Knobs for one search call, nothing else; validated when made. ``None`` fields take defaults that depend on
-    k, the query's length and the index's mean document length (``colbert_retriever.plaid.plan``); a knob given
+    k, the query's length and the index's mean document length (``colbert_retriever.search.plaid.plan``); a knob given
     explicitly is used as is, with PLAID's meaning: probe ``ncells`` centroids per query token, keep ``ndocs``
     documents after stage 2 and ``max(ndocs // 4, k)`` after full centroid interaction, which are scored exactly.
     Stage 2 is PLAID's pruned centroid interaction (centroids scoring below ``centroid_score_threshold`` for

@@ -19,20 +19,23 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from . import _parallel, _validate, compaction, embedded, retrieval, storage, writer
-from ._device import resolve_device
-from .codec import ResidualCodec
+from . import _validate
+from .codec.residual import ResidualCodec
 from .config import CodecConfig, EncoderConfig, SearchConfig
-from .docstore import StaleSnapshot
-from .encoder import ColBERT
-from .external import EmbeddingsOnly
-from .models import load_model
+from .device import resolve_device
 from .errors import IncompatibleModelError, InvalidArgument, InvalidType
-from .filters import compile_filter
-from .fusion import DEFAULT_FUSION
 from .hits import Hit, Record
-from .ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
-from .reader import Reader, Snapshot, check_model_matches
+from .indexing import compaction, embedded, writer
+from .indexing.external import EmbeddingsOnly
+from .indexing.ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
+from .model.cache import load_model
+from .model.encoder import ColBERT
+from .search import parallel, retrieval
+from .search.fusion import DEFAULT_FUSION
+from .search.reader import Reader, Snapshot, check_model_matches
+from .store import storage
+from .store.docstore import StaleSnapshot
+from .store.filters import compile_filter
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +281,7 @@ class Index:
         config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
         req = retrieval.Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
                                      alpha=alpha)
-        with _parallel.search_threads(threads):
+        with parallel.search_threads(threads):
             snap = self._current()  # one generation for the whole call (a closed index fails before encoding)
             Q = None
             if mode != "bm25":
@@ -300,7 +303,7 @@ class Index:
         (q_len_i, dim) tensors. ColBERT mode; the knobs as ``search``'s, in ``config``."""
         req = retrieval.Request.make(k, config=config, filter=filter, ids=ids)
         rows = retrieval.query_rows(Q, self.model.config.dim, self.device)
-        with _parallel.search_threads(config.threads):
+        with parallel.search_threads(config.threads):
             return retrieval.run(self._current(), req, [], rows, self.model.precision, trace)
 
     # ================================================================ updates

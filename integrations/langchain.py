@@ -39,7 +39,8 @@ except ImportError as e:  # pragma: no cover
         "colbert_retriever.integrations.langchain needs langchain-core: pip install 'colbert-retriever[langchain]'"
     ) from e
 
-from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, load_model, storage
+from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, load_model
+from colbert_retriever.store import storage
 
 from ._lc_common import (LONG_TEXTS, PROGRESS_MIN_DOCS, SEARCH_KEYS, check_if_exists, check_search_kwargs,
                          document_id, prepare, query_text, search_index)

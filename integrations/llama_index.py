@@ -45,7 +45,8 @@ except ImportError as e:  # pragma: no cover
         "pip install 'colbert-retriever[llama-index]'"
     ) from e
 
-from colbert_retriever import ColBERT, Index, InvalidArgument, load_model, storage
+from colbert_retriever import ColBERT, Index, InvalidArgument, load_model
+from colbert_retriever.store import storage
 
 from ._li_retrieval import (HASH_KEY, NODE_KEY, REF_DOC_KEY, SOURCE_KEYS, ColBERTRerank, ColBERTRetriever,
                             _if_exists, _nodes_to_rows, _PROGRESS_MIN_DOCS, colbert_splitter, stable_node_id,

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from colbert_retriever.config import EncoderConfig
-from colbert_retriever.encoder import DEFAULT_HEAD, ColBERT
+from colbert_retriever.model.encoder import DEFAULT_HEAD, ColBERT
 
 DEFAULT_CONFIG = EncoderConfig(dim=128, query_maxlen=32, doc_maxlen=256, query_marker=None, doc_marker=None,
                                mask_augmentation=False, attend_to_mask_tokens=False, mask_punctuation=True)

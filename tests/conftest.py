@@ -62,7 +62,7 @@ def colbert_ai_ckpt(tmp_path_factory) -> Path:
     artifact.metadata, tokenizer files)."""
     from transformers import AutoTokenizer
 
-    from colbert_retriever.checkpoints import write_colbert_ai
+    from colbert_retriever.model.checkpoints import write_colbert_ai
     from colbert_retriever.config import EncoderConfig
 
     folder = tmp_path_factory.mktemp("ckpt") / "colbert_ai"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from colbert_retriever import CheckpointError, ColBERT
-from colbert_retriever.checkpoints import detect_layout
+from colbert_retriever.model.checkpoints import detect_layout
 
 
 TEXTS = ["the quick brown fox", "late interaction retrieval, with maxsim!"]

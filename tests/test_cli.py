@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from colbert_retriever.cli import main
+from colbert_retriever.cli.main import main
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_version_and_help(capsys):
         assert f"  {cmd}" in out
     import argparse
 
-    from colbert_retriever.cli import build_parser
+    from colbert_retriever.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {"index", "search", "eval", "add", "delete", "info", "train", "bench", "compact",

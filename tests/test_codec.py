@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from colbert_retriever import CodecConfig, InvalidArgument
-from colbert_retriever.codec import ResidualCodec, bucket_levels, code_dtype
-from colbert_retriever.kmeans import num_centroids
+from colbert_retriever.codec.residual import ResidualCodec, bucket_levels, code_dtype
+from colbert_retriever.codec.kmeans import num_centroids
 
 
 def clustered(n=4000, dim=64, k=32, seed=0):
@@ -117,7 +117,7 @@ def test_compressed_domain_scores_equal_decompress_then_matmul(nbits):
 def test_centroid_scores_packed_and_float32():
     """Centroids that are float16 values (as read from disk) take the packed float16 product where fbgemm is
     there: same scores as the float32 product, plus the transpose; other centroids the float32 product."""
-    from colbert_retriever import _halfgemm
+    from colbert_retriever.model import halfgemm
 
     x = clustered(n=2000, dim=64)
     fitted = ResidualCodec.fit(x, CodecConfig(nbits=2, num_centroids=64), x.shape[0])
@@ -130,14 +130,14 @@ def test_centroid_scores_packed_and_float32():
         if ScT is not None:
             assert ScT.is_contiguous() and torch.equal(ScT, Sc.T)
     assert fitted.centroid_scores(Q)[1] is None  # float32 centroids: rounding them would change the scores
-    assert (loaded.centroid_scores(Q)[1] is not None) == _halfgemm.available()
+    assert (loaded.centroid_scores(Q)[1] is not None) == halfgemm.available()
     assert loaded.centroid_scores(Q[:0])[0].shape == (64, 0)
 
 
 def test_coarse_to_fine_assignment_matches_exhaustive_argmax():
     """With >= COARSE_ASSIGN_MIN_K centroids, CPU assignment searches near groups only; it must still find the
     nearest centroid for almost every row and the residual is taken against whichever it picked."""
-    from colbert_retriever.codec import COARSE_ASSIGN_MIN_K
+    from colbert_retriever.codec.residual import COARSE_ASSIGN_MIN_K
 
     g = torch.Generator().manual_seed(5)
     K, dim = COARSE_ASSIGN_MIN_K, 64
@@ -156,7 +156,7 @@ def test_coarse_to_fine_assignment_matches_exhaustive_argmax():
 
 
 def test_two_level_kmeans_for_many_centroids():
-    from colbert_retriever.kmeans import TWO_LEVEL_MIN_K, train_centroids
+    from colbert_retriever.codec.kmeans import TWO_LEVEL_MIN_K, train_centroids
 
     x = clustered(n=16 * TWO_LEVEL_MIN_K, dim=16, k=512, seed=2).numpy()
     cents = train_centroids(x, TWO_LEVEL_MIN_K, 4, 0)
@@ -174,7 +174,7 @@ def test_flat_kmeans_option_runs_one_kmeans_over_all_centroids():
     k-means' (normalised), not the two-level ones; the choice is recorded in the config (absent in older indexes:
     two-level); an unknown value is refused by name."""
     faiss = pytest.importorskip("faiss")
-    from colbert_retriever.kmeans import TWO_LEVEL_MIN_K, train_centroids
+    from colbert_retriever.codec.kmeans import TWO_LEVEL_MIN_K, train_centroids
 
     x = clustered(n=16 * TWO_LEVEL_MIN_K, dim=16, k=512, seed=2).numpy()
     flat = train_centroids(x, TWO_LEVEL_MIN_K, 4, 0, flat=True)

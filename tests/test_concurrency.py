@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from colbert_retriever import Index, IndexLockedError, storage
+from colbert_retriever import Index, IndexLockedError
+from colbert_retriever.store import storage
 
 from .conftest import make_corpus
 

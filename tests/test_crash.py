@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from colbert_retriever import Index, layout
+from colbert_retriever import Index
+from colbert_retriever.store import layout
 
 from .conftest import make_corpus, read_only_command
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from colbert_retriever import ColBERT, InvalidArgument, InvalidType
-from colbert_retriever.encoder import DEFAULT_MODEL_NAME
+from colbert_retriever.model.encoder import DEFAULT_MODEL_NAME
 
 
 def test_query_token_ids_colbert_ai_layout(tiny_model):
@@ -102,10 +102,10 @@ def test_default_model_offline(default_model):
 
 
 def test_light_default_backbone_matches_transformers(default_model, tmp_path, caplog):
-    """load_model("default") runs BERT without importing transformers (_bert.LiteBert + tokenizers): same weights
+    """load_model("default") runs BERT without importing transformers (bert.LiteBert + tokenizers): same weights
     hash (so the same model identity in an index), same embeddings, same tokens; it saves and reloads."""
     from colbert_retriever import ColBERT
-    from colbert_retriever._bert import FastTokenizer, LiteBert
+    from colbert_retriever.model.bert import FastTokenizer, LiteBert
 
     assert isinstance(default_model.backbone, LiteBert) and isinstance(default_model.hf_tokenizer, FastTokenizer)
     ref = ColBERT.default(dtype="float32")
@@ -120,7 +120,7 @@ def test_light_default_backbone_matches_transformers(default_model, tmp_path, ca
     assert torch.allclose(default_model.encode_queries(texts), ref.encode_queries(texts), atol=1e-3)
     assert default_model.tokenizer.count_tokens(texts) == ref.tokenizer.count_tokens(texts)
     assert default_model.passage_spans(texts[2]) == ref.passage_spans(texts[2])
-    with caplog.at_level(logging.WARNING, logger="colbert_retriever.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="colbert_retriever.model.checkpoints"):
         default_model.save(tmp_path / "ckpt")  # colbert-ai layout, loadable by transformers
     # the default model has no markers; colbert-ai would insert its own: said loudly
     assert "without a query or document marker" in caplog.text and "colbert-ai always inserts" in caplog.text
@@ -158,9 +158,9 @@ def test_fp16_query_weights(default_model):
     model is not changed (a view carries the other setting)."""
     import threading
 
-    from colbert_retriever import _bert, _halfgemm
+    from colbert_retriever.model import bert, halfgemm
 
-    if not _halfgemm.available():
+    if not halfgemm.available():
         pytest.skip("this torch build has no fbgemm fp16 GEMM")
     m = default_model
     queries = ["how do I parse JSON in python", "heat shock proteins", "x"]
@@ -170,9 +170,9 @@ def test_fp16_query_weights(default_model):
     assert m.fp16_query_weights and m.precision.fp16_query_weights
     half = m.encode_queries(queries)
     layers = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
-    n_fused = sum(isinstance(x, _bert._Layer) for x in m.modules())  # one product for query, key and value
-    singles = [x for x in layers if x in _halfgemm._cache]
-    fused = [x for x in layers if x in _halfgemm._fused_cache]
+    n_fused = sum(isinstance(x, bert._Layer) for x in m.modules())  # one product for query, key and value
+    singles = [x for x in layers if x in halfgemm._cache]
+    fused = [x for x in layers if x in halfgemm._fused_cache]
     assert len(fused) == n_fused and len(singles) == len(layers) - 1 - 3 * n_fused  # the pooler is not used
     real = fp32.norm(dim=-1) > 0
     assert (half * fp32).sum(-1)[real].min() > 0.99999
@@ -191,16 +191,16 @@ def test_fp16_query_weights(default_model):
     assert torch.equal(doc, ref)  # documents: float32 weights
     layer = m.linear
     x = torch.randn(3, layer.in_features)
-    with _halfgemm.packed_linears():
+    with halfgemm.packed_linears():
         other = []
-        t = threading.Thread(target=lambda: other.append(_halfgemm.linear(layer, x)))
+        t = threading.Thread(target=lambda: other.append(halfgemm.linear(layer, x)))
         t.start()
         t.join()
         assert torch.equal(other[0], torch.nn.functional.linear(x, layer.weight))  # another thread: float32
-        y = _halfgemm.linear(layer, x.clone().requires_grad_())  # gradients flowing: float32
+        y = halfgemm.linear(layer, x.clone().requires_grad_())  # gradients flowing: float32
         assert y.requires_grad and torch.equal(y.detach(), torch.nn.functional.linear(x, layer.weight))
         with torch.no_grad():
-            packed = _halfgemm.linear(layer, x)
+            packed = halfgemm.linear(layer, x)
         assert not torch.equal(packed, torch.nn.functional.linear(x, layer.weight))
 
 
@@ -214,19 +214,19 @@ def test_model_classes_are_never_rewritten(tiny_model, default_model):
 def test_fused_query_key_value_products_equal_the_separate_ones():
     """Under ``packed_linears`` an attention's query, key and value come from one packed product of the stacked
     weights: the same numbers as three products (checked bitwise), rebuilt when a weight changes."""
-    from colbert_retriever import _halfgemm
+    from colbert_retriever.model import halfgemm
 
-    if not _halfgemm.available():
+    if not halfgemm.available():
         pytest.skip("this torch build has no fbgemm fp16 GEMM")
     torch.manual_seed(0)
     layers = tuple(torch.nn.Linear(48, 48) for _ in range(3))
     x = torch.randn(1, 7, 48)
-    with torch.inference_mode(), _halfgemm.packed_linears():
-        assert all(_halfgemm.applies(layer, x) for layer in layers)
-        for a, b in zip(_halfgemm.fused(layers, x), [_halfgemm.linear(layer, x) for layer in layers]):
+    with torch.inference_mode(), halfgemm.packed_linears():
+        assert all(halfgemm.applies(layer, x) for layer in layers)
+        for a, b in zip(halfgemm.fused(layers, x), [halfgemm.linear(layer, x) for layer in layers]):
             assert torch.equal(a, b)
         with torch.no_grad():
             layers[1].weight.mul_(2)
-        for a, b in zip(_halfgemm.fused(layers, x), [_halfgemm.linear(layer, x) for layer in layers]):
+        for a, b in zip(halfgemm.fused(layers, x), [halfgemm.linear(layer, x) for layer in layers]):
             assert torch.equal(a, b)
-    assert not _halfgemm.applies(layers[0], x)  # outside the block: float32 weights
+    assert not halfgemm.applies(layers[0], x)  # outside the block: float32 weights

@@ -14,10 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from colbert_retriever import (CodecConfig, ColbertRetrieverError, IncompatibleModelError, Index, IndexClosedError,
-                               IndexFormatError,
-                               IndexNotFoundError, InvalidArgument, InvalidType, layout)
-from colbert_retriever.writer import MERGE_FACTOR
+from colbert_retriever import (
+    CodecConfig,
+    ColbertRetrieverError,
+    IncompatibleModelError,
+    Index,
+    IndexClosedError,
+    IndexFormatError,
+    IndexNotFoundError,
+    InvalidArgument,
+    InvalidType,
+)
+from colbert_retriever.store import layout
+from colbert_retriever.indexing.writer import MERGE_FACTOR
 
 from .conftest import assert_real_path, make_corpus, read_only_command
 
@@ -287,7 +296,7 @@ def test_hand_edited_arrays_with_matching_checksums_are_refused(_built_index, tm
                                                                 match):
     """Structure checks hold even when the checksums were 'fixed' (and with verify=False): no segfault, no
     silently wrong answer."""
-    from colbert_retriever import storage
+    from colbert_retriever.store import storage
 
     folder = tmp_path / "idx"
     shutil.copytree(_built_index, folder)

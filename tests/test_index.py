@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colbert_retriever import (IncompatibleModelError, Index, IndexFormatError, IndexNotFoundError,
-                               InvalidArgument, InvalidType)
+from colbert_retriever import (
+    IncompatibleModelError,
+    Index,
+    IndexFormatError,
+    IndexNotFoundError,
+    InvalidArgument,
+    InvalidType,
+)
 
 from .conftest import REAL_PATH_QUERIES, assert_real_path, make_corpus
 

@@ -1,5 +1,5 @@
-"""Keep the module layering honest: every module of the package (subpackages included) has a layer; a module
-imports only modules of lower layers (never upward, never sideways within its layer); triton_kernels is a leaf;
+"""Keep the floor plan honest: the package is rooms (subpackages, and a few top-level modules) on floors; a module
+imports only from rooms on lower floors or from its own room, with no cycle inside a room; triton_kernels is a leaf;
 importing the package imports neither triton nor the framework adapters; no test or benchmark assigns to an
 attribute of a library module (behaviour is steered by arguments, never by swapping module state)."""
 
@@ -11,37 +11,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "colbert_retriever"
 
-LAYERS = [
+FLOORS = [
     # 0: foundations
-    {"errors", "_version", "hits", "fusion", "_halfgemm", "_parallel", "scoring", "strided", "kmeans"},
-    # 1: configuration, validation, formats
-    {"config", "_validate", "filters", "layout", "_device", "ingest", "lexical", "_bert"},
-    # 2: parts that read configuration
-    {"tokenization", "checkpoints", "_kernels", "storage", "docstore", "training.data", "training.losses"},
-    # 3: assembling models; the codec
-    {"_loading", "codec", "_numba"},
-    # 4: the encoder; the index's arrays
-    {"encoder", "arrays", "external"},
-    # 5: the model cache, search stages, segment building, training loop
-    {"models", "stages", "builder", "training.trainer"},
-    # 6: planning and running a search; reading a folder
-    {"plaid", "reader", "training"},
-    # 7: query time over a snapshot; writes
-    {"retrieval", "writer"},
-    # 8: compaction; indexes of precomputed embeddings
-    {"compaction", "embedded"},
-    # 9: the facade
+    {"errors", "hits", "_version"},
+    # 1: configuration, argument checks, devices and precision; the index folder (files, SQLite, BM25, filters)
+    {"config", "device", "_validate", "store"},
+    # 2: kernels: the dispatcher, numba kernels, the torch reference MaxSim, the door to triton_kernels
+    {"kernels"},
+    # 3: the encoder and its parts, the model cache
+    {"model"},
+    # 4: the residual codec, k-means, ragged arrays; training (beside the model)
+    {"codec", "training"},
+    # 5: query time: snapshots, PLAID's plan and stages, modes and fusion, threads
+    {"search"},
+    # 6: writes: building, adding, compaction, long-text policy, precomputed embeddings
+    {"indexing"},
+    # 7: the facade
     {"index"},
-    # 10: the package, and what sits on the public API
-    {"__init__", "evaluation", "distributed"},
-    # 11: the command line's commands; the demo
-    {"_cli_commands", "demo"},
-    # 12: the command line
-    {"cli"},
+    # 8: the public names; what sits on the public API
+    {"__init__", "evaluation"},
+    # 9: applications: the command line, Ray, the server
+    {"cli", "distributed", "serve"},
 ]
-LAYER = {m: i for i, layer in enumerate(LAYERS) for m in layer}
-DOORS = {("_kernels", "triton_kernels"), ("_kernels", "_numba")}
-"""Lazy imports allowed across the layering: the kernel dispatcher is the only door to the kernel modules."""
+FLOOR = {room: i for i, floor in enumerate(FLOORS) for room in floor}
+DOORS = {("kernels", "triton_kernels")}
+"""Imports allowed across the floors: the kernels package is the only door to ``triton_kernels`` (lazily)."""
 
 
 def module_name(path: Path) -> str:
@@ -52,61 +46,86 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _resolve(importer: str, is_pkg: bool, level: int, module: str, names: list) -> list:
-    """Package-relative module names an import refers to (names imported from a package may be modules)."""
-    pkg = importer.split(".") if is_pkg and importer != "__init__" else importer.split(".")[:-1]
-    base = pkg[: len(pkg) - (level - 1)] if level > 1 else pkg
-    target = base + (module.split(".") if module else [])
-    out = []
-    if not target:  # "from . import x" at the top: x is a module, or a name from __init__
-        for n in names:
-            sub = n in ("triton_kernels", "integrations") or (PKG / f"{n}.py").exists() or (PKG / n).is_dir()
-            out.append(n if sub else "__init__")
-        return out
-    mod = ".".join(target)
-    sub = [f"{mod}.{n}" for n in names if (PKG / Path(*target) / f"{n}.py").exists()]
-    return sub or [mod]
+def room(module: str) -> str:
+    """A subpackage's modules live in its room; a top-level module is a room of its own."""
+    return module.split(".")[0]
+
+
+MODULES = {module_name(p): p for p in PKG.rglob("*.py")}
 
 
 def imports_of(path: Path) -> set:
+    """Package-relative module names the file imports (a name imported from a package counts as that package's
+    module when one of that name exists, else as the package itself)."""
     me = module_name(path)
     deps = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
         if isinstance(node, ast.ImportFrom):
-            names = [a.name for a in node.names]
             if node.level:
-                deps.update(_resolve(me, path.name == "__init__.py", node.level, node.module or "", names))
+                pkg = [] if me == "__init__" else me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
+                base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                target = base + (node.module.split(".") if node.module else [])
             elif node.module and node.module.split(".")[0] == "colbert_retriever":
-                rest = node.module.split(".")[1:]
-                deps.update(_resolve("__init__", True, 1, ".".join(rest), names))
-        elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.split(".")[0] == "colbert_retriever" and "." in a.name:
-                    deps.add(".".join(a.name.split(".")[1:]))
-    return {d.split(".")[0] if d.split(".")[0] in ("triton_kernels", "integrations") else d for d in deps} - {me}
-
-
-def test_every_module_has_a_layer_and_imports_only_lower_layers():
-    missing, bad = [], []
-    for path in sorted(PKG.rglob("*.py")):
-        me = module_name(path)
-        if me not in LAYER:
-            missing.append(me)
-            continue
-        for dep in sorted(imports_of(path)):
-            if (me, dep) in DOORS:
+                target = node.module.split(".")[1:]
+            else:
                 continue
-            if dep not in LAYER:
-                bad.append(f"{me} imports {dep}, which has no layer")
-            elif LAYER[dep] >= LAYER[me]:
-                bad.append(f"{me} (layer {LAYER[me]}) imports {dep} (layer {LAYER[dep]})")
-    assert not missing, f"modules without a layer in tests/test_layering.py: {missing}"
+            for a in node.names:
+                sub = ".".join(target + [a.name])
+                targets.append(sub if sub in MODULES or a.name in ("triton_kernels", "integrations")
+                               else ".".join(target) or "__init__")
+        elif isinstance(node, ast.Import):
+            targets = [a.name.split(".", 1)[1] for a in node.names
+                       if a.name.split(".")[0] == "colbert_retriever" and "." in a.name]
+        deps.update(targets)
+    return {d.split(".")[0] if room(d) in ("triton_kernels", "integrations") else d for d in deps} - {me}
+
+
+def test_every_room_has_a_floor_and_imports_only_lower_floors():
+    missing = sorted({room(m) for m in MODULES} - set(FLOOR))
+    assert not missing, f"packages or top-level modules without a floor in tests/test_layering.py: {missing}"
+    bad = []
+    for me, path in sorted(MODULES.items()):
+        for dep in sorted(imports_of(path)):
+            a, b = room(me), room(dep)
+            if a == b or (a, b) in DOORS:
+                continue
+            if b not in FLOOR:
+                bad.append(f"{me} imports {dep}, which has no floor")
+            elif FLOOR[b] >= FLOOR[a]:
+                bad.append(f"{me} (floor {FLOOR[a]}: {a}) imports {dep} (floor {FLOOR[b]}: {b})")
     assert not bad, bad
 
 
-def test_layer_map_names_only_existing_modules():
-    existing = {module_name(p) for p in PKG.rglob("*.py")}
-    assert set(LAYER) <= existing, set(LAYER) - existing
+def test_no_import_cycle_inside_a_room():
+    graph = {m: {d for d in imports_of(p) if d in MODULES and room(d) == room(m)} for m, p in MODULES.items()}
+    done, active = set(), []
+
+    def visit(m):
+        if m in active:
+            raise AssertionError(f"import cycle: {' -> '.join(active[active.index(m):] + [m])}")
+        if m in done:
+            return
+        active.append(m)
+        for d in sorted(graph[m]):
+            visit(d)
+        active.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m)
+
+
+def test_floor_map_names_only_existing_rooms():
+    existing = {room(m) for m in MODULES}
+    assert set(FLOOR) - {"serve"} <= existing, set(FLOOR) - existing
+
+
+def test_every_package_says_what_it_owns():
+    """Each subpackage's ``__init__`` docstring says what it owns and what it may import."""
+    for init in PKG.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert len(doc) > 80 and "import" in doc, init
 
 
 def test_triton_kernels_is_a_leaf():

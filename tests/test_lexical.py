@@ -7,9 +7,16 @@ import sqlite3
 
 import pytest
 
-from colbert_retriever import (IncompatibleModelError, Index, IndexFormatError, IndexLockedError, InvalidArgument,
-                               InvalidType, lexical)
-from colbert_retriever.cli import main
+from colbert_retriever import (
+    IncompatibleModelError,
+    Index,
+    IndexFormatError,
+    IndexLockedError,
+    InvalidArgument,
+    InvalidType,
+)
+from colbert_retriever.store import lexical
+from colbert_retriever.cli.main import main
 
 
 QUERIES = ("music guitar piano", "ocean forest", "kernel memory network")

@@ -4,8 +4,16 @@ import logging
 
 import pytest
 
-from colbert_retriever import (ColBERT, IncompatibleModelError, Index, InvalidArgument, InvalidType, Record,
-                               clear_model_cache, load_model)
+from colbert_retriever import (
+    ColBERT,
+    IncompatibleModelError,
+    Index,
+    InvalidArgument,
+    InvalidType,
+    Record,
+    clear_model_cache,
+    load_model,
+)
 
 
 def test_upsert_get_ids_and_delete_by_filter(built_index, corpus_200):

@@ -17,10 +17,11 @@ import torch
 
 pytest.importorskip("numba")
 
-from colbert_retriever import CodecConfig, Index, SearchConfig, stages  # noqa: E402
-from colbert_retriever.arrays import IndexArrays, IvfPart, Rows  # noqa: E402
-from colbert_retriever.codec import ResidualCodec, code_dtype  # noqa: E402
-from colbert_retriever.strided import inverted_file, offsets_from_lengths  # noqa: E402
+from colbert_retriever import CodecConfig, Index, SearchConfig  # noqa: E402
+from colbert_retriever.search import stages  # noqa: E402
+from colbert_retriever.search.arrays import IndexArrays, IvfPart, Rows  # noqa: E402
+from colbert_retriever.codec.residual import ResidualCodec, code_dtype  # noqa: E402
+from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths  # noqa: E402
 
 from .conftest import make_corpus  # noqa: E402
 
@@ -108,7 +109,7 @@ def test_probe_top_cells_best_first_lower_centroid_first_among_ties(K):
     longer than 16 and rows whose length is not a multiple of 16."""
     import numpy as np
 
-    from colbert_retriever import _numba
+    from colbert_retriever.kernels import _numba
 
     g = np.random.default_rng(K)
     ScT = (g.standard_normal((7, K)) * 0.1).astype(np.float32)
@@ -143,7 +144,7 @@ def test_tables_from_the_transpose_and_a_padded_query(q_len):
     table from a query padded with zero rows) equal those padded after the fact: same scores, zero padding."""
     import numpy as np
 
-    from colbert_retriever import _numba
+    from colbert_retriever.kernels import _numba
 
     arrays, x, _ = clustered_arrays(n_docs=300, K=100, cuts=())
     codec = arrays.codec
@@ -166,7 +167,7 @@ def test_kernels_compile_with_noalias_arguments():
     import numba
     import numpy as np
 
-    from colbert_retriever import _numba
+    from colbert_retriever.kernels import _numba
 
     def noalias_in_signature(opts):
         f = numba.njit(**dict(opts, cache=False))(_numba._ci_doc.py_func)
@@ -184,7 +185,7 @@ def test_kernels_compile_with_noalias_arguments():
 def test_plaid_search_same_results_on_both_kernels():
     """Whole searches (default knobs, the real path: 5,000 documents far above the exact-stage budget) give the
     same top-10 and scores with numba and torch kernels, serial and parallel."""
-    from colbert_retriever import plaid
+    from colbert_retriever.search import plaid
 
     arrays, x, _ = clustered_arrays()
     for seed in range(8):
@@ -262,10 +263,10 @@ def test_compiled_code_is_cached_outside_a_read_only_package(tmp_path):
                  "    return _tf(*a, dir=dir, **k)\n"
                  "tempfile.TemporaryFile = _ro\n")
     code = guard + f"""
-import torch, colbert_retriever, colbert_retriever._numba as nb
+import torch, colbert_retriever, colbert_retriever.kernels._numba as nb
 assert colbert_retriever.__file__.startswith({str(ro)!r})
-from colbert_retriever.arrays import IndexArrays
-from colbert_retriever.codec import ResidualCodec
+from colbert_retriever.search.arrays import IndexArrays
+from colbert_retriever.codec.residual import ResidualCodec
 c = ResidualCodec(torch.nn.functional.normalize(torch.randn(8, 16), dim=-1), torch.tensor([0.0]),
                   torch.tensor([-0.1, 0.1]), 1)
 codes = torch.randint(0, 8, (40,)).to(torch.uint8)

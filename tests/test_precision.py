@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from colbert_retriever import ColBERT, Index, InvalidArgument, load_model
-from colbert_retriever._device import (BF16_DOCUMENTS_ON_BF16_CPUS, CPU_BF16_ENV, Precision, cpu_supports_bf16,
-                                       resolve_device, resolve_precision)
+from colbert_retriever.device import (
+    BF16_DOCUMENTS_ON_BF16_CPUS,
+    CPU_BF16_ENV,
+    Precision,
+    cpu_supports_bf16,
+    resolve_device,
+    resolve_precision,
+)
 
 from .conftest import make_corpus
 
@@ -113,7 +119,7 @@ def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
 
 
 def test_device_auto_everywhere(tmp_path, tiny_model, colbert_ai_ckpt):
-    from colbert_retriever.cli import main
+    from colbert_retriever.cli.main import main
 
     texts = make_corpus(30, seed=3)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, device="auto", show_progress=False)

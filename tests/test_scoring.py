@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from colbert_retriever.scoring import maxsim_packed, maxsim_padded, segment_maxsim
-from colbert_retriever.strided import gather_rows, inverted_file, offsets_from_lengths
+from colbert_retriever.kernels.scoring import maxsim_packed, maxsim_padded, segment_maxsim
+from colbert_retriever.codec.strided import gather_rows, inverted_file, offsets_from_lengths
 
 
 def naive(Q, docs):
@@ -52,7 +52,7 @@ def test_segment_maxsim_empty_documents_score_zero():
 
 @pytest.mark.parametrize("cols", [1, 5, 8, 9, 22])  # segment_reduce up to SEGMENT_REDUCE_MAX_COLS, scatter beyond
 def test_segment_max_equals_a_loop(cols):
-    from colbert_retriever.scoring import SEGMENT_REDUCE_MAX_COLS, segment_max
+    from colbert_retriever.kernels.scoring import SEGMENT_REDUCE_MAX_COLS, segment_max
 
     assert SEGMENT_REDUCE_MAX_COLS == 8
     g = torch.Generator().manual_seed(cols)
@@ -67,7 +67,7 @@ def test_segment_max_equals_a_loop(cols):
 
 
 def test_padded_positions_blocks_cover_each_document_once():
-    from colbert_retriever.scoring import padded_positions, segment_max
+    from colbert_retriever.kernels.scoring import padded_positions, segment_max
 
     g = torch.Generator().manual_seed(3)
     lengths = torch.randint(0, 40, (57,), generator=g)

@@ -129,9 +129,9 @@ def test_search_embeddings_shape_error(built_index):
 def test_pruned_interaction_paths_agree():
     """Pruned centroid interaction gives the same scores whether computed from the inverted lists (few kept
     centroids) or from the candidates' tokens (many kept centroids); checked against a direct loop."""
-    from colbert_retriever import arrays as arrays_mod, stages
-    from colbert_retriever.codec import ResidualCodec
-    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+    from colbert_retriever.search import arrays as arrays_mod, stages
+    from colbert_retriever.codec.residual import ResidualCodec
+    from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths
 
     g = torch.Generator().manual_seed(1)
     K, dim = 40, 16
@@ -157,7 +157,7 @@ def test_pruned_interaction_paths_agree():
 
 def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     from colbert_retriever import SearchConfig
-    from colbert_retriever.plaid import CELLS_PER_QUERY, PROBED_CELLS_PER_QUERY, plan
+    from colbert_retriever.search.plaid import CELLS_PER_QUERY, PROBED_CELLS_PER_QUERY, plan
 
     explicit = plan(SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64), 10, q_len=3, avg_doclen=20)
     assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.stage3_docs,
@@ -184,7 +184,7 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
 def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
     """``_pruned_candidates`` (one pass over the inverted lists with a by-document position table) gives the same
     candidates and scores as ``candidate_pids`` then ``pruned_interaction``, with and without a filter."""
-    from colbert_retriever import stages
+    from colbert_retriever.search import stages
 
     texts = make_corpus(400, seed=5, min_words=8, max_words=20)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
@@ -244,11 +244,12 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     is 16 noisy copies of one document's tokens. PLAID with default knobs (the real path: the collection is far
     above the exact-stage budget) ranks the planted document first as often as exhaustive search does, and agrees
     with exhaustive top-10."""
-    from colbert_retriever import SearchConfig, plaid
-    from colbert_retriever import arrays as arrays_mod
-    from colbert_retriever.codec import ResidualCodec
+    from colbert_retriever import SearchConfig
+    from colbert_retriever.search import plaid
+    from colbert_retriever.search import arrays as arrays_mod
+    from colbert_retriever.codec.residual import ResidualCodec
     from colbert_retriever.config import CodecConfig
-    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+    from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths
 
     g = torch.Generator().manual_seed(0)
     dim, n_docs, doclen, topics = 128, 4000, 40, 300
@@ -319,9 +320,9 @@ def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200):
 def test_centroid_interaction_equals_its_scatter_twin():
     """The padded-block centroid interaction equals the scatter-max reference, over several segments (rows
     gathered out of order), with empty documents, in one block and in many."""
-    from colbert_retriever import arrays as arrays_mod, stages
-    from colbert_retriever.codec import ResidualCodec
-    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+    from colbert_retriever.search import arrays as arrays_mod, stages
+    from colbert_retriever.codec.residual import ResidualCodec
+    from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths
 
     g = torch.Generator().manual_seed(4)
     K, dim = 50, 16
@@ -354,7 +355,7 @@ def test_centroid_interaction_equals_its_scatter_twin():
 
 
 def test_unique_inverse_by_table_and_by_sort():
-    from colbert_retriever import stages
+    from colbert_retriever.search import stages
 
     g = torch.Generator().manual_seed(3)
     for n, m in ((1, 5), (50, 200), (1000, 30), (1000, 0)):
@@ -370,9 +371,9 @@ def test_probed_scores_equal_a_direct_loop():
     cells; per token, a document scores its best probed cell that lists it (>= 0), else IMPUTE x the token's last
     probed cell's score; summed. Checked against a loop, over two segments, with and without a filter, finding
     the distinct candidates by sorting and by a table."""
-    from colbert_retriever import arrays as arrays_mod, stages
-    from colbert_retriever.codec import ResidualCodec
-    from colbert_retriever.strided import inverted_file, offsets_from_lengths
+    from colbert_retriever.search import arrays as arrays_mod, stages
+    from colbert_retriever.codec.residual import ResidualCodec
+    from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths
 
     g = torch.Generator().manual_seed(6)
     K, dim, q_len = 30, 16, 5
@@ -439,12 +440,13 @@ def test_plaid_returns_each_document_as_its_best_row_even_when_the_stages_droppe
     """With groups (passages), the rows of the k documents returned that the stages did not keep are scored
     before the documents are ranked: each document comes back as its best row with its exact score (the real
     path, with knobs small enough that the stages drop some of those rows: asserted by the trace)."""
-    from colbert_retriever import SearchConfig, plaid
-    from colbert_retriever.arrays import Groups
+    from colbert_retriever import SearchConfig
+    from colbert_retriever.search import plaid
+    from colbert_retriever.search.arrays import Groups
 
     from .test_numba import clustered_arrays, query
 
-    from colbert_retriever import stages
+    from colbert_retriever.search import stages
 
     arrays, x, _ = clustered_arrays(n_docs=3000, cuts=(0.6,))
     n = arrays.num_docs
@@ -479,11 +481,12 @@ def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():
     """With groups (passages), a plan sized for k documents that scores rows holding fewer than k documents
     widens (the rest of stage 2's rows, then every row) and still returns the k best documents, each as its best
     row: the same as exhaustive search grouped."""
-    from colbert_retriever import SearchConfig, plaid
+    from colbert_retriever import SearchConfig
+    from colbert_retriever.search import plaid
 
     from .test_numba import clustered_arrays, query
 
-    from colbert_retriever import stages
+    from colbert_retriever.search import stages
 
     arrays, x, _ = clustered_arrays(n_docs=3000, cuts=(0.6,))
     n = arrays.num_docs

@@ -101,7 +101,7 @@ def test_data_formats_and_errors(tmp_path):
 
 
 def test_train_cli(tmp_path, colbert_ai_ckpt, capsys):
-    from colbert_retriever.cli import main
+    from colbert_retriever.cli.main import main
 
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"query": e.query, "positive": e.passages[0],

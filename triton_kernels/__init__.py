@@ -1,2 +1,2 @@
 """Triton kernels (GPU hot loops). A leaf package: imports triton and torch only. Imported lazily by
-``colbert_retriever._kernels``; importing ``colbert_retriever`` never imports triton."""
+``colbert_retriever.kernels.dispatch``; importing ``colbert_retriever`` never imports triton."""

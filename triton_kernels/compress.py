@@ -1,5 +1,5 @@
 """Compression for indexing on a GPU: nearest centroid (max inner product), residual bucketising against the
-cutoffs, and bit packing into ``dim * nbits / 8`` bytes per row (the layout of colbert_retriever/codec.py).
+cutoffs, and bit packing into ``dim * nbits / 8`` bytes per row (the layout of colbert_retriever/codec/residual.py).
 
 Precision: the centroid assignment's dot products run in TF32 on purpose (``input_precision="tf32"``; the
 interpreter computes fp32): a near-tie may pick the second-nearest centroid, which the residual absorbs since it

@@ -1,6 +1,6 @@
 """Residual decompression: packed codes + centroid ids -> L2-normalised embeddings (float32 or float16).
 
-Layout (see colbert_retriever/codec.py): a row has ``dim * nbits / 8`` bytes; dimension d lives in byte
+Layout (see colbert_retriever/codec/residual.py): a row has ``dim * nbits / 8`` bytes; dimension d lives in byte
 ``d // (8 // nbits)`` at bit offset ``(d % (8 // nbits)) * nbits``; its value indexes ``bucket_weights``.
 """
 

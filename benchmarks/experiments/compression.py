@@ -34,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, SHARED, WORK, machine_info, write_json  # noqa: E402
 from fastplaid import FP, PackedDocs, agreement, embeddings  # noqa: E402
 
-from colbert_retriever import CodecConfig, Index, SearchConfig, retrieval  # noqa: E402
+from colbert_retriever import CodecConfig, Index, SearchConfig  # noqa: E402
+from colbert_retriever.search import retrieval  # noqa: E402
 from colbert_retriever.evaluation import load_corpus, load_qrels, load_queries, metrics  # noqa: E402
-from colbert_retriever.scoring import maxsim_packed  # noqa: E402
-from colbert_retriever.strided import offsets_from_lengths  # noqa: E402
+from colbert_retriever.kernels.scoring import maxsim_packed  # noqa: E402
+from colbert_retriever.codec.strided import offsets_from_lengths  # noqa: E402
 
 VARIANTS = {
     "2^18 sample": CodecConfig(nbits=2, kmeans_sample_tokens=1 << 18),
@@ -60,8 +61,8 @@ def centroid_sources(docs: torch.Tensor, offsets: torch.Tensor, Q, ref) -> dict:
     """Part two: the same buckets, three sets of centroids, exact float32 scoring of the reconstructions."""
     import faiss
 
-    from colbert_retriever.codec import ResidualCodec
-    from colbert_retriever.kmeans import train_centroids
+    from colbert_retriever.codec.residual import ResidualCodec
+    from colbert_retriever.codec.kmeans import train_centroids
 
     docs = torch.nn.functional.normalize(docs, dim=-1)
     x = docs.numpy()

@@ -16,10 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpu import timeit  # noqa: E402
 
 from colbert_retriever import CodecConfig  # noqa: E402
-from colbert_retriever.arrays import IndexArrays  # noqa: E402
-from colbert_retriever.codec import ResidualCodec  # noqa: E402
-from colbert_retriever.stages import exact_scores, gather_rows  # noqa: E402
-from colbert_retriever.strided import inverted_file, offsets_from_lengths  # noqa: E402
+from colbert_retriever.search.arrays import IndexArrays  # noqa: E402
+from colbert_retriever.codec.residual import ResidualCodec  # noqa: E402
+from colbert_retriever.search.stages import exact_scores, gather_rows  # noqa: E402
+from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths  # noqa: E402
 from colbert_retriever.triton_kernels.maxsim import maxsim_compressed  # noqa: E402
 
 

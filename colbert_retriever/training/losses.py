@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..scoring import maxsim_padded
+from ..kernels.scoring import maxsim_padded
 
 
 def colbert_scores(model, queries: Sequence[str], passages: Sequence[str]) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import _Config
-from ..encoder import ColBERT
 from ..errors import InvalidArgument
+from ..model.encoder import ColBERT
 from .data import Example, load_examples
 from .losses import batch_loss
 

@@ -7,8 +7,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from colbert_retriever import CodecConfig, Index  # noqa: E402
-from colbert_retriever.codec import ResidualCodec  # noqa: E402
-from colbert_retriever.distributed import ShardedIndex, ShardError, build_sharded  # noqa: E402
+from colbert_retriever.codec.residual import ResidualCodec  # noqa: E402
+from colbert_retriever.distributed.sharded import ShardedIndex, ShardError, build_sharded  # noqa: E402
 
 from ..conftest import make_corpus  # noqa: E402
 

@@ -13,9 +13,9 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
 pytest.importorskip("triton")
 
 from colbert_retriever import CodecConfig, kernel_backend  # noqa: E402
-from colbert_retriever.codec import ResidualCodec  # noqa: E402
-from colbert_retriever.scoring import maxsim_packed  # noqa: E402
-from colbert_retriever.strided import offsets_from_lengths  # noqa: E402
+from colbert_retriever.codec.residual import ResidualCodec  # noqa: E402
+from colbert_retriever.kernels.scoring import maxsim_packed  # noqa: E402
+from colbert_retriever.codec.strided import offsets_from_lengths  # noqa: E402
 
 
 def setup(nbits=2, n_docs=300, dim=128, seed=0):
@@ -37,11 +37,11 @@ def test_decompress_and_fused_maxsim_match_torch_on_gpu(nbits):
     gpu = ResidualCodec(codec.centroids.to(dev), codec.bucket_cutoffs.to(dev), codec.bucket_weights.to(dev), nbits)
     dec = gpu.decompress(codes.to(dev), packed.to(dev))
     assert torch.allclose(dec.cpu(), ref_dec, atol=1e-5)
-    from colbert_retriever import _kernels
+    from colbert_retriever.kernels import dispatch
 
     Q = torch.nn.functional.normalize(torch.randn(32, 128), dim=-1)
     ref = maxsim_packed(Q, ref_dec, off)
-    got = _kernels.maxsim_compressed(Q.to(dev), codes.to(dev), packed.to(dev), gpu.centroids, gpu.bucket_weights,
+    got = dispatch.maxsim_compressed(Q.to(dev), codes.to(dev), packed.to(dev), gpu.centroids, gpu.bucket_weights,
                                      nbits, off.to(dev))
     assert torch.allclose(got.cpu(), ref, atol=1e-4)  # ieee fp32 dots: float rounding only
 

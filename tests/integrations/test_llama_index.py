@@ -11,8 +11,13 @@ from llama_index.core.vector_stores.types import (FilterCondition, FilterOperato
                                                   MetadataFilters)
 
 from colbert_retriever import InvalidArgument  # noqa: E402
-from colbert_retriever.integrations.llama_index import (ColBERTIndex, ColBERTRerank, ColBERTRetriever,  # noqa: E402
-                                                       colbert_splitter, to_colbert_filter)
+from colbert_retriever.integrations.llama_index import (  # noqa: E402
+    ColBERTIndex,
+    ColBERTRerank,
+    ColBERTRetriever,
+    colbert_splitter,
+    to_colbert_filter,
+)
 
 from .conftest import DOCS  # noqa: E402
 

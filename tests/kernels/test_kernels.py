@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from colbert_retriever import CodecConfig, kernel_backend
-from colbert_retriever.codec import ResidualCodec
-from colbert_retriever.scoring import maxsim_packed
-from colbert_retriever.strided import offsets_from_lengths
+from colbert_retriever.codec.residual import ResidualCodec
+from colbert_retriever.kernels.scoring import maxsim_packed
+from colbert_retriever.codec.strided import offsets_from_lengths
 from colbert_retriever.triton_kernels import centroid_scores, compress, decompress, maxsim
 
 
@@ -80,8 +80,8 @@ def test_centroid_interaction(threshold):
 
 def test_centroid_interaction_matches_plaid_reference():
     """The kernel equals stages.centroid_interaction / stages.pruned_interaction (the torch paths)."""
-    from colbert_retriever import arrays as arrays_mod, stages
-    from colbert_retriever.strided import inverted_file
+    from colbert_retriever.search import arrays as arrays_mod, stages
+    from colbert_retriever.codec.strided import inverted_file
 
     codec, x = make_codec(64, 2, n=300, k=32)
     with kernel_backend("torch"):
@@ -115,14 +115,14 @@ def test_compress(nbits, dim):
 
 
 def test_dispatch_defaults_to_torch_on_cpu_and_can_be_forced():
-    from colbert_retriever import _kernels
+    from colbert_retriever.kernels import dispatch
 
     t = torch.zeros(2)
-    assert not _kernels.use_triton(t)  # CPU tensors take the torch path unless forced
+    assert not dispatch.use_triton(t)  # CPU tensors take the torch path unless forced
     with kernel_backend("triton"):
-        assert _kernels.use_triton(t)
+        assert dispatch.use_triton(t)
         with kernel_backend("torch"):
-            assert not _kernels.use_triton(t)
+            assert not dispatch.use_triton(t)
     with pytest.raises(ValueError, match="unknown"):
         with kernel_backend("cuda"):
             pass
