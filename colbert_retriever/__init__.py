@@ -10,11 +10,13 @@ from .config import CodecConfig, EncoderConfig, SearchConfig
 from .errors import (
     CheckpointError,
     ColbertRetrieverError,
+    DiskFullError,
     IncompatibleModelError,
     IndexClosedError,
     IndexFormatError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexWriteError,
     InvalidArgument,
     InvalidType,
 )
@@ -28,5 +30,6 @@ __all__ = [
     "ColBERT", "Index", "Hit", "Record", "load_model", "clear_model_cache", "EncoderConfig", "CodecConfig",
     "SearchConfig", "ColbertRetrieverError", "InvalidArgument", "InvalidType", "IndexNotFoundError",
     "IndexFormatError", "IncompatibleModelError", "CheckpointError", "IndexLockedError", "IndexClosedError",
+    "IndexWriteError", "DiskFullError",
     "kernel_backend", "__version__",
 ]

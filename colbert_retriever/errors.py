@@ -38,3 +38,16 @@ class IndexLockedError(ColbertRetrieverError, RuntimeError):
 
 class IndexClosedError(ColbertRetrieverError, RuntimeError):
     """The ``Index`` was closed; open it again to use it."""
+
+
+class IndexWriteError(ColbertRetrieverError, OSError):
+    """Writing the index failed in the operating system (an I/O error, a file size limit, files removed under a
+    running writer). Nothing was committed by the failed write: the index keeps its last committed generation."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+
+
+class DiskFullError(IndexWriteError):
+    """The disk (or the user's quota) is full: the write stopped with nothing committed; free space and retry."""

@@ -75,10 +75,10 @@ class Index:
     def build(cls, path: Union[str, Path], texts: Sequence[str], ids: Optional[Sequence[str]] = None,
               metadatas: Optional[Sequence[dict]] = None, model: Optional[ColBERT] = None,
               nbits: Optional[int] = None, *, if_exists: str = "upsert", codec_config: Optional[CodecConfig] = None,
-              batch_size: int = 32, chunk_docs: int = 1024, show_progress: bool = True,
+              batch_size: int = 32, chunk_docs: int = 1024, show_progress: Optional[bool] = None,
               overwrite: Optional[bool] = None, provenance: Optional[dict] = None,
               codec: Optional[ResidualCodec] = None, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-              truncate: str = "chunk", lexical: bool = False) -> "Index":
+              truncate: str = "chunk", lexical: bool = False, report: Optional[dict] = None) -> "Index":
         """Encode, compress and write ``texts`` as an index at ``path``.
 
         ids: unique strings (default "0".."n-1": a re-run over the same texts gives the same ids); metadatas:
@@ -90,7 +90,8 @@ class Index:
         before writing); lexical: also build the BM25 side (SQLite FTS5 in the document store; for
         ``search(mode="bm25"|"hybrid"|"bm25_rerank")``); nbits: residual bits per dimension (1, 2 or 4; default
         ``codec_config.nbits``, else 2). ``codec``: an already trained ``ResidualCodec`` to use instead of
-        training one (shards of one collection share it).
+        training one (shards of one collection share it). show_progress: None (default) shows a bar only for
+        more than 256 texts (passages). report: a dict that receives what the call did (see ``add``).
 
         if_exists — what a folder that already holds an index of ours means (the same rule in the CLI and both
         adapters' ``from_documents``): "upsert" (the default: the documents are added, those whose id is already
@@ -117,16 +118,19 @@ class Index:
         check_mode("truncate", truncate, TRUNCATE_MODES)
         if if_exists == "upsert" and storage.holds_our_index(path):
             return cls._upsert_into(path, texts, ids, metadatas if given_metadatas else None, model, codec_config,
-                                    codec, device, lock_timeout, truncate, lexical, batch_size, show_progress)
+                                    codec, device, lock_timeout, truncate, lexical, batch_size, show_progress,
+                                    report)
         rows = prepare_rows(model, ids, texts, metadatas, truncate)
         writer.build(path, rows, model, codec_config, batch_size=batch_size, chunk_docs=chunk_docs,
                      show_progress=show_progress, overwrite=if_exists == "overwrite", provenance=provenance,
                      codec=codec, lock_timeout=lock_timeout, lexical=lexical)
+        if report is not None:
+            report.update(added=list(ids), replaced=[], unchanged=[], rebuilt=True)
         return cls(path, model, device, lock_timeout=lock_timeout)
 
     @classmethod
     def _upsert_into(cls, path, texts, ids, metadatas, model, codec_config, codec, device, lock_timeout, truncate,
-                     lexical, batch_size, show_progress) -> "Index":
+                     lexical, batch_size, show_progress, report) -> "Index":
         """``build`` over an existing index with ``if_exists="upsert"``."""
         index = cls.open(path, model=model, device=device, lock_timeout=lock_timeout)
         have = index.metadata["codec"]["config"]["nbits"]
@@ -136,12 +140,14 @@ class Index:
                                   f"rebuild it, or add to it with the settings it has")
         if lexical and not index.has_lexical:
             index.add_lexical()
-        snap = index._current()
-        others = snap.live_docs - len(snap.docstore.pids_of(ids, snap.meta.counts.documents, snap.meta.generation))
+        with index._reader.hold() as snap:
+            others = snap.live_docs - len(snap.docstore.pids_of(ids, snap.meta.counts.documents,
+                                                                snap.meta.generation))
         if others > 0:
             logger.warning("the index at %s already holds %d document(s) this call does not name; they stay "
                            "(if_exists='overwrite' replaces the whole index)", path, others)
-        index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress)
+        index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress,
+                     report=report)
         return index
 
     @classmethod
@@ -149,7 +155,8 @@ class Index:
                               metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,
                               model=None, name: Optional[str] = None, nbits: Optional[int] = None,
                               codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
-                              show_progress: bool = True, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                              show_progress: Optional[bool] = None, device=None,
+                              lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                               lexical: bool = False) -> "Index":
         """An index of precomputed multi-vector embeddings: ``embeddings[i]`` is document i's (tokens, dim)
         tensor or numpy array (any float dtype, any dim with dim x nbits a multiple of 8), from any encoder (a
@@ -247,8 +254,9 @@ class Index:
         self.close()
 
     def close(self) -> None:
-        """Release this handle's memory maps and database connection (a search in flight in another thread
-        finishes on its snapshot first). Later calls raise ``IndexClosedError``. Idempotent."""
+        """Release this handle's memory maps and close its document store connection (a search in flight in another
+        thread finishes on its snapshot first; the connection closes when it is done). Afterwards this handle holds
+        no file of the folder open. Later calls raise ``IndexClosedError``. Idempotent."""
         self._reader.close()
 
     # ================================================================ search
@@ -281,8 +289,8 @@ class Index:
         config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
         req = retrieval.Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
                                      alpha=alpha)
-        with parallel.search_threads(threads):
-            snap = self._current()  # one generation for the whole call (a closed index fails before encoding)
+        # one generation for the whole call (a closed index fails before encoding)
+        with parallel.search_threads(threads), self._reader.hold() as snap:
             Q = None
             if mode != "bm25":
                 Q = retrieval.query_rows(self.model.encode_queries(qs), self.model.config.dim, self.device)
@@ -303,13 +311,13 @@ class Index:
         (q_len_i, dim) tensors. ColBERT mode; the knobs as ``search``'s, in ``config``."""
         req = retrieval.Request.make(k, config=config, filter=filter, ids=ids)
         rows = retrieval.query_rows(Q, self.model.config.dim, self.device)
-        with parallel.search_threads(config.threads):
-            return retrieval.run(self._current(), req, [], rows, self.model.precision, trace)
+        with parallel.search_threads(config.threads), self._reader.hold() as snap:
+            return retrieval.run(snap, req, [], rows, self.model.precision, trace)
 
     # ================================================================ updates
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
             *, on_conflict: str = "error", truncate: str = "chunk", batch_size: int = 32,
-            show_progress: bool = False, merge: bool = True) -> list[str]:
+            show_progress: bool = False, merge: bool = True, report: Optional[dict] = None) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``writer.MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index.
         Atomic. Returns their ids (uuid4 hex when not given).
@@ -318,7 +326,8 @@ class Index:
         "replace" (an upsert: the old document, all its passages, is replaced in the same commit; a document whose
         text and metadata are unchanged is skipped, nothing re-encoded; without ``metadatas`` a replaced document
         keeps the metadata it had). truncate: as in ``build`` ("chunk" by default). merge: False keeps the new
-        segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything)."""
+        segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything). report: a
+        dict that receives the ids this call "added", "replaced" and left "unchanged" (each a list, in order)."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         keep_metadata = metadatas is None
@@ -326,7 +335,7 @@ class Index:
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         rows = prepare_rows(self.model, ids, texts, metadatas, truncate)
         self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"),
-                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata)
+                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata, report=report)
         return ids
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
@@ -340,15 +349,15 @@ class Index:
     def get(self, ids: Union[str, Sequence[str]]) -> list[Record]:
         """The live documents with these ids, in the order given (ids not in the index are skipped)."""
         ids = _validate.id_selection(ids, "ids")
-        snap = self._current()
-        rows = snap.docstore.rows_of(ids, snap.meta.counts.documents, snap.meta.generation)
+        with self._reader.hold() as snap:
+            rows = snap.docstore.rows_of(ids, snap.meta.counts.documents, snap.meta.generation)
         return [Record(i, *rows[i]) for i in dict.fromkeys(ids) if i in rows]
 
     def ids(self, filter: Optional[dict] = None) -> list[str]:
         """Ids of the live documents (those matching ``filter`` if given), in the order they were added."""
         where = self._where(filter)
-        snap = self._current()
-        return snap.docstore.live_ids(snap.meta.counts.documents, snap.meta.generation, where)
+        with self._reader.hold() as snap:
+            return snap.docstore.live_ids(snap.meta.counts.documents, snap.meta.generation, where)
 
     @staticmethod
     def _where(filter) -> Optional[tuple]:
@@ -370,7 +379,8 @@ class Index:
     @property
     def has_lexical(self) -> bool:
         """Whether the index has its lexical (BM25) side."""
-        return self._current().docstore.has_lexical()
+        with self._reader.hold() as snap:
+            return snap.docstore.has_lexical()
 
     def add_lexical(self) -> None:
         """Give an existing index its lexical (BM25) side: every stored text (passage) is indexed by SQLite FTS5

@@ -78,7 +78,6 @@ def test_legacy_lexical_store_is_read_then_moved_to_slots(lexical_index, tiny_mo
     ("DELETE FROM lexical_0_idx", "lexical_0"),
     ("DELETE FROM lexical_1_docsize WHERE id < 50", "lexical_1"),
     ("DROP TABLE lexical_0_config", "shadow tables"),
-    ("CREATE TRIGGER sneaky AFTER INSERT ON docs BEGIN SELECT 1; END", "unexpected triggers"),
     ("UPDATE lexical_state SET n = n + 7", "committed rows"),
 ])
 def test_deep_check_finds_tampering_sqlite_accepts(lexical_index, tiny_model, tamper, needle, capsys):

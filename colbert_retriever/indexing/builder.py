@@ -6,6 +6,7 @@ raw files that become ``.npy`` segments at the end (the only full pass over them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -102,11 +103,21 @@ class SegmentWriter:
         return layout.SegmentMeta(self.name, self.num_docs, self.num_embeddings, sums)
 
     def abort(self) -> None:
-        for part, f in self.files.items():
-            f.close()
-        for part, path in self.parts.items():
-            if part in self.files and path.exists():  # only the files this writer created
-                os.unlink(path)
+        """Remove every file of this segment (raw parts, temporaries, the files ``finish`` already renamed into
+        place: the name is new, no generation references it). Each close and each removal is tried even when an
+        earlier one fails (closing a buffered file flushes it, which fails on a full disk)."""
+        for f in self.files.values():
+            with contextlib.suppress(OSError, ValueError):
+                f.close()
+        names = [self.parts[p].name for p in self.files]  # only the raw files this writer created
+        names += [f".{self.name}.{p}.npy.tmp" for p in self.parts]
+        names += [layout.segment_file(self.name, p) for p in layout.SEGMENT_PARTS]
+        own = tuple(f".{layout.segment_file(self.name, p)}." for p in layout.SEGMENT_PARTS)  # save_array's temps
+        with contextlib.suppress(OSError):
+            names += [n for n in os.listdir(self.folder) if n.startswith(own) and n.endswith(".tmp")]
+        for n in names:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.unlink(self.folder / n)
 
     def __enter__(self) -> "SegmentWriter":
         return self
@@ -126,10 +137,22 @@ def write_segment(folder: Path, codec: ResidualCodec, chunks) -> layout.SegmentM
         return writer.finish()
 
 
-def progress_bar(total: int, show: bool, desc: str) -> tqdm:
-    """The bar an index write shows: documents encoded, moving with every encoded batch, labelled with the phase
-    ("encoding a sample for the centroids", "training centroids (k-means)", "encoding + compressing")."""
-    return tqdm(total=total, desc=desc, unit="doc", disable=not show, mininterval=0.5)
+PROGRESS_MIN_ROWS = 256
+"""``show_progress=None`` (the default of ``Index.build``): a bar only when more rows than this are encoded (a build
+of a few texts takes seconds and prints nothing)."""
+
+
+def rows_unit(rows) -> str:
+    """What a bar over ``rows`` counts: "passage" when a document was split into passages, else "doc"."""
+    return "passage" if rows.spans is not None and any(sp is not None for sp in rows.spans) else "doc"
+
+
+def progress_bar(total: int, show: Optional[bool], desc: str, unit: str = "passage") -> tqdm:
+    """The bar an index write shows: rows encoded (``unit``: documents, or passages when documents were split),
+    moving with every encoded batch, labelled with the phase ("encoding a sample for the centroids", "training
+    centroids (k-means)", "encoding + compressing"). show: None = only for more than ``PROGRESS_MIN_ROWS`` rows."""
+    show = total > PROGRESS_MIN_ROWS if show is None else bool(show)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, mininterval=0.5)
 
 
 def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: int, bar: tqdm,
@@ -165,7 +188,7 @@ def encode_sample(model, texts: Sequence[str], config: CodecConfig, batch_size: 
     return cache, sample
 
 
-def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: bool,
+def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: int, show_progress: Optional[bool],
                 times: StageTimes, bar: Optional[tqdm] = None) -> tuple[ResidualCodec, dict[int, torch.Tensor], int]:
     """Encode the k-means sample (``encode_sample``) and fit the codec on it. Returns the codec, the sample cache
     (reusable by ``encode_and_compress``) and the estimated number of embeddings in ``texts``. bar: the caller's
@@ -188,13 +211,14 @@ def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: in
 
 def encode_and_compress(model, codec: ResidualCodec, texts: Sequence[str], writer: SegmentWriter,
                         cache: Optional[dict[int, torch.Tensor]], batch_size: int, chunk_docs: int,
-                        show_progress: bool, times: StageTimes, desc: str = "encoding + compressing",
-                        bar: Optional[tqdm] = None) -> None:
+                        show_progress: Optional[bool], times: StageTimes, desc: str = "encoding + compressing",
+                        bar: Optional[tqdm] = None, unit: str = "passage") -> None:
     """Encode (reusing ``cache`` where it has a document) and compress ``texts`` in order into ``writer``. bar:
-    the caller's progress bar (documents already counted in it, the cached sample, are not counted again)."""
+    the caller's progress bar (documents already counted in it, the cached sample, are not counted again); else
+    one is made, counting ``unit``."""
     cache = cache or {}
     own = bar is None
-    bar = progress_bar(len(texts), show_progress, desc) if own else bar
+    bar = progress_bar(len(texts), show_progress, desc, unit) if own else bar
     bar.set_description(desc)
     for s in range(0, len(texts), chunk_docs):
         idx = list(range(s, min(s + chunk_docs, len(texts))))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import platform
 import threading
@@ -30,7 +31,8 @@ from ..search.reader import Reader, Segment, check_model_matches
 from ..store import layout, storage
 from ..store.docstore import DocStore
 from ..store.layout import Counts, IndexMeta, SegmentMeta
-from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
+from .builder import (SegmentWriter, StageTimes, encode_and_compress, progress_bar, rows_unit, train_codec,
+                      write_segment)
 from .external import EmbeddingsOnly
 from .ingest import Rows
 
@@ -74,63 +76,31 @@ def copy_segments(path: Path, loaded: list[Segment], codec: ResidualCodec, chunk
 
 
 def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_size: int, chunk_docs: int,
-          show_progress: bool, overwrite: bool, provenance: Optional[dict], codec: Optional[ResidualCodec],
+          show_progress: Optional[bool], overwrite: bool, provenance: Optional[dict], codec: Optional[ResidualCodec],
           lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None) -> None:
     """Encode, compress and commit ``rows`` as a new index at ``path`` (see ``Index.build``). A first build that
-    fails leaves no folder behind; an existing index stays readable until the new one is committed. encoder and
-    sources: what is encoded (default: ``model`` over the rows' texts; ``external.GivenEmbeddings`` over document
-    numbers for precomputed embeddings)."""
+    fails leaves no folder behind; an existing index stays readable until the new one is committed, and a failed
+    rebuild leaves none of its files. encoder and sources: what is encoded (default: ``model`` over the rows'
+    texts; ``external.GivenEmbeddings`` over document numbers for precomputed embeddings). show_progress: None
+    shows a bar only for more than ``builder.PROGRESS_MIN_ROWS`` rows."""
     encoder = model if encoder is None else encoder
     sources = rows.texts if sources is None else sources
+    if provenance is not None and len(json.dumps(provenance, default=str)) > layout.METADATA_MAX_BYTES // 2:
+        raise InvalidArgument(f"provenance is larger than {layout.METADATA_MAX_BYTES // 2} bytes as JSON; "
+                              f"{layout.METADATA} must stay under {layout.METADATA_MAX_BYTES}")
     storage.check_ownership(path)  # before the lock file is created
     created = not path.exists()
     t_start = time.perf_counter()
     try:
-        with storage.write_lock(path, lock_timeout):
-            storage.check_ownership(path)
-            old = None
-            if storage.holds_our_index(path):
-                if not overwrite:
-                    raise InvalidArgument(f"an index already exists at {path}; if_exists='upsert' adds to it by "
-                                          f"id, 'overwrite' replaces it")
-                with contextlib.suppress(IndexFormatError):
-                    old = storage.read_metadata(path)
-            storage.collect_garbage(path, old.referenced_files() if old else set())
-            times = StageTimes()
-            with progress_bar(len(rows.texts), show_progress, "encoding") as bar:
-                if codec is None:
-                    codec, cache, est = train_codec(encoder, sources, codec_config, batch_size, show_progress,
-                                                    times, bar)
-                else:
-                    if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
-                        raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
-                                              f"nbits={codec_config.nbits}, dim={model.config.dim}")
-                    cache, est = {}, 0
-                with SegmentWriter(path, codec) as writer:
-                    encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs,
-                                        show_progress, times, bar=bar)
-                    seg = writer.finish()
-            t0 = time.perf_counter()
-            docstore = layout.new_docstore_name()
-            with DocStore(path / docstore, create=True) as ds:
-                ds.insert(0, rows.ids, rows.texts, rows.metadatas, rows.spans)
-                if lexical:
-                    ds.add_lexical(len(rows.texts))
-                ds.checkpoint()
-            codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
-                                          *write_codec(path, codec), est or seg.num_embeddings, 0)
-            times.write_s += time.perf_counter() - t0
-            meta = IndexMeta(
-                generation=(old.generation + 1) if old else 1, library_version=__version__,
-                model=model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
-                counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
-                provenance={"created": now(), "updated": now(), "host": platform.node(),
-                            "python": platform.python_version(), "torch": torch.__version__,
-                            "precision": model.precision.to_dict(),
-                            "build_seconds": round(time.perf_counter() - t_start, 3),
-                            "stages": times.as_dict(), **(provenance or {})})
-            storage.write_metadata(path, meta)
-            storage.collect_garbage(path, meta.referenced_files())
+        with storage.write_errors(path), storage.write_lock(path, lock_timeout) as lock, \
+                storage.write_errors(path, lock):
+            try:
+                _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_progress, overwrite,
+                              provenance, codec, lexical, encoder, sources, lock, t_start)
+            except BaseException:
+                if not created and lock.held():
+                    _remove_uncommitted(path)
+                raise
     except BaseException:
         if created and path.is_dir() and not storage.holds_our_index(path):
             storage.collect_garbage(path, set())  # a first build that failed leaves no folder behind
@@ -138,6 +108,62 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                 (path / layout.LOCK).unlink()
                 path.rmdir()
         raise
+
+
+def _remove_uncommitted(path: Path) -> None:
+    """After a failed write, still holding the lock: remove our files that the generation committed on disk does
+    not name (what the failed write left; the next writer would remove them too). Best effort."""
+    with contextlib.suppress(Exception):
+        keep = storage.read_metadata(path).referenced_files() if storage.holds_our_index(path) else set()
+        storage.collect_garbage(path, keep)
+
+
+def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_progress, overwrite, provenance,
+                  codec, lexical, encoder, sources, lock, t_start) -> None:
+    storage.check_ownership(path)
+    old = None
+    if storage.holds_our_index(path):
+        if not overwrite:
+            raise InvalidArgument(f"an index already exists at {path}; if_exists='upsert' adds to it by "
+                                  f"id, 'overwrite' replaces it")
+        with contextlib.suppress(IndexFormatError):
+            old = storage.read_metadata(path)
+    storage.collect_garbage(path, old.referenced_files() if old else set())
+    times = StageTimes()
+    with progress_bar(len(rows.texts), show_progress, "encoding", rows_unit(rows)) as bar:
+        if codec is None:
+            codec, cache, est = train_codec(encoder, sources, codec_config, batch_size, show_progress, times, bar)
+        else:
+            if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
+                raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
+                                      f"nbits={codec_config.nbits}, dim={model.config.dim}")
+            cache, est = {}, 0
+        with SegmentWriter(path, codec) as writer:
+            encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs, show_progress,
+                                times, bar=bar)
+            seg = writer.finish()
+    t0 = time.perf_counter()
+    docstore = layout.new_docstore_name()
+    with DocStore(path / docstore, create=True) as ds:
+        ds.insert(0, rows.ids, rows.texts, rows.metadatas, rows.spans)
+        if lexical:
+            ds.add_lexical(len(rows.texts))
+        ds.checkpoint()
+    codec_meta = layout.CodecMeta(codec_config.to_dict(), codec.num_centroids, codec.avg_residual,
+                                  *write_codec(path, codec), est or seg.num_embeddings, 0)
+    times.write_s += time.perf_counter() - t0
+    meta = IndexMeta(
+        generation=(old.generation + 1) if old else 1, library_version=__version__,
+        model=model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
+        counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
+        provenance={"created": now(), "updated": now(), "host": platform.node(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "precision": model.precision.to_dict(),
+                    "build_seconds": round(time.perf_counter() - t_start, 3),
+                    "stages": times.as_dict(), **(provenance or {})})
+    lock.check()
+    storage.write_metadata(path, meta)
+    storage.collect_garbage(path, meta.referenced_files())
 
 
 def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep_metadata: bool):
@@ -166,28 +192,42 @@ class Writer:
     def __init__(self, path: Path, model, lock_timeout: float, reader: Reader):
         self.path, self.model, self.lock_timeout, self.reader = path, model, lock_timeout, reader
         self._mutex = threading.Lock()
+        self._lock: Optional[storage.WriteLock] = None  # held during a transaction
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[IndexMeta]:
         """Hold the writer lock and yield the committed generation (v1 upgraded to v2 in new files, not yet
         committed). Before that: our files that no committed generation names (a killed writer's) are removed and
-        its uncommitted document rows rolled back."""
+        its uncommitted document rows rolled back. A write that fails removes the files it wrote (while it still
+        holds the lock); operating-system failures become ``IndexWriteError``/``DiskFullError``, and any failure
+        after the lock file was deleted or replaced ``IndexLockedError`` (``storage.write_errors``)."""
         with self._mutex:
             self.reader.current()  # not closed
-            with storage.write_lock(self.path, self.lock_timeout):
-                meta = storage.read_metadata(self.path)
-                check_model_matches(self.path, meta, self.model)
-                storage.collect_garbage(self.path, meta.referenced_files())
-                with DocStore(self.path / meta.docstore) as ds:
-                    ds.prepare_write(meta.counts.documents, meta.generation)
-                if meta.is_legacy:
-                    meta = self._upgrade(meta)
-                yield meta
+            with storage.write_errors(self.path), storage.write_lock(self.path, self.lock_timeout) as lock, \
+                    storage.write_errors(self.path, lock):
+                self._lock = lock
+                try:
+                    meta = storage.read_metadata(self.path)
+                    check_model_matches(self.path, meta, self.model)
+                    storage.collect_garbage(self.path, meta.referenced_files())
+                    with DocStore(self.path / meta.docstore) as ds:
+                        ds.prepare_write(meta.counts.documents, meta.generation)
+                    if meta.is_legacy:
+                        meta = self._upgrade(meta)
+                    yield meta
+                except BaseException:
+                    if lock.held():
+                        _remove_uncommitted(self.path)
+                    raise
+                finally:
+                    self._lock = None
 
     def commit(self, meta: IndexMeta) -> None:
-        """Replace metadata.json (the commit point), remove what no generation names, reload the reader."""
+        """Replace metadata.json (the commit point), remove what no generation names, reload the reader. Refused
+        when the writer lock was lost meanwhile."""
         meta = dataclasses.replace(meta, provenance={**meta.provenance, "updated": now(),
                                                      "library_version": __version__})
+        self._lock.check()
         storage.write_metadata(self.path, meta)
         storage.collect_garbage(self.path, meta.referenced_files())
         self.reader.reload()
@@ -210,29 +250,37 @@ class Writer:
 
     def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True, *,
             documents: Optional[dict] = None, keep_metadata: bool = False, encoder=None,
-            sources: Optional[Sequence] = None) -> None:
+            sources: Optional[Sequence] = None, report: Optional[dict] = None) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
         (``on_conflict="error"``) or replaced in the same commit ("replace"). documents: id -> (text, metadata) as
         given (before chunking): with "replace", a live document with the same text and metadata is skipped;
         keep_metadata: a replaced document keeps its stored metadata (none was given). merge: merge small tail
-        segments (``MERGE_FACTOR``). encoder and sources: as in ``build``."""
+        segments (``MERGE_FACTOR``). encoder and sources: as in ``build``. report: receives the ids "added",
+        "replaced" and "unchanged" once the write is committed (or found to have nothing to write)."""
         encoder = self.model if encoder is None else encoder
         with self.transaction() as meta:
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
-                clash = ds.pids_of(list(dict.fromkeys(rows.ids)), n, gen)
+                given = list(dict.fromkeys(rows.ids))
+                clash = ds.pids_of(given, n, gen)
                 if clash and on_conflict == "error":
                     raise InvalidArgument(f"ids already in the index: {sorted(clash)[:10]} (pass "
                                           f"on_conflict='replace' or use upsert to replace them)")
+                present = set(clash)
                 if clash and (documents is not None or keep_metadata):
                     rows, clash = _skip_unchanged(rows, clash, ds.rows_of(sorted(clash), n, gen), documents or {},
                                                   keep_metadata)
-                    if not rows.ids:
-                        return  # every document given is already there as given: nothing to write
+                done = {"added": [i for i in given if i not in present], "replaced": [i for i in given if i in clash],
+                        "unchanged": [i for i in given if i in present and i not in clash]}
+                if not rows.ids:
+                    if report is not None:
+                        report.update(done)
+                    return  # every document given is already there as given: nothing to write
                 codec = self.reader.codec_for(meta)  # the committed codec, whatever this handle saw before
                 with SegmentWriter(self.path, codec) as writer:
                     encode_and_compress(encoder, codec, rows.texts if sources is None else sources, writer, None,
-                                        batch_size, 4096, show_progress, StageTimes(), desc="adding")
+                                        batch_size, 4096, show_progress, StageTimes(), desc="adding",
+                                        unit=rows_unit(rows))
                     seg = writer.finish()
                 replaced = sorted(p for ps in clash.values() for p in ps)
                 if replaced:
@@ -248,6 +296,8 @@ class Writer:
                               c.embeddings + seg.num_embeddings),
                 codec=dataclasses.replace(meta.codec,
                                           embeddings_added=meta.codec.embeddings_added + seg.num_embeddings)))
+        if report is not None:
+            report.update(done)
 
     def delete(self, ids: Optional[list], where: Optional[tuple]) -> int:
         """Delete the documents with these ids, or matching the compiled filter ``where``, or both."""

@@ -2,7 +2,9 @@
 are opened, memory-mapped on CPU), reloaded when a writer commits a newer one.
 
 A search works on one snapshot from its start to its end; a snapshot's files stay readable after a writer
-removes them (POSIX unlink semantics), so readers never block writers.
+removes them (POSIX unlink semantics), so readers never block writers. Generations that share a document store
+share its connection; a store no snapshot names any more is closed once no search holds one (``hold``), and
+``close`` closes everything this reader opened.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class Reader:
         self.lock = threading.RLock()  # guards the current snapshot and the caches
         self._segments: dict[str, Segment] = {}
         self._codecs: dict[tuple, ResidualCodec] = {}
+        self._stores: dict[str, DocStore] = {}  # document store file -> its open connection
+        self._retired: list[DocStore] = []  # stores no current snapshot names: closed when no search holds one
+        self._holds = 0
         self.snap: Optional[Snapshot] = None
 
     # ---------------------------------------------------------------- generations
@@ -128,6 +133,7 @@ class Reader:
     def reload(self) -> Snapshot:
         with self.lock:
             self.snap = self.load()
+            self._retire_others(self.snap.meta.docstore)
             return self.snap
 
     def current(self) -> Snapshot:
@@ -141,14 +147,49 @@ class Reader:
                 meta = storage.read_metadata(self.path)
                 if meta.generation != snap.meta.generation:
                     self.snap = self.load()
+                    self._retire_others(self.snap.meta.docstore)
                 else:
                     self.snap = dataclasses.replace(snap, stamp=stamp)
             return self.snap
 
+    @contextlib.contextmanager
+    def hold(self):
+        """The current snapshot, for the length of one search or read: the document stores it uses stay open until
+        the last holder is done, even if a writer commits or ``close`` is called meanwhile."""
+        with self.lock:
+            snap = self.current()
+            self._holds += 1
+        try:
+            yield snap
+        finally:
+            with self.lock:
+                self._holds -= 1
+                self._close_retired()
+
+    def _retire_others(self, keep: Optional[str]) -> None:
+        for name in [n for n in self._stores if n != keep]:
+            self._retired.append(self._stores.pop(name))
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        if self._holds == 0:
+            for store in self._retired:
+                store.close()
+            self._retired = []
+
     def close(self) -> None:
+        """Drop the snapshot and the memory maps, and close the document stores (once no search holds them)."""
         with self.lock:
             self.snap = None
             self._segments, self._codecs = {}, {}
+            self._retire_others(None)
+
+    def docstore(self, name: str) -> DocStore:
+        """The open connection to the document store ``name`` (opened and checked on first use)."""
+        with self.lock:
+            if name not in self._stores:
+                self._stores[name] = DocStore(self.path / name)
+            return self._stores[name]
 
     # ---------------------------------------------------------------- arrays
     def codec_for(self, meta: IndexMeta) -> ResidualCodec:
@@ -245,7 +286,7 @@ class Reader:
         if self.device.type != "cpu":  # the GPU kernels want each column in one tensor
             for rows in (arrays.codes, arrays.residuals, arrays.inv_norms):
                 rows.full()
-        docstore = DocStore(self.path / meta.docstore)
+        docstore = self.docstore(meta.docstore)
         n = meta.counts.documents
         live = torch.ones(n, dtype=torch.bool)
         deleted = docstore.deleted_pids(n, meta.generation)

@@ -9,6 +9,10 @@ Visibility is snapshot-based: a reader at generation ``gen`` with ``n`` committe
 ``pid < n`` and ``deleted_gen IS NULL OR deleted_gen > gen``. A writer that died before committing left rows that
 no reader sees, and the next writer rolls them back (``prepare_write``). The lexical (BM25) side lives in the same
 file: see ``lexical.py``.
+
+The store runs only the library's SQL: every open of an existing store refuses one whose schema holds a trigger,
+view, table or index the format does not name (``lexical.foreign_objects``, one ``sqlite_master`` query), so SQL
+planted in the file never runs on a write. The file and SQLite's side files must be regular files, not links.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import urllib.parse
 from pathlib import Path
@@ -24,8 +29,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import IndexFormatError
-from . import lexical
+from ..errors import DiskFullError, IndexFormatError, IndexNotFoundError, IndexWriteError
+from . import layout, lexical
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -40,6 +45,8 @@ CREATE INDEX IF NOT EXISTS docs_id ON docs(id);
 """
 
 _VISIBLE = "pid < ? AND (deleted_gen IS NULL OR deleted_gen > ?)"
+_OWN_OBJECTS = {("table", "docs"): None, ("index", "docs_id"): None}  # the document side (lexical.py: the rest)
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
 
 class StaleSnapshot(IndexFormatError):
     """The generation a reader holds was superseded while it read (retry on a fresh snapshot)."""
@@ -52,12 +59,13 @@ class DocStore:
 
     def __init__(self, path: Path, create: bool = False, read_only: bool = False):
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise IndexFormatError(f"document store {self.path} is missing")
-        for side in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm", "-journal"))):
-            if side.is_symlink():
-                raise IndexFormatError(f"{side} is a symbolic link; an index folder holds its own files (refusing to "
-                                       f"open it, which would read or write another file)")
+        self._check_side_files()
+        fd = None
+        if not create:
+            try:
+                fd = layout.open_regular(self.path, "document store")  # not a link, a pipe or a device
+            except IndexNotFoundError as e:
+                raise IndexFormatError(str(e)) from None
         self._lock = threading.RLock()
         self._spans = False
         self.conn = None
@@ -71,15 +79,65 @@ class DocStore:
                 self.conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
             else:
                 self.conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            if fd is not None:  # what SQLite opened is what was checked (closed before any query takes a lock)
+                st, now = os.fstat(fd), os.stat(self.path, follow_symlinks=False)
+                os.close(fd)
+                fd = None
+                if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                    raise IndexFormatError(f"document store {self.path} was replaced while it was being opened")
+            if not read_only:
                 self.conn.execute("PRAGMA busy_timeout=10000")
                 if create:
                     self.conn.execute("PRAGMA journal_mode=WAL")
                     self.conn.executescript(_SCHEMA)
+            if not create:
+                foreign = lexical.foreign_objects(self.conn, _OWN_OBJECTS)
+                if foreign:
+                    raise IndexFormatError(
+                        f"document store {self.path} holds SQL this library did not write ({', '.join(foreign[:5])}"
+                        f"{' and more' if len(foreign) > 5 else ''}); refusing to open it, so that nothing planted "
+                        f"there runs (rebuild the index from its texts, or drop what you added with sqlite3)")
             self.conn.execute("SELECT pid, id, text, metadata, deleted_gen FROM docs LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, IndexFormatError, OSError) as e:
             if self.conn is not None:
                 self.conn.close()
+            if isinstance(e, IndexFormatError):
+                raise
+            if isinstance(e, OSError):
+                raise IndexFormatError(f"document store {self.path} cannot be opened: {e.strerror or e}") from None
+            if create:
+                raise self._write_failure(e) from None
             raise IndexFormatError(f"document store {self.path} is unreadable: {e}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _check_side_files(self) -> None:
+        for side in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm", "-journal"))):
+            try:
+                mode = os.lstat(side).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise IndexFormatError(f"{side} cannot be read: {e.strerror}") from None
+            if stat.S_ISLNK(mode):
+                raise IndexFormatError(f"{side} is a symbolic link; an index folder holds its own files (refusing to "
+                                       f"open it, which would read or write another file)")
+            if not stat.S_ISREG(mode):
+                raise IndexFormatError(f"{side} is not a regular file; an index folder holds only the files this "
+                                       f"library wrote")
+
+    def _write_failure(self, e: sqlite3.DatabaseError) -> Exception:
+        """The library's error for a failed write: the disk full (SQLite's SQLITE_FULL), an I/O error, or else a
+        store that cannot be written."""
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        if code == _SQLITE_FULL or "database or disk is full" in str(e):
+            return DiskFullError(f"the disk is full: writing the document store {self.path} failed ({e}); the index "
+                                 f"keeps its last committed generation (free some space and retry)", self.path)
+        if code == _SQLITE_IOERR:
+            return IndexWriteError(f"writing the document store {self.path} failed ({e}); the index keeps its last "
+                                   f"committed generation", self.path)
+        return IndexFormatError(f"document store {self.path} cannot be written: {e}")
 
     def close(self):
         with self._lock:
@@ -115,9 +173,9 @@ class DocStore:
                     raise
             except sqlite3.OperationalError as e:
                 lexical.no_fts5(e)
-                raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
+                raise self._write_failure(e) from None
             except sqlite3.DatabaseError as e:
-                raise IndexFormatError(f"document store {self.path} cannot be written: {e}") from None
+                raise self._write_failure(e) from None
 
     def _write(self, statements: Iterable[tuple[str, Any]]):
         with self._transaction() as conn:

@@ -12,6 +12,12 @@ Format version 2 (this library writes it):
 * ``docs-<id>.sqlite`` — the document store (ids, texts, metadata JSON, deletion generations).
 * ``.lock`` — the writer lock.
 
+Every file is the folder's own: the library opens each one without following a symbolic link and refuses anything
+that is not a regular file (a named pipe, a device, a folder: ``open_regular``, checked on the open descriptor), and
+reads no more than the metadata implies (an array's size follows from its shape; ``metadata.json`` is at most
+``METADATA_MAX_BYTES``). File names match their patterns in full (``re.fullmatch``: a name with a trailing newline is
+not ours).
+
 Version 1 (colbert-retriever 0.1.0) had one inverted file for the whole index (``ivf-<tag>.{pids,offsets}.npy``) and
 no stored inverse norms or checksums; it opens read-only-compatible (``IndexMeta.from_json`` migrates it in memory,
 deriving the missing per-segment arrays at load) and is upgraded to version 2 by the first write.
@@ -19,50 +25,57 @@ deriving the missing per-segment arrays at load) and is upgraded to version 2 by
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
+import stat
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, IndexNotFoundError
 
 FORMAT_NAME = "colbert-retriever-index"
 FORMAT_VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
 METADATA = "metadata.json"
 LOCK = ".lock"
+METADATA_MAX_BYTES = 8 << 20
+"""``metadata.json`` larger than this (8 MiB) is refused unread (ours hold a few hundred bytes per segment and an
+index has O(log n) segments: well under 100 KB); a writer refuses to commit one larger (an oversized
+``provenance``)."""
 
 SEGMENT_PARTS = ("codes", "residuals", "doclens", "invnorms", "ivfpids", "ivfoffsets")
 V1_SEGMENT_PARTS = ("codes", "residuals", "doclens")
 CODEC_PARTS = ("centroids", "bucket_cutoffs", "bucket_weights")
 
 _HEX = "[0-9a-f]"
-_SEG = re.compile(rf"^seg-{_HEX}{{12}}$")
-_CODEC_FILE = re.compile(rf"^codec-{_HEX}{{8,12}}\.(centroids|bucket_cutoffs|bucket_weights)\.npy$")
-_DOCSTORE = re.compile(rf"^docs-{_HEX}{{12}}\.sqlite$")
-_V1_IVF = re.compile(rf"^ivf-{_HEX}{{8}}\.(pids|offsets)\.npy$")
+_SEG = re.compile(rf"seg-{_HEX}{{12}}")
+_CODEC_FILE = re.compile(rf"codec-{_HEX}{{8,12}}\.(centroids|bucket_cutoffs|bucket_weights)\.npy")
+_DOCSTORE = re.compile(rf"docs-{_HEX}{{12}}\.sqlite")
+_V1_IVF = re.compile(rf"ivf-{_HEX}{{8}}\.(pids|offsets)\.npy")
 _OWN = re.compile(
-    rf"^(seg-{_HEX}{{12}}\.[a-z]+\.npy"  # segment arrays
+    rf"(seg-{_HEX}{{12}}\.[a-z]+\.npy"  # segment arrays
     rf"|codec-{_HEX}{{8,12}}\.[a-z_]+\.npy"  # codec arrays
     rf"|ivf-{_HEX}{{8}}\.(pids|offsets)\.npy"  # v1 inverted file
     rf"|docs-{_HEX}{{12}}\.sqlite(-wal|-shm|-journal)?"  # document store and SQLite's side files
     rf"|\.seg-{_HEX}{{12}}\.[a-z]+\.(raw|npy\.tmp)"  # a segment being written
-    rf"|\..+\.{_HEX}{{8}}\.tmp)$"  # atomic_write / save_array temporaries of our own files
+    rf"|\..+\.{_HEX}{{8}}\.tmp)"  # atomic_write / save_array temporaries of our own files
 )
-_TMP_TARGET = re.compile(rf"^\.(.+)\.{_HEX}{{8}}\.tmp$")
+_TMP_TARGET = re.compile(rf"\.(.+)\.{_HEX}{{8}}\.tmp")
 
 
 def is_own_file(name: str) -> bool:
     """True for a file name this library creates in an index folder (never a user's file)."""
     if name in (METADATA, LOCK):
         return True
-    if not _OWN.match(name):
+    if not _OWN.fullmatch(name):
         return False
-    tmp = _TMP_TARGET.match(name)
-    return tmp is None or tmp.group(1) == METADATA or bool(_OWN.match(tmp.group(1)))
+    tmp = _TMP_TARGET.fullmatch(name)
+    return tmp is None or tmp.group(1) == METADATA or bool(_OWN.fullmatch(tmp.group(1)))
 
 
 def is_temporary(name: str) -> bool:
@@ -121,7 +134,7 @@ class SegmentMeta:
     def parse(cls, d: Any, i: int, version: int) -> "SegmentMeta":
         where = f"segments[{i}]"
         name = _need(d, "name", str, where)
-        if not _SEG.match(name):
+        if not _SEG.fullmatch(name):
             raise IndexFormatError(f"{METADATA}: {where}.name {name!r} is not a segment name of this library")
         sums = d.get("checksums", {}) if version >= 2 else {}
         if not isinstance(sums, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in sums.items()):
@@ -156,7 +169,7 @@ class CodecMeta:
         files = _need(d, "files", dict, "codec")
         for part in CODEC_PARTS:
             name = files.get(part)
-            if not isinstance(name, str) or not _CODEC_FILE.match(name) or not name.endswith(f".{part}.npy"):
+            if not isinstance(name, str) or not _CODEC_FILE.fullmatch(name) or not name.endswith(f".{part}.npy"):
                 raise IndexFormatError(f"{METADATA}: codec.files.{part} is {name!r}; not a codec file of this library")
         config = _need(d, "config", dict, "codec")
         if config.get("nbits") not in (1, 2, 4):
@@ -263,7 +276,7 @@ class IndexMeta:
             _need(model, key, str, "model")
         _need(model, "encoder_config", dict, "model")
         docstore = _need(d, "docstore", str, "the top level")
-        if not _DOCSTORE.match(docstore):
+        if not _DOCSTORE.fullmatch(docstore):
             raise IndexFormatError(f"{where}: docstore {docstore!r} is not a document store name of this library")
         segs = _need(d, "segments", list, "the top level")
         segments = tuple(SegmentMeta.parse(s, i, version) for i, s in enumerate(segs))
@@ -284,7 +297,7 @@ class IndexMeta:
             legacy_ivf = _need(d, "ivf", dict, "the top level")
             for part in ("pids", "offsets"):
                 name = legacy_ivf.get(part)
-                if not isinstance(name, str) or not _V1_IVF.match(name):
+                if not isinstance(name, str) or not _V1_IVF.fullmatch(name):
                     raise IndexFormatError(f"{where}: ivf.{part} is {name!r}; not an inverted-file name of this "
                                            f"library")
             legacy_ivf = {"pids": legacy_ivf["pids"], "offsets": legacy_ivf["offsets"]}
@@ -303,17 +316,62 @@ class IndexMeta:
                        format_version=FORMAT_VERSION, legacy_ivf=None)
 
 
-def read_metadata_file(folder: Path) -> IndexMeta:
-    from ..errors import IndexNotFoundError
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
+
+def open_regular(path: Path, what: str = "index file") -> int:
+    """Open ``path`` read-only the way the format allows: never through a symbolic link (``O_NOFOLLOW``), without
+    blocking (opening a named pipe would wait for a writer forever), and only if the descriptor is a regular file
+    (``fstat`` on what was opened: no check-then-open race). Returns the descriptor (the caller closes it). A missing
+    file raises ``IndexNotFoundError``; a link, a pipe, a device or a folder ``IndexFormatError``, naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise IndexNotFoundError(f"{what} {path} is missing") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IndexFormatError(f"{what} {path} is a symbolic link; an index folder holds its own files (refusing "
+                                   f"to follow it)") from None
+        raise IndexFormatError(f"{what} {path} cannot be opened: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise IndexFormatError(f"{what} {path} is {kind}, not a regular file; an index folder holds only the "
+                                   f"files this library wrote")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: Path, limit: int, what: str = "index file") -> bytes:
+    """The bytes of ``path`` (opened with ``open_regular``), refused when larger than ``limit`` (checked before
+    reading, and again while reading in case the file grows)."""
+    fd = open_regular(path, what)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise IndexFormatError(f"{what} {path} is {size} bytes; at most {limit} are read (not an index's file)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise IndexFormatError(f"{what} {path} is larger than {limit} bytes (not an index's file)")
+    return data
+
+
+def read_metadata_file(folder: Path) -> IndexMeta:
+    """The typed ``metadata.json`` of ``folder`` (a regular file of at most ``METADATA_MAX_BYTES``, not a link)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IndexNotFoundError(f"no index at {folder}: the folder does not exist")
     path = folder / METADATA
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+        data = read_regular(path, METADATA_MAX_BYTES, "index metadata")
+    except IndexNotFoundError:
         raise IndexNotFoundError(f"no index at {folder}: {METADATA} is missing") from None
-    except OSError as e:
-        raise IndexFormatError(f"{path} cannot be read: {e}") from None
     return IndexMeta.from_json(data, str(path))

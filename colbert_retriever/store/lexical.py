@@ -38,6 +38,14 @@ which while who whom why will with would you your yours yourself yourselves""".s
 SLOTS = (0, 1)
 LEGACY = "lexical"
 _SHADOWS = ("data", "idx", "docsize", "config")  # FTS5's shadow tables of an external-content table
+LEGACY_SQL = {  # what colbert-retriever 0.1 created, exactly (stores in that layout are read, then upgraded)
+    ("table", LEGACY): f"CREATE VIRTUAL TABLE lexical USING fts5(text, content='docs', content_rowid='pid', "
+                       f"tokenize='{TOKENIZER}')",
+    ("trigger", "lexical_insert"): "CREATE TRIGGER lexical_insert AFTER INSERT ON docs BEGIN INSERT INTO "
+                                   "lexical(rowid, text) VALUES (new.pid, new.text); END",
+    ("trigger", "lexical_delete"): "CREATE TRIGGER lexical_delete AFTER DELETE ON docs BEGIN INSERT INTO "
+                                   "lexical(lexical, rowid, text) VALUES ('delete', old.pid, old.text); END",
+}
 
 
 def table(slot: int) -> str:
@@ -59,15 +67,22 @@ def kind(conn: sqlite3.Connection) -> Optional[str]:
     return "legacy" if LEGACY in names else None
 
 
+def _view_sql(slot: int) -> str:
+    return (f"CREATE VIEW {table(slot)}_rows AS SELECT pid, text FROM docs "
+            f"WHERE pid < (SELECT n FROM lexical_state WHERE slot = {slot})")
+
+
+def _fts_sql(slot: int) -> str:
+    t = table(slot)
+    return f"CREATE VIRTUAL TABLE {t} USING fts5(text, content='{t}_rows', content_rowid='pid', tokenize='{TOKENIZER}')"
+
+
 def create(conn: sqlite3.Connection, n: int) -> None:
     """Create both slots holding rows ``pid < n`` (inside the caller's transaction)."""
     conn.execute("CREATE TABLE lexical_state (slot INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
     for s in SLOTS:
-        t = table(s)
-        conn.execute(f"CREATE VIEW {t}_rows AS SELECT pid, text FROM docs "
-                     f"WHERE pid < (SELECT n FROM lexical_state WHERE slot = {s})")
-        conn.execute(f"CREATE VIRTUAL TABLE {t} USING fts5(text, content='{t}_rows', content_rowid='pid', "
-                     f"tokenize='{TOKENIZER}')")
+        conn.execute(_view_sql(s))
+        conn.execute(_fts_sql(s))
         conn.execute("INSERT INTO lexical_state (slot, n) VALUES (?, 0)", (s,))
         _fill(conn, s, 0, n)
 
@@ -120,6 +135,46 @@ def upgrade(conn, n: int) -> None:
     conn.execute("DROP TRIGGER IF EXISTS lexical_insert")
     conn.execute("DROP TRIGGER IF EXISTS lexical_delete")
     create(conn, n)
+
+
+def _expected_objects(names: set) -> dict:
+    """(type, name) -> the exact SQL (whitespace collapsed) of every object the lexical side of a store may hold,
+    given the names present; None where the SQL is SQLite's own (FTS5's shadow tables)."""
+    out: dict = {}
+    if "lexical_state" in names:
+        out[("table", "lexical_state")] = None
+        for s in SLOTS:
+            out[("view", f"{table(s)}_rows")] = _view_sql(s)
+            out[("table", table(s))] = _fts_sql(s)
+            out.update({("table", f"{table(s)}_{x}"): None for x in _SHADOWS})
+    if LEGACY in names:
+        out[("table", LEGACY)] = LEGACY_SQL[("table", LEGACY)]
+        out.update({("table", f"{LEGACY}_{x}"): None for x in _SHADOWS})
+        if "lexical_state" not in names:  # the 0.1 layout: its two triggers feed the table
+            out.update({k: v for k, v in LEGACY_SQL.items() if k[0] == "trigger"})
+    return out
+
+
+def foreign_objects(conn: sqlite3.Connection, own: dict) -> list[str]:
+    """Objects of the store's schema (one ``sqlite_master`` query) that this library did not create: triggers,
+    views, tables or indexes it does not name, or a view, trigger or FTS5 table whose SQL differs from ours.
+    ``own``: the document side's objects, (type, name) -> SQL or None (not compared). SQLite's internal tables
+    (``sqlite_stat1``, ``sqlite_sequence``) and automatic indexes hold no code and pass."""
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+    names = {name for _, name, _ in rows}
+    expected = {**own, **_expected_objects(names)}
+    out = []
+    for kind, name, sql in rows:
+        if kind == "table" and name in ("sqlite_stat1", "sqlite_stat4", "sqlite_sequence"):
+            continue
+        if kind == "index" and name.startswith("sqlite_autoindex_"):
+            continue
+        key = (kind, name)
+        if key not in expected:
+            out.append(f"{kind} {name!r}")
+        elif expected[key] is not None and " ".join((sql or "").split()) != " ".join(expected[key].split()):
+            out.append(f"{kind} {name!r} (altered)")
+    return out
 
 
 def match_expression(query: str) -> Optional[str]:

@@ -4,14 +4,25 @@
   (temporary name, fsync, rename), then replace ``metadata.json`` atomically, then delete the files of ours that no
   committed generation names. Files that are not ours (``layout.is_own_file``) are never touched.
 * Arrays are ``.npy`` files opened with ``mmap_mode="r"``, each with a crc32 recorded in the metadata.
-* A writer holds ``.lock`` (``fcntl.flock``) for the whole update; others wait up to a timeout.
+* Arrays are read through ``layout.open_regular`` (no links, no pipes or devices) and their declared shape and
+  dtype are checked against the metadata and the file's size before anything is mapped or allocated.
+* A writer holds ``.lock`` (``fcntl.flock``) for the whole update; others wait up to a timeout. After ``flock`` the
+  locked file is checked to still be the one the path names (else the lock is taken again), and a writer checks
+  that it still holds it before it commits (``WriteLock.check``): a lock file deleted under a running writer stops
+  that writer with ``IndexLockedError`` instead of letting two writers commit.
+* The operating system's failures during a write become the library's (``write_errors``): ``DiskFullError`` when
+  the disk or quota is full, ``IndexWriteError`` otherwise; temporaries are removed on the way out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
+import math
 import os
+import shutil
 import time
 import uuid
 import warnings
@@ -22,7 +33,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..errors import IndexFormatError, IndexLockedError, IndexNotFoundError, InvalidArgument
+from ..errors import (ColbertRetrieverError, DiskFullError, IndexFormatError, IndexLockedError, IndexWriteError,
+                      InvalidArgument)
 from . import layout
 from .layout import METADATA, IndexMeta
 
@@ -39,13 +51,22 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = _tmp_name(path)
-    with open(tmp, "xb") as f:  # a new file: never through a link
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:  # a new file: never through a link
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -68,50 +89,98 @@ def save_array(folder: Path, name: str, array: np.ndarray) -> str:
     """Write ``array`` as ``folder/name`` (.npy) atomically (fsynced); returns its crc32 (hex)."""
     path = Path(folder) / name
     tmp = _tmp_name(path)
-    with open(tmp, "xb") as f:
-        w = Crc32Writer(f)
-        np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as f:
+            w = Crc32Writer(f)
+            np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     return crc_hex(w.crc)
 
 
-def file_crc(path: Path, block: int = 1 << 20) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(block)
-            if not data:
-                return crc_hex(crc)
-            crc = zlib.crc32(data, crc)
+def _crc_of(fd: int, size: int, block: int = 1 << 20) -> str:
+    crc, pos = 0, 0
+    while pos < size:
+        data = os.pread(fd, min(block, size - pos), pos)
+        if not data:
+            break
+        crc = zlib.crc32(data, crc)
+        pos += len(data)
+    return crc_hex(crc)
+
+
+def file_crc(path: Path) -> str:
+    """crc32 (hex) of an index file (opened with ``layout.open_regular``)."""
+    fd = layout.open_regular(Path(path))
+    try:
+        return _crc_of(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_header(f, path: Path):
+    """(shape, fortran_order, dtype, data offset) of an open .npy file; a malformed header is an IndexFormatError."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise IndexFormatError(f"index file {path} is corrupt or truncated: {e}") from None
+    return shape, fortran, dtype, f.tell()
 
 
 def load_array(folder: Path, name: str, shape: Optional[tuple] = None, dtype=None, mmap: bool = True,
                checksum: Optional[str] = None) -> np.ndarray:
     """Open ``folder/name`` memory-mapped and check what the metadata says of it: shape (``None`` entries are
-    free), dtype, and crc32 (when given). A missing, truncated, mis-shaped or altered file raises a clear error
-    naming it."""
+    free), dtype, and crc32 (when given). The file is opened with ``layout.open_regular`` (no link, pipe or device),
+    and its header's shape and dtype are checked against the metadata and against the file's size before anything
+    is mapped or read: a crafted header cannot make the library allocate more than the file holds. A missing,
+    truncated, mis-shaped or altered file raises a clear error naming it."""
     path = Path(folder) / name
-    if path.is_symlink():
-        raise IndexFormatError(f"index file {path} is a symbolic link; an index folder holds its own files")
-    if not path.is_file():
-        raise IndexNotFoundError(f"index file {path} is missing")
-    if checksum is not None:
-        found = file_crc(path)
-        if found != checksum:
-            raise IndexFormatError(f"index file {path} is corrupt: its crc32 is {found}, metadata.json says "
-                                   f"{checksum}")
+    fd = layout.open_regular(path)
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise IndexFormatError(f"index file {path} is corrupt or truncated: {e}") from None
-    if dtype is not None and arr.dtype != np.dtype(dtype):
-        raise IndexFormatError(f"index file {path} holds {arr.dtype}; expected {np.dtype(dtype)}")
-    if shape is not None:
-        if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+        size = os.fstat(fd).st_size
+        with os.fdopen(os.dup(fd), "rb") as f:
+            found_shape, fortran, found_dtype, offset = _read_header(f, path)
+        if found_dtype.hasobject:
+            raise IndexFormatError(f"index file {path} holds Python objects; index arrays are plain numbers")
+        if fortran:
+            raise IndexFormatError(f"index file {path} is stored in Fortran order; this library writes C order")
+        if dtype is not None and found_dtype != np.dtype(dtype):
+            raise IndexFormatError(f"index file {path} holds {found_dtype}; expected {np.dtype(dtype)}")
+        if shape is not None and (len(found_shape) != len(shape)
+                                  or any(s is not None and a != s for a, s in zip(found_shape, shape))):
             want = tuple("n" if s is None else s for s in shape)
-            raise IndexFormatError(f"index file {path} has shape {arr.shape}; metadata.json implies {want}")
+            raise IndexFormatError(f"index file {path} has shape {found_shape}; metadata.json implies {want}")
+        nbytes = math.prod(found_shape) * found_dtype.itemsize  # Python ints: no overflow
+        if size != offset + nbytes:
+            raise IndexFormatError(f"index file {path} is {size} bytes, but its header declares {found_shape} "
+                                   f"{found_dtype} ({offset + nbytes} bytes): truncated or altered")
+        if checksum is not None:
+            found = _crc_of(fd, size)
+            if found != checksum:
+                raise IndexFormatError(f"index file {path} is corrupt: its crc32 is {found}, metadata.json says "
+                                       f"{checksum}")
+        if nbytes == 0:
+            arr = np.empty(found_shape, dtype=found_dtype)
+        elif mmap:
+            with os.fdopen(os.dup(fd), "rb") as f:  # the map keeps its own descriptor
+                arr = np.memmap(f, dtype=found_dtype, mode="r", offset=offset, shape=found_shape)
+        else:
+            arr = np.empty(found_shape, dtype=found_dtype)
+            got = os.preadv(fd, [memoryview(arr).cast("B")], offset)
+            if got != nbytes:
+                raise IndexFormatError(f"index file {path} is truncated (read {got} of {nbytes} bytes)")
+    finally:
+        os.close(fd)
     return arr
 
 
@@ -129,16 +198,18 @@ def read_metadata(folder: Path) -> IndexMeta:
 
 def write_metadata(folder: Path, meta: IndexMeta) -> None:
     """The commit point of every write."""
-    atomic_write_bytes(Path(folder) / METADATA, meta.to_json())
+    data = meta.to_json()
+    if len(data) > layout.METADATA_MAX_BYTES:
+        raise InvalidArgument(f"{METADATA} would be {len(data)} bytes, over the {layout.METADATA_MAX_BYTES} the "
+                              f"library reads back (is the provenance given that large?); nothing was committed")
+    atomic_write_bytes(Path(folder) / METADATA, data)
 
 
 def holds_our_index(folder: Path) -> bool:
     """True if ``folder/metadata.json`` says it is a colbert-retriever index (even a corrupt one)."""
-    import json
-
     try:
-        d = json.loads((Path(folder) / METADATA).read_bytes())
-    except (OSError, ValueError, RecursionError):
+        d = json.loads(layout.read_regular(Path(folder) / METADATA, layout.METADATA_MAX_BYTES))
+    except (ColbertRetrieverError, OSError, ValueError, RecursionError):
         return False
     return isinstance(d, dict) and d.get("format") == layout.FORMAT_NAME
 
@@ -179,31 +250,110 @@ def collect_garbage(folder: Path, keep: set[str]) -> list[str]:
     return removed
 
 
+class WriteLock:
+    """The writer lock held on ``folder/.lock``: the (device, inode) of the file locked, to tell whether the path
+    still names it (a lock file deleted or replaced while held no longer excludes other writers)."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+        st = os.fstat(fd)
+        self.key = (st.st_dev, st.st_ino)
+
+    def held(self) -> bool:
+        """Whether ``.lock`` still names the file this writer locked."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.key
+
+    def lost(self) -> IndexLockedError:
+        return IndexLockedError(f"the writer lock {self.path} was deleted or replaced while this write ran, so another "
+                                f"writer may hold the index now; this write stopped before committing (the index keeps "
+                                f"its last committed generation)")
+
+    def check(self) -> None:
+        """Raise ``IndexLockedError`` when the lock was lost (call right before committing)."""
+        if not self.held():
+            raise self.lost()
+
+
 @contextlib.contextmanager
 def write_lock(folder: Path, timeout_s: float = 0.0):
-    """Exclusive writer lock on ``folder/.lock``. Waits up to ``timeout_s`` seconds for another writer (process
-    or thread) to finish, then raises ``IndexLockedError``."""
+    """Exclusive writer lock on ``folder/.lock``; yields a ``WriteLock``. Waits up to ``timeout_s`` seconds for
+    another writer (process or thread) to finish, then raises ``IndexLockedError``. The lockfile pattern: open,
+    ``flock``, then compare the locked file with what the path names now; when a writer deleted or replaced the file
+    meanwhile, lock the new one instead."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / layout.LOCK
-    if lock.is_symlink():
-        raise IndexLockedError(f"{lock} is a symbolic link; refusing to follow it (the writer lock is a file of the "
-                               f"index folder)")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise IndexLockedError(f"cannot take the writer lock of {folder}: {e.strerror} (a read-only folder?)") from None
     deadline = time.monotonic() + timeout_s
+    while True:
+        if lock.is_symlink():
+            raise IndexLockedError(f"{lock} is a symbolic link; refusing to follow it (the writer lock is a file of "
+                                   f"the index folder)")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IndexLockedError(f"{lock} is a symbolic link; refusing to follow it") from None
+            raise IndexLockedError(f"cannot take the writer lock of {folder}: {e.strerror} (a read-only folder?)"
+                                   ) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise IndexLockedError(f"another writer holds the index at {folder} (waited {timeout_s:g} s; "
+                                               f"pass a larger lock_timeout to wait longer)") from None
+                    time.sleep(0.02)
+            held = WriteLock(lock, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if held.held():
+            break
+        os.close(fd)  # the file locked is no longer .lock (deleted or replaced meanwhile): lock what it names now
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise IndexLockedError(f"another writer holds the index at {folder} (waited {timeout_s:g} s; "
-                                           f"pass a larger lock_timeout to wait longer)") from None
-                time.sleep(0.02)
-        yield
+        yield held
     finally:
         os.close(fd)
+
+
+def write_error(e: OSError, folder: Path) -> IndexWriteError:
+    """The library's error for an operating-system failure while writing the index at ``folder``."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        out = DiskFullError(f"the disk is full: writing the index at {folder} failed{where}; the index keeps its last "
+                            f"committed generation (free some space and retry)", folder)
+    else:
+        out = IndexWriteError(f"writing the index at {folder} failed: {e.strerror or e}{where}; the index keeps its "
+                              f"last committed generation", folder)
+    out.errno = e.errno
+    return out
+
+
+@contextlib.contextmanager
+def write_errors(folder: Path, lock: Optional[WriteLock] = None):
+    """Around a write: an ``OSError`` from any stage becomes ``write_error`` (``DiskFullError`` for a full disk), and
+    any failure after the writer lost its lock (``WriteLock.held``) becomes that ``IndexLockedError``, whatever
+    stage noticed it first. The library's own errors pass through."""
+    try:
+        yield
+    except Exception as e:
+        if lock is not None and not lock.held():
+            raise lock.lost() from None
+        if isinstance(e, OSError) and not isinstance(e, ColbertRetrieverError):
+            raise write_error(e, Path(folder)) from None
+        raise
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy an index file (opened with ``layout.open_regular``) to a new file ``dst``, fsynced."""
+    fd = layout.open_regular(Path(src))
+    with os.fdopen(fd, "rb") as f, open(dst, "xb") as out:
+        shutil.copyfileobj(f, out, 1 << 20)
+        out.flush()
+        os.fsync(out.fileno())
