@@ -17,6 +17,10 @@ LONG_TEXTS = {"split": "chunk", "error": "error", "truncate": "warn"}
 """The ``long_texts`` choices and the ``Index`` ``truncate`` mode each one uses."""
 IF_EXISTS = ("upsert", "overwrite", "error")
 PROGRESS_MIN_DOCS = 256
+LEXICAL_REMEDY = ("call index.add_lexical() once (or build with lexical=True)",
+                  "open the store once as ColBERTVectorStore(index_path, lexical=True), or pass lexical=True to "
+                  "ColBERTVectorStore.from_documents")
+"""The library's remedy for a missing lexical side, and the LangChain way to say it."""
 
 
 def query_text(query: Any) -> str:
@@ -41,7 +45,12 @@ def search_index(index: Index, query: str, k: int, params: dict) -> list[Hit]:
     knobs = {name: params.pop(name) for name in ("ncells", "centroid_score_threshold", "ndocs", "exhaustive")
              if name in params}
     SearchConfig(**knobs)  # checked here, named in the error
-    hits = index.search(query, k=k, **knobs, **params)
+    try:
+        hits = index.search(query, k=k, **knobs, **params)
+    except InvalidArgument as e:
+        if LEXICAL_REMEDY[0] in str(e):
+            raise InvalidArgument(str(e).replace(*LEXICAL_REMEDY)) from None
+        raise
     if threshold is not None:
         hits = [h for h in hits if h.relevance >= threshold]
     return hits

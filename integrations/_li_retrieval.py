@@ -25,19 +25,37 @@ logger = logging.getLogger(__name__)
 _OPS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt", FilterOperator.GTE: "$gte",
         FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte", FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
 REF_DOC_KEY = "ref_doc_id"
+LEXICAL_REMEDY = ("call index.add_lexical() once (or build with lexical=True)",
+                  "open the index once as ColBERTIndex(index_path, lexical=True), or pass lexical=True to "
+                  "ColBERTIndex.from_documents")
+"""The library's remedy for a missing lexical side, and the LlamaIndex way to say it."""
+
+
+_LIST_OPS = (FilterOperator.CONTAINS, FilterOperator.ANY, FilterOperator.ALL)
 
 
 def to_colbert_filter(filters: Union[MetadataFilters, MetadataFilter, dict, None]) -> Optional[dict]:
-    """Translate LlamaIndex ``MetadataFilters`` into this library's filter dialect. Operators without an
-    equivalent (text_match, contains, any, all, is_empty) raise ``InvalidArgument``."""
+    """Translate LlamaIndex ``MetadataFilters`` into this library's filter dialect: the comparisons and in/nin as
+    they are, and the list operators ``contains`` (the field is a list holding the value: ``$contains``), ``any``
+    (a list holding one of the values: ``$in``, element-wise) and ``all`` (holding every value: ``$contains`` for
+    each). text_match and is_empty raise ``InvalidArgument``."""
     if filters is None or isinstance(filters, dict):
         return filters
     if isinstance(filters, MetadataFilter):
-        op = filters.operator
-        if op not in _OPS:
-            raise InvalidArgument(f"LlamaIndex filter operator {op.value!r} on {filters.key!r} is not supported; "
-                                  f"supported: {[o.value for o in _OPS]}")
-        return {filters.key: {_OPS[op]: filters.value}}
+        op, key, value = filters.operator, filters.key, filters.value
+        if op in _OPS:
+            return {key: {_OPS[op]: value}}
+        if op == FilterOperator.CONTAINS:
+            return {key: {"$contains": value}}
+        if op in (FilterOperator.ANY, FilterOperator.ALL):
+            if not isinstance(value, (list, tuple)) or not value:
+                raise InvalidArgument(f"LlamaIndex filter operator {op.value!r} on {key!r} takes a non-empty list, "
+                                      f"got {value!r}")
+            if op == FilterOperator.ANY:
+                return {key: {"$in": list(value)}}
+            return {"$and": [{key: {"$contains": v}} for v in value]}
+        raise InvalidArgument(f"LlamaIndex filter operator {op.value!r} on {key!r} is not supported; supported: "
+                              f"{[o.value for o in (*_OPS, *_LIST_OPS)]}")
     parts = [to_colbert_filter(f) for f in filters.filters]
     if not parts:
         return None
@@ -179,8 +197,13 @@ class ColBERTRetriever(BaseRetriever):
         return self.index.delete(list(node_ids))
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.index.search(query_bundle.query_str, k=self.similarity_top_k,
-                                 filter=to_colbert_filter(self.filters), **self.search_kwargs)
+        try:
+            hits = self.index.search(query_bundle.query_str, k=self.similarity_top_k,
+                                     filter=to_colbert_filter(self.filters), **self.search_kwargs)
+        except InvalidArgument as e:
+            if LEXICAL_REMEDY[0] in str(e):
+                raise InvalidArgument(str(e).replace(*LEXICAL_REMEDY)) from None
+            raise
         return [NodeWithScore(node=_to_node(h), score=h.relevance if self.normalize_scores else h.score)
                 for h in hits]
 

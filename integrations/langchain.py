@@ -16,7 +16,10 @@
 
 Re-running ingestion is idempotent: a Document without an id gets one derived from its text and metadata
 (``document_id``), and ``from_documents``/``from_texts`` on an existing index upsert (``if_exists="upsert"``, the
-rule of ``Index.build``): the same documents give the same index, never a second copy.
+rule of ``Index.build``): the same documents give the same index, never a second copy. To sync a changed folder
+(edited files' old chunks replaced, removed files' chunks deleted), use LangChain's own indexing API with a record
+manager: ``langchain_core.indexing.index(docs, record_manager, store, cleanup="incremental"|"full",
+source_id_key="source")`` (``add_documents`` takes its ``batch_size``; ``delete`` returns True when it succeeded).
 
 Long texts are never cut silently: a text longer than the model's ``doc_maxlen`` is indexed as overlapping
 passages under its own id (``long_texts="split"``, the default: the index's ``truncate="chunk"``; a search returns
@@ -93,7 +96,10 @@ class ColBERTVectorStore(VectorStore):
         ones skipped, so re-running the same ingestion changes nothing), "overwrite" (start over: the new index
         replaces the old one atomically) or "error" (the rule of ``Index.build``)."""
         if embedding is not None:
-            raise InvalidArgument("ColBERTVectorStore encodes with its ColBERT model: pass model=..., not embedding")
+            hint = (f" (to index into the folder {str(embedding)!r}, pass index_path={str(embedding)!r})"
+                    if isinstance(embedding, (str, Path)) else "")
+            raise InvalidArgument(f"ColBERTVectorStore takes no embedding: it encodes with its own ColBERT model "
+                                  f"(model=..., default 'default'); name the index folder with index_path=...{hint}")
         if index_path is None:
             raise InvalidArgument("from_texts needs index_path= (the index folder)")
         check_if_exists(if_exists)
@@ -134,14 +140,25 @@ class ColBERTVectorStore(VectorStore):
 
     # ---------------------------------------------------------------- writes
     def add_texts(self, texts: Iterable[str], metadatas: Optional[list[dict]] = None, *,
-                  ids: Optional[list[str]] = None, **kwargs: Any) -> list[str]:
+                  ids: Optional[list[str]] = None, batch_size: Optional[int] = None, **kwargs: Any) -> list[str]:
         """Add texts; a text whose id is already in the store replaces it (upsert; unchanged ones are skipped). A
-        text without an id gets ``document_id`` of its text and metadata. Returns one id per text."""
+        text without an id gets ``document_id`` of its text and metadata. batch_size: texts per write (each write
+        is atomic; default: all in one), what ``langchain_core.indexing.index`` passes. Returns one id per text."""
         if kwargs:
-            raise InvalidArgument(f"unknown argument(s) {sorted(kwargs)}")
+            raise InvalidArgument(f"unknown argument(s) {sorted(kwargs)}; add_texts/add_documents take metadatas, "
+                                  f"ids and batch_size")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise InvalidArgument(f"batch_size must be an integer >= 1, got {batch_size!r}")
         texts, metas, ids = prepare(list(texts), metadatas, ids, "texts")
         if len(set(ids)) != len(ids):
             raise InvalidArgument("ids must be unique within one call")
+        step = batch_size or max(1, len(texts))
+        for s in range(0, len(texts), step):
+            self._write(texts[s : s + step], metas[s : s + step], ids[s : s + step])
+        return ids
+
+    def _write(self, texts: list[str], metas: list[dict], ids: list[str]) -> None:
         truncate = LONG_TEXTS[self.long_texts]
         progress = self._progress(len(texts))
         if self._index is None:  # the first add creates the index (or, if another store did meanwhile, adds to it)
@@ -152,19 +169,19 @@ class ColBERTVectorStore(VectorStore):
             self._index.add(texts, ids, metas, on_conflict="replace", show_progress=progress, truncate=truncate)
         if self.auto_recluster and self._index.needs_recluster:
             self._index.compact(recluster=True, show_progress=progress)
-        return ids
 
     def delete(self, ids: Optional[list[str]] = None, **kwargs: Any) -> Optional[bool]:
         """Delete by ids (a split text's passages go with it), by ``filter=`` (metadata), or both (documents
-        matching both). Returns True when something was deleted. Unknown ids are ignored."""
+        matching both). Unknown ids are ignored. Returns True when the deletion succeeded (LangChain's contract:
+        False would mean it failed), whether or not a document matched; ``index.delete`` returns the count."""
         flt = kwargs.pop("filter", None)
         if kwargs:
             raise InvalidArgument(f"unknown argument(s) {sorted(kwargs)}; delete takes ids or filter=")
         if ids is None and flt is None:
             raise InvalidArgument("delete needs ids or filter= (to empty the store, pass filter={})")
-        if self._index is None:
-            return False
-        return self._index.delete(list(ids) if ids is not None else None, filter=flt) > 0
+        if self._index is not None:
+            self._index.delete(list(ids) if ids is not None else None, filter=flt)
+        return True
 
     # ---------------------------------------------------------------- reads
     @staticmethod

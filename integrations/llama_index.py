@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -106,7 +105,10 @@ class ColBERTIndex(BaseManagedIndex):
         from llama_index.core.ingestion import run_transformations
 
         if index_path is None:
-            raise InvalidArgument("ColBERTIndex.from_documents needs index_path= (the index folder)")
+            hint = (f" (to index into {str(storage_context)!r}, pass index_path={str(storage_context)!r}: the "
+                    f"second positional argument is LlamaIndex's storage_context)"
+                    if isinstance(storage_context, (str, Path)) else "")
+            raise InvalidArgument(f"ColBERTIndex.from_documents needs index_path= (the index folder){hint}")
         model = load_model(model, device=device)
         transformations = transformations or [colbert_splitter(model)]
         nodes = run_transformations(list(documents), transformations, show_progress=show_progress)
@@ -137,9 +139,9 @@ class ColBERTIndex(BaseManagedIndex):
         names = {meta["docstore"], *meta["codec"]["files"].values()}
         for seg in meta["segments"]:
             names |= set(seg["checksums"])
-        for name in sorted(names):
-            shutil.copyfile(self.path / name, dst / name)
-        shutil.copyfile(self.path / "metadata.json", dst / "metadata.json")
+        for name in sorted(names):  # regular files only, never through a link
+            storage.copy_file(self.path / name, dst / name)
+        storage.copy_file(self.path / "metadata.json", dst / "metadata.json")
 
     @property
     def colbert_index(self) -> Optional[Index]:

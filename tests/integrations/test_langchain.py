@@ -158,7 +158,7 @@ def test_vectorstore_upsert_filter_threshold_and_retriever(tmp_path, default_mod
         store.similarity_search("capital", k=2, fetch_kk=3)
     # delete by filter and by id
     assert store.delete(filter={"source": "geo.md"}) is True
-    assert "lc1" not in store.index.ids() and store.delete(["nope"]) is False
+    assert "lc1" not in store.index.ids() and store.delete(["nope"]) is True  # succeeded (LangChain: False = failed)
     reopened = ColBERTVectorStore(tmp_path / "s", model="default")
     assert reopened.model is default_model or reopened.model.identity == default_model.identity
     assert sorted(reopened.index.ids()) == sorted(store.index.ids())
@@ -296,3 +296,99 @@ def test_reranker_scores_long_documents_whole(default_model):
 
     with pytest.warns(DeprecationWarning, match="ColBERTRerank"):
         ColBERTReranker(model=default_model)
+
+
+# ============================================================================ LangChain's indexing API
+NOTES = {
+    "geo.md": "# Capitals\n\nParis is the capital of France.\n\n# Rivers\n\nThe Seine flows through Paris.",
+    "music.md": "# Strings\n\nThe violin is played with a bow.\n\n# Keys\n\nA piano has 88 keys.",
+    "code.md": "# JSON\n\njson.loads parses a JSON string.",
+}
+
+
+def load_markdown(folder):
+    """A loader and splitter as a RAG pipeline has them: one Document per heading section, ``source`` = the file."""
+    docs = []
+    for f in sorted(folder.glob("*.md")):
+        for section in f.read_text().split("\n\n# "):
+            docs.append(Document(page_content=section.lstrip("# ").strip(), metadata={"source": f.name}))
+    return docs
+
+
+def test_langchain_indexing_api_syncs_a_changed_folder(tmp_path, default_model):
+    """``langchain_core.indexing.index`` with a record manager: a re-run skips everything, an edited file's old
+    chunk is replaced (incremental cleanup), a removed file's chunks are deleted (full cleanup), and a search for a
+    renamed heading finds the new chunk only."""
+    from langchain_core.indexing import InMemoryRecordManager, index
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, text in NOTES.items():
+        (folder / name).write_text(text)
+    store = ColBERTVectorStore(tmp_path / "idx", model=default_model)
+    rm = InMemoryRecordManager(namespace="colbert/notes")
+    rm.create_schema()
+
+    def sync(cleanup):
+        return index(load_markdown(folder), rm, store, cleanup=cleanup, source_id_key="source",
+                     key_encoder="sha256")
+
+    assert sync("incremental") == {"num_added": 5, "num_updated": 0, "num_skipped": 0, "num_deleted": 0}
+    assert sync("incremental") == {"num_added": 0, "num_updated": 0, "num_skipped": 5, "num_deleted": 0}
+    generation = store.index.generation
+    assert sync("full") == {"num_added": 0, "num_updated": 0, "num_skipped": 5, "num_deleted": 0}
+    assert store.index.generation == generation  # nothing written
+
+    (folder / "music.md").write_text(NOTES["music.md"].replace("# Keys\n\nA piano has 88 keys.",
+                                                               "# Harpsichord\n\nA harpsichord plucks its strings."))
+    assert sync("incremental") == {"num_added": 1, "num_updated": 0, "num_skipped": 4, "num_deleted": 1}
+    hits = store.similarity_search("harpsichord", k=10)
+    assert hits[0].page_content.startswith("Harpsichord") and len(hits) == 5
+    assert not [d for d in hits if "piano" in d.page_content]  # the old chunk is gone, not merely outranked
+    assert sorted(store.index.ids()) == sorted(rm.list_keys())
+
+    (folder / "code.md").unlink()
+    assert sync("full") == {"num_added": 0, "num_updated": 0, "num_skipped": 4, "num_deleted": 1}
+    assert len(store.index) == 4 and not [d for d in store.similarity_search("json", k=10) if "JSON" in
+                                          d.page_content]
+
+
+def test_add_documents_takes_batch_size_and_delete_reports_success(tmp_path, default_model):
+    store = ColBERTVectorStore(tmp_path / "idx", model=default_model, auto_recluster=False)
+    ids = store.add_documents(lc_docs(), batch_size=4)  # what index() passes: 4 texts per atomic write
+    assert ids == [d.id for d in lc_docs()] and len(store.index) == len(DOCS)
+    assert store.index.generation == 2  # two writes: 4 + 2
+    with pytest.raises(InvalidArgument, match="batch_size must be an integer >= 1"):
+        store.add_texts(["x"], batch_size=0)
+    with pytest.raises(InvalidArgument, match=r"unknown argument\(s\) \['embeddings'\]"):
+        store.add_texts(["x"], embeddings=[[0.1]])
+    assert store.delete(["lc0", "no-such-id"]) is True and "lc0" not in store.index.ids()
+
+
+def test_adapter_errors_name_the_adapters_way(tmp_path, default_model):
+    with pytest.raises(InvalidArgument, match="pass index_path='my_index'"):
+        ColBERTVectorStore.from_documents(lc_docs(), "my_index", model=default_model)
+    assert not (tmp_path / "my_index").exists()
+    store = ColBERTVectorStore.from_documents(lc_docs(), index_path=tmp_path / "s", model=default_model)
+    with pytest.raises(InvalidArgument) as e:
+        store.similarity_search("capital", k=2, mode="hybrid")
+    assert "ColBERTVectorStore(index_path, lexical=True)" in str(e.value) and "add_lexical" not in str(e.value)
+    with pytest.raises(InvalidArgument, match=r"ColBERTVectorStore\(index_path, lexical=True\)"):
+        store.as_retriever(search_kwargs={"mode": "bm25"}).invoke("capital")
+
+
+def test_list_valued_metadata_filters(tmp_path, default_model):
+    docs = [Document(page_content=t, metadata={"tags": tags}, id=f"t{i}") for i, (t, tags) in enumerate([
+        ("Paris is the capital of France.", ["geo", "europe"]),
+        ("A piano has 88 keys.", ["music"]),
+        ("Berlin is the capital of Germany.", ["geo"]),
+    ])]
+    store = ColBERTVectorStore.from_documents(docs, index_path=tmp_path / "s", model=default_model)
+
+    def ids(flt):
+        return sorted(d.id for d in store.similarity_search("capital", k=10, filter=flt))
+
+    assert ids({"tags": "geo"}) == ["t0", "t2"]  # equality on a list: it holds the value
+    assert ids({"tags": {"$contains": "europe"}}) == ["t0"]
+    assert ids({"tags": {"$in": ["music", "europe"]}}) == ["t0", "t1"]
+    assert ids({"tags": {"$ne": "geo"}}) == ["t1"] and ids({"tags": {"$nin": ["geo", "music"]}}) == []

@@ -303,3 +303,37 @@ def test_hybrid_alpha_normalized_scores_and_long_nodes(tmp_path, default_model):
     out = rr.postprocess_nodes([NodeWithScore(node=short), NodeWithScore(node=long)],
                                QueryBundle("harpsichord plucks strings"))
     assert out[0].node.node_id == "long"  # its best passage counts, not its first 256 tokens
+
+
+def test_list_operators_map_to_element_wise_filters(tmp_path, default_model):
+    tagged = [TextNode(id_=f"t{i}", text=t, metadata={"tags": tags}) for i, (t, tags) in enumerate([
+        ("Paris is the capital of France.", ["geo", "europe"]),
+        ("A piano has 88 keys.", ["music"]),
+        ("Berlin is the capital of Germany.", ["geo"]),
+    ])]
+    index = ColBERTIndex(tmp_path / "i", model=default_model, nodes=tagged)
+
+    def ids(op, value):
+        f = MetadataFilters(filters=[MetadataFilter(key="tags", value=value, operator=op)])
+        return sorted(n.node.node_id for n in index.as_retriever(similarity_top_k=10, filters=f).retrieve("capital"))
+
+    assert to_colbert_filter(MetadataFilter(key="tags", value=["a", "b"], operator=FilterOperator.ALL)) == {
+        "$and": [{"tags": {"$contains": "a"}}, {"tags": {"$contains": "b"}}]}
+    assert ids(FilterOperator.CONTAINS, "geo") == ["t0", "t2"]
+    assert ids(FilterOperator.ANY, ["music", "europe"]) == ["t0", "t1"]
+    assert ids(FilterOperator.ALL, ["geo", "europe"]) == ["t0"]
+    assert ids(FilterOperator.EQ, "music") == ["t1"]
+    with pytest.raises(InvalidArgument, match="takes a non-empty list"):
+        to_colbert_filter(MetadataFilter(key="tags", value="geo", operator=FilterOperator.ANY))
+    with pytest.raises(InvalidArgument, match="text_match"):
+        to_colbert_filter(MetadataFilter(key="tags", value="ge", operator=FilterOperator.TEXT_MATCH))
+
+
+def test_adapter_errors_name_the_adapters_way(tmp_path, default_model):
+    docs = [Document(text=t, metadata=m) for t, m in DOCS]
+    with pytest.raises(InvalidArgument, match="pass index_path='my_index'"):
+        ColBERTIndex.from_documents(docs, "my_index", model=default_model)
+    index = ColBERTIndex(tmp_path / "i", model=default_model, nodes=nodes())
+    with pytest.raises(InvalidArgument) as e:
+        index.as_retriever(vector_store_query_mode="hybrid").retrieve("capital")
+    assert "ColBERTIndex(index_path, lexical=True)" in str(e.value) and "add_lexical" not in str(e.value)
