@@ -232,3 +232,38 @@ def test_rerunning_index_and_add_is_idempotent(tmp_path, capsys, beir):
     assert main(["lexical", str(idx)]) == 0 and json.loads(capsys.readouterr().out)["added"] is True
     assert main(["search", str(idx), "zzzqqq", "--mode", "bm25"]) == 0
     assert capsys.readouterr().out.startswith("no results")
+
+
+def test_reindexing_a_changed_folder_reports_what_it_did(tmp_path, capsys):
+    """A folder of text files: a document is known by its relative path; a re-run is a no-op that says so, an
+    edited file is replaced, a new one added, and with --prune a removed one deleted. Tiny builds print no bars."""
+    docs = tmp_path / "notes"
+    docs.mkdir()
+    (docs / "paris.md").write_text("# Paris\n\nParis is the capital of France.")
+    (docs / "piano.md").write_text("# Piano\n\nA piano has 88 keys.")
+    (docs / "json.txt").write_text("json.loads parses a JSON string.")
+    idx = str(tmp_path / "idx")
+
+    def run(*argv):
+        assert main(list(argv)) == 0
+        out, err = capsys.readouterr()
+        return json.loads(out), err
+
+    first, err = run("index", str(docs), idx)
+    assert (first["added"], first["replaced"], first["unchanged"], first["removed"]) == (3, 0, 0, 0)
+    assert "it/s" not in err and "doc/s" not in err and "passage/s" not in err  # no progress bar for 3 files
+    again, _ = run("index", str(docs), idx)
+    assert (again["added"], again["replaced"], again["unchanged"], again["removed"]) == (0, 0, 3, 0)
+    assert again["generation"] == first["generation"] and "build_seconds" not in again
+    (docs / "piano.md").write_text("# Harpsichord\n\nA harpsichord plucks its strings.")
+    (docs / "json.txt").unlink()
+    (docs / "violin.md").write_text("# Violin\n\nThe violin is played with a bow.")
+    synced, _ = run("index", str(docs), idx, "--prune")
+    assert (synced["added"], synced["replaced"], synced["unchanged"], synced["removed"]) == (1, 1, 1, 1)
+    assert synced["documents"] == 3
+    hits, _ = run("search", idx, "harpsichord strings", "-k", "5", "--json")
+    assert hits[0]["id"] == "piano.md" and "Harpsichord" in hits[0]["text"]
+    assert not [h for h in hits if "88 keys" in h["text"] or h["id"] == "json.txt"]
+    added, _ = run("add", idx, str(docs))  # unchanged: nothing added, nothing written
+    assert (added["added"], added["replaced"], added["unchanged"]) == (0, 0, 3)
+    assert added["generation"] == synced["generation"] and added["documents"] == added["documents_before"]

@@ -111,3 +111,22 @@ def test_train_cli(tmp_path, colbert_ai_ckpt, capsys):
                  "--steps", "2", "--batch-size", "4", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["trained_steps"] == 2 and (tmp_path / "o" / "checkpoint-2" / "model.safetensors").exists()
+
+
+def test_marker_warning_only_where_it_applies_naming_the_final_checkpoint(tmp_path, colbert_ai_ckpt, caplog):
+    """A model without markers (like the default one): one warning, naming the checkpoint the user gets (not the
+    temporary folder each save writes first, and not once per checkpoint). A model with markers: none."""
+    import logging
+
+    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, save_every=2, train_layers=0)
+    plain = ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32")
+    plain.set_config(plain.config.replace(query_marker=None, doc_marker=None))
+    with caplog.at_level(logging.WARNING, logger="colbert_retriever"):
+        out = train(plain, toy_examples(16), tmp_path / "plain", cfg, show_progress=False)
+    notes = [r.getMessage() for r in caplog.records if "without a" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith(f"{out['checkpoint']}: ") and ".tmp" not in notes[0], notes
+    assert (tmp_path / "plain" / "checkpoint-4").is_dir() and out["checkpoint"].endswith("checkpoint-4")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="colbert_retriever"):
+        train(str(colbert_ai_ckpt), toy_examples(16), tmp_path / "marked", cfg, show_progress=False)
+    assert not [r for r in caplog.records if "without a" in r.getMessage()]

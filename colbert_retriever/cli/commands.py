@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 CLI_REMEDIES = (
@@ -43,23 +44,40 @@ def _load(data: str, limit, format: str = "auto"):
     return ids, texts, metas, layout
 
 
+def _changes(report: dict, removed: int = 0) -> dict:
+    """What a write did, as the CLI prints it: documents added, replaced (text or metadata changed), unchanged
+    (skipped, nothing re-encoded) and removed."""
+    return {"added": len(report.get("added", [])), "replaced": len(report.get("replaced", [])),
+            "unchanged": len(report.get("unchanged", [])), "removed": removed}
+
+
 def _cmd_index(args) -> int:
     from .. import CodecConfig, Index, load_model
     from ..evaluation import TITLE_JOIN
+    from ..store.storage import holds_our_index
 
+    t0 = time.perf_counter()
     ids, texts, metas, layout = _load(args.data, args.limit, args.format)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.doc_maxlen is not None:
         model = model.with_config(model.config.replace(doc_maxlen=args.doc_maxlen))
     if_exists = "overwrite" if args.overwrite else args.if_exists
+    removed = 0
+    if args.prune and if_exists == "upsert" and holds_our_index(Path(args.index)):  # first: DATA names the rest
+        old = Index.open(args.index, model=model, device=args.device)
+        gone = sorted(set(old.ids()) - set(ids))
+        removed = old.delete(gone) if gone else 0
+        old.close()
+    report: dict = {}
     idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits, device=args.device,
-                      codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet, if_exists=if_exists,
-                      truncate=args.truncate, lexical=args.lexical,
+                      codec_config=CodecConfig(nbits=args.nbits), show_progress=False if args.quiet else None,
+                      if_exists=if_exists, truncate=args.truncate, lexical=args.lexical, report=report,
                       provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
     meta = idx.metadata
-    print(json.dumps({"index": str(args.index), "documents": len(idx), "rows": meta["counts"]["live"],
-                      "embeddings": meta["counts"]["embeddings"], "num_centroids": meta["codec"]["num_centroids"],
-                      "build_seconds": meta["provenance"]["build_seconds"]}))
+    print(json.dumps({"index": str(args.index), **_changes(report, removed), "documents": len(idx),
+                      "rows": meta["counts"]["live"], "embeddings": meta["counts"]["embeddings"],
+                      "num_centroids": meta["codec"]["num_centroids"], "generation": meta["generation"],
+                      "seconds": round(time.perf_counter() - t0, 3)}))
     return 0
 
 
@@ -124,13 +142,16 @@ def _cmd_eval(args) -> int:
 def _cmd_add(args) -> int:
     from .. import Index
 
+    t0 = time.perf_counter()
     ids, texts, metas, _ = _load(args.data, None, args.format)
     idx = Index.open(args.index, device=getattr(args, "device", None))
     before = len(idx)
+    report: dict = {}
     idx.add(texts, ids=ids, metadatas=metas, on_conflict=args.on_conflict, truncate=args.truncate,
-            show_progress=not args.quiet)
-    print(json.dumps({"index": str(args.index), "added": len(ids), "documents_before": before,
-                      "documents": len(idx), "generation": idx.generation}))
+            show_progress=False if args.quiet else len(texts) > 256, report=report)
+    print(json.dumps({"index": str(args.index), **_changes(report), "documents_before": before,
+                      "documents": len(idx), "generation": idx.generation, "seconds": round(time.perf_counter() - t0,
+                                                                                             3)}))
     return 0
 
 

@@ -16,6 +16,7 @@ ColBERTv2 late-interaction retrieval: build a compressed index, search it, updat
 
 examples:
   colbert-retriever index docs/ my_index                  # a folder of .txt/.md files (id = relative path)
+  colbert-retriever index docs/ my_index --prune          # again after editing: changed files replaced, removed gone
   colbert-retriever index corpus.jsonl my_index           # {"_id", "title"?, "text"} per line, or a BEIR folder
   colbert-retriever search my_index "what is late interaction?" -k 5
   colbert-retriever add my_index more.jsonl               # ids already there are replaced (upsert)
@@ -112,13 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder compute dtype (auto: bf16 on CPUs with native bf16)")
     s.add_argument("--limit", type=positive_int, default=None, help="index only the first N documents (N >= 1)")
     s.add_argument("--if-exists", choices=("upsert", "overwrite", "error"), default="upsert",
-                   help="an index already at INDEX: upsert (default: add the documents, replace those whose id is "
-                        "there, skip unchanged ones; a re-run changes nothing), overwrite (atomically) or error")
+                   help="an index already at INDEX: upsert (default: a document is known by its id (a text file's "
+                        "relative path, a JSONL/BEIR _id); a new id is added, a document whose text or metadata "
+                        "changed is replaced (all its passages), an identical one is skipped, so a re-run changes "
+                        "nothing), overwrite (atomically) or error. Prints the counts added / replaced / unchanged / "
+                        "removed")
+    s.add_argument("--prune", action="store_true",
+                   help="also delete the documents of the index whose id DATA no longer has (sync the index with a "
+                        "folder whose files were removed)")
     s.add_argument("--overwrite", action="store_true", help="the same as --if-exists overwrite")
     s.add_argument("--lexical", action="store_true", help="also build the BM25 side (for --mode bm25/hybrid)")
     _add_format(s)
     _add_truncate(s, "chunk")
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--quiet", action="store_true", help="no progress bars (shown for more than 256 passages)")
     _add_device(s)
     s.set_defaults(func=c._cmd_index)
 

@@ -177,20 +177,30 @@ def _read_pylate(folder: Path) -> Checkpoint:
     return Checkpoint("pylate", backbone_dir, None, linear, dstate.get("linear.bias"), cfg, backbone_dir)
 
 
-def write_colbert_ai(folder: Path, backbone, tokenizer, linear: torch.nn.Linear, config: EncoderConfig,
-                     extra: Optional[dict] = None) -> None:
-    """Save in colbert-ai layout: config.json, model.safetensors (``{prefix}.*`` + ``linear.weight``),
-    artifact.metadata, tokenizer files. colbert-ai has no "no marker" setting: a config without markers is saved
-    as it is (this library loads it back unchanged) with a warning that colbert-ai would insert its own."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
+def warn_missing_markers(folder: Path, config: EncoderConfig) -> bool:
+    """Warn (once, naming ``folder``) when a checkpoint saved there in colbert-ai layout has no query or document
+    marker; returns whether it warned."""
     missing = [name for name, m in (("query", config.query_marker), ("document", config.doc_marker)) if m is None]
     if missing:
         logger.warning("%s: saved in colbert-ai layout without a %s marker. colbert-retriever loads it back as it "
                        "is, but colbert-ai always inserts its markers ([unused0] / [unused1]) and would encode "
                        "differently; set query_marker / doc_marker in the encoder config to share the checkpoint "
                        "with colbert-ai", folder, " or ".join(missing))
+    return bool(missing)
+
+
+def write_colbert_ai(folder: Path, backbone, tokenizer, linear: torch.nn.Linear, config: EncoderConfig,
+                     extra: Optional[dict] = None, warn: bool = True) -> None:
+    """Save in colbert-ai layout: config.json, model.safetensors (``{prefix}.*`` + ``linear.weight``),
+    artifact.metadata, tokenizer files. colbert-ai has no "no marker" setting: a config without markers is saved
+    as it is (this library loads it back unchanged) with a warning that colbert-ai would insert its own
+    (``warn_missing_markers``; ``warn=False`` leaves it to the caller, e.g. a trainer saving into a temporary
+    folder that it renames)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if warn:
+        warn_missing_markers(folder, config)
     folder.mkdir(parents=True, exist_ok=True)
     backbone.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

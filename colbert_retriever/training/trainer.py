@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..config import _Config
 from ..errors import InvalidArgument
+from ..model.checkpoints import warn_missing_markers, write_colbert_ai
 from ..model.encoder import ColBERT
 from .data import Example, load_examples
 from .losses import batch_loss
@@ -88,7 +89,10 @@ def _save(model, opt, step, out: Path, cfg: TrainConfig, rng_state) -> Path:
     final = out / f"checkpoint-{step}"
     tmp = out / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
+    if model.linear.bias is not None:
+        raise InvalidArgument("this model's projection has a bias, which the colbert-ai layout cannot hold")
+    # no marker warning here: it would name the temporary folder, at every checkpoint (``train`` warns once)
+    write_colbert_ai(tmp, model.backbone, model.hf_tokenizer, model.linear, model.config, warn=False)
     tensors = {"rng.torch": rng_state}
     for i, p in enumerate(opt.param_groups[0]["params"]):
         st = opt.state.get(p, {})
@@ -192,8 +196,11 @@ def train(model: Union[ColBERT, str], data: Union[str, Path, list[Example]], out
         log.close()
     model.eval()
     model.refresh_identity()
+    final = _latest_checkpoint(out)
+    if losses and final is not None:  # once, naming the checkpoint the user gets
+        warn_missing_markers(final, model.config)
     n = max(1, len(losses) // 10)
-    return {"checkpoint": str(_latest_checkpoint(out)), "steps": config.steps, "trained_steps": len(losses),
+    return {"checkpoint": str(final), "steps": config.steps, "trained_steps": len(losses),
             "seconds": round(time.perf_counter() - t0, 2),
             "seconds_per_step": round((time.perf_counter() - t0) / max(1, len(losses)), 3),
             "loss_first": sum(losses[:n]) / n if losses else None,
