@@ -55,3 +55,25 @@ def test_readme_block(lang, code, why, workdir, namespace, monkeypatch):
     res = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=workdir, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, f"{code}\n--- stdout\n{res.stdout[-2000:]}\n--- stderr\n{res.stderr[-3000:]}"
+
+
+def _rerun(workdir, namespace, monkeypatch, pick):
+    monkeypatch.chdir(workdir)
+    ran = 0
+    for p in blocks():
+        lang, code, why = p.values
+        if lang == "python" and not why and pick(code):
+            exec(compile(code, "README.md", "exec"), namespace)
+            ran += 1
+    return ran
+
+
+def test_blocks_that_write_can_run_again(workdir, namespace, monkeypatch):
+    """A notebook cell is run twice: the blocks that add by id or sync a folder run again, after the whole README
+    ran once (this module's order), without an error (the full re-run is the slow test below)."""
+    assert _rerun(workdir, namespace, monkeypatch, lambda code: "add_embeddings" in code or "sync_index" in code) == 2
+
+
+@pytest.mark.slow
+def test_every_block_can_run_again(workdir, namespace, monkeypatch):
+    assert _rerun(workdir, namespace, monkeypatch, lambda code: True) >= 8
