@@ -105,6 +105,7 @@ class Reader:
         self._segments: dict[str, Segment] = {}
         self._codecs: dict[tuple, ResidualCodec] = {}
         self._stores: dict[str, DocStore] = {}  # document store file -> its open connection
+        self._store_gens: dict[str, int] = {}  # the generation each was opened for
         self._retired: list[DocStore] = []  # stores no current snapshot names: closed when no search holds one
         self._holds = 0
         self.snap: Optional[Snapshot] = None
@@ -184,12 +185,19 @@ class Reader:
             self._segments, self._codecs = {}, {}
             self._retire_others(None)
 
-    def docstore(self, name: str) -> DocStore:
-        """The open connection to the document store ``name`` (opened and checked on first use)."""
+    def docstore(self, name: str, generation: int) -> DocStore:
+        """The open connection to the document store ``name`` (opened and checked on first use). A read-only
+        (immutable) connection is not reused across generations: SQLite assumes an immutable file never changes."""
         with self.lock:
-            if name not in self._stores:
-                self._stores[name] = DocStore(self.path / name)
-            return self._stores[name]
+            store = self._stores.get(name)
+            if store is not None and store.read_only and self._store_gens.get(name) != generation:
+                self._retired.append(self._stores.pop(name))
+                self._close_retired()
+                store = None
+            if store is None:
+                store = self._stores[name] = DocStore(self.path / name)
+                self._store_gens[name] = generation
+            return store
 
     # ---------------------------------------------------------------- arrays
     def codec_for(self, meta: IndexMeta) -> ResidualCodec:
@@ -286,7 +294,7 @@ class Reader:
         if self.device.type != "cpu":  # the GPU kernels want each column in one tensor
             for rows in (arrays.codes, arrays.residuals, arrays.inv_norms):
                 rows.full()
-        docstore = self.docstore(meta.docstore)
+        docstore = self.docstore(meta.docstore, meta.generation)
         n = meta.counts.documents
         live = torch.ones(n, dtype=torch.bool)
         deleted = docstore.deleted_pids(n, meta.generation)

@@ -124,8 +124,8 @@ class DocStore:
                 raise IndexFormatError(f"{side} is a symbolic link; an index folder holds its own files (refusing to "
                                        f"open it, which would read or write another file)")
             if not stat.S_ISREG(mode):
-                raise IndexFormatError(f"{side} is not a regular file; an index folder holds only the files this "
-                                       f"library wrote")
+                raise IndexFormatError(f"{side} is {layout.kind_of(mode)}, not a regular file; an index folder holds "
+                                       f"only the files this library wrote")
 
     def _write_failure(self, e: sqlite3.DatabaseError) -> Exception:
         """The library's error for a failed write: the disk full (SQLite's SQLITE_FULL), an I/O error, or else a

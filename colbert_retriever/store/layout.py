@@ -320,6 +320,11 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character de
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
 
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, in words ("a named pipe (FIFO)", "a character device"...)."""
+    return next((name for test, name in _KINDS if test(mode)), "something else")
+
+
 def open_regular(path: Path, what: str = "index file") -> int:
     """Open ``path`` read-only the way the format allows: never through a symbolic link (``O_NOFOLLOW``), without
     blocking (opening a named pipe would wait for a writer forever), and only if the descriptor is a regular file
@@ -337,9 +342,8 @@ def open_regular(path: Path, what: str = "index file") -> int:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-            raise IndexFormatError(f"{what} {path} is {kind}, not a regular file; an index folder holds only the "
-                                   f"files this library wrote")
+            raise IndexFormatError(f"{what} {path} is {kind_of(mode)}, not a regular file; an index folder holds only "
+                                   f"the files this library wrote")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
