@@ -2,7 +2,7 @@
 the index keeps its last committed generation, and the failed write leaves none of its files behind.
 
 The disk is really full: a child process runs in its own mount namespace (``unshare -rm``) on a 2 MiB tmpfs, fills
-it, then frees a few kilobytes at a time and tries an add (and a first build) with each amount left, so that the
+it, then frees 12 KiB at a time and tries an add (and a first build) with each amount left, so that the
 write runs out of space at a different stage each time. The kernel answers ENOSPC; SQLite answers "database or disk
 is full". Skipped where the system does not allow an unprivileged mount namespace."""
 
@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(r'''
         return sorted(n for n in os.listdir(folder) if n not in keep)
 
     out = []
-    for step, leave in enumerate(range(0, 200 * 1024, 8 * 1024)):
+    for step, leave in enumerate(range(0, 192 * 1024, 12 * 1024)):
         before = Index.open(base, model=model).generation
         fill(leave)
         row = {"leave": leave}

@@ -162,8 +162,8 @@ def load_array(folder: Path, name: str, shape: Optional[tuple] = None, dtype=Non
             raise IndexFormatError(f"index file {path} has shape {found_shape}; metadata.json implies {want}")
         nbytes = math.prod(found_shape) * found_dtype.itemsize  # Python ints: no overflow
         if size != offset + nbytes:
-            raise IndexFormatError(f"index file {path} is {size} bytes, but its header declares {found_shape} "
-                                   f"{found_dtype} ({offset + nbytes} bytes): truncated or altered")
+            raise IndexFormatError(f"index file {path} is corrupt: it is {size} bytes, but its header declares "
+                                   f"{found_shape} {found_dtype} ({offset + nbytes} bytes): truncated or altered")
         if checksum is not None:
             found = _crc_of(fd, size)
             if found != checksum:
