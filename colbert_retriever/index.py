@@ -247,8 +247,8 @@ class Index:
         self.close()
 
     def close(self) -> None:
-        """Release this handle's memory maps and database connection (a search in flight in another thread
-        finishes on its snapshot first). Later calls raise ``IndexClosedError``. Idempotent."""
+        """Close the document store and drop the arrays (a search in flight in another thread finishes on its
+        snapshot first). Later calls raise ``IndexClosedError``. Idempotent."""
         self._reader.close()
 
     # ================================================================ search

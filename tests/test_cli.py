@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,18 @@ def test_rerunning_index_and_add_is_idempotent(tmp_path, capsys, beir):
     assert main(["lexical", str(idx)]) == 0 and json.loads(capsys.readouterr().out)["added"] is True
     assert main(["search", str(idx), "zzzqqq", "--mode", "bm25"]) == 0
     assert capsys.readouterr().out.startswith("no results")
+
+
+def test_demo_runs_and_passes_no_deprecated_argument(tmp_path, capsys):
+    """``make demo`` on a slice of the shipped collection (its gzip docstrings and 20 others): it builds, reopens
+    and answers every query, filter included. The library's own DeprecationWarnings are errors in the tests
+    (pyproject's filterwarnings), so a deprecated argument passed by the demo fails here."""
+    from colbert_retriever.cli import demo
+
+    lines = (Path(__file__).resolve().parents[1] / "examples" / "stdlib_docs.jsonl").read_text().splitlines()
+    sample = [x for x in lines if '"module": "gzip"' in x] + lines[:20]
+    (tmp_path / "docs.jsonl").write_text("\n".join(sample) + "\n")
+    demo.main(["--data", str(tmp_path / "docs.jsonl"), "--index", str(tmp_path / "idx"), "-k", "2"])
+    out = capsys.readouterr().out
+    assert f"{len(sample)} docs" in out and out.count("\nQ: ") == len(demo.QUERIES) + 1
+    assert "gzip." in out.split("filter=")[1]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from colbert_retriever import Index, InvalidArgument, InvalidType
+from colbert_retriever import Index, InvalidArgument, InvalidType, SearchConfig
 
-from .conftest import make_corpus
+from .conftest import assert_ranked_alike, make_corpus
 
 
 def clustered(n_docs=600, dim=64, seed=0):
@@ -63,16 +63,27 @@ def test_build_search_update_reopen(tmp_path):
 
 def test_model_named_at_build_answers_text_queries(tmp_path, tiny_model):
     """Embeddings made by a ColBERT model (here: its own document encodings), indexed with that model named,
-    answer text queries like an index built from the texts."""
+    answer text queries: each text query is the model's query embeddings searched, and the answers are those of an
+    index built from the texts up to the codec. The two builds encode in different batches, so their embeddings
+    differ in last bits (how much depends on the CPU's instruction set) and their k-means differ: measured
+    natively and capped to AVX2, top-5 overlap 0.99 over these 60 queries and shared hits' scores within 0.02."""
     texts = make_corpus(300, seed=3)
     embs = tiny_model.encode_documents(texts)
     from_embs = Index.build_from_embeddings(tmp_path / "e", embs, texts=texts, model=tiny_model, show_progress=False)
     from_texts = Index.build(tmp_path / "t", texts, model=tiny_model, show_progress=False)
     assert from_embs.metadata["model"]["identity"] == tiny_model.identity
-    for q in make_corpus(5, seed=4):
-        a = [(h.id, round(h.score, 3)) for h in from_embs.search(q, k=5, exhaustive=True)]
-        b = [(h.id, round(h.score, 3)) for h in from_texts.search(q, k=5, exhaustive=True)]
-        assert [i for i, _ in a] == [i for i, _ in b]
+    queries = make_corpus(60, seed=4)
+    for q in queries[:5]:  # the text path is the model's query encoding, then the embeddings' search
+        by_text = from_embs.search(q, k=5, exhaustive=True)
+        by_emb = from_embs.search_embeddings(tiny_model.encode_queries([q]), k=5, config=SearchConfig(exhaustive=True))
+        assert_ranked_alike(by_text, by_emb[0], 1e-4)
+    overlap = 0
+    for q in queries:
+        a, b = from_embs.search(q, k=5, exhaustive=True), from_texts.search(q, k=5, exhaustive=True)
+        overlap += len({h.id for h in a} & {h.id for h in b})
+        codec_noise = 0.1  # on scores of ~12: MaxSim over 16 query tokens, each of a 2-bit reconstruction
+        assert_ranked_alike(a, b, codec_noise)
+    assert overlap / (5 * len(queries)) >= 0.95
     with pytest.raises(InvalidArgument, match="dim"):
         Index.build_from_embeddings(tmp_path / "x", clustered(3, dim=64), model=tiny_model, show_progress=False)
 

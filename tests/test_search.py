@@ -5,7 +5,7 @@ import torch
 
 from colbert_retriever import Index, InvalidArgument, InvalidType
 
-from .conftest import REAL_PATH_QUERIES, assert_real_path, make_corpus
+from .conftest import REAL_PATH_QUERIES, assert_ranked_alike, assert_real_path, make_corpus
 
 
 def ids_of(hits):
@@ -22,21 +22,22 @@ def test_plaid_equals_exhaustive_when_candidates_cover_all(large_index_path, tin
         plaid = idx.search(q, k=10, ncells=K, ndocs=4000, centroid_score_threshold=-10.0, trace=trace)
         assert trace[0].candidates == 3000 and trace[0].exact_scored == 1000
         assert_real_path(trace, 3000)
-        exh = idx.search(q, k=10, exhaustive=True)
-        assert ids_of(plaid) == ids_of(exh)
-        assert [h.score for h in plaid] == pytest.approx([h.score for h in exh], abs=1e-5)
+        assert_ranked_alike(plaid, idx.search(q, k=10, exhaustive=True), 1e-5)
 
 
 def test_exhaustive_equals_reference_maxsim(built_index, tiny_model, corpus_200):
-    """Exhaustive index search scores = MaxSim over decompressed embeddings, ranking close to uncompressed MaxSim."""
-    q = corpus_200[3]
-    hits = built_index.search(q, k=200, exhaustive=True)
-    exact = {h.id: h.score for h in tiny_model.rerank(q, corpus_200, ids=[f"d{i}" for i in range(200)])}
-    top_exact = sorted(exact, key=exact.get, reverse=True)[:10]
-    # the random tiny model scores documents within a few percent of each other, so allow some reordering
-    assert len(set(top_exact) & set(ids_of(hits[:10]))) >= 6
-    for h in hits[:10]:
-        assert h.score == pytest.approx(exact[h.id], rel=0.05)
+    """Exhaustive index search scores each document within the codec's error of uncompressed MaxSim, and ranks
+    close to it: top-10 overlap over 60 queries (the random tiny model scores documents within a few percent of
+    each other, so 2-bit compression reorders some)."""
+    overlap, queries = 0, make_corpus(60, seed=23)
+    for q in queries:
+        hits = built_index.search(q, k=10, exhaustive=True)
+        exact = {h.id: h.score for h in tiny_model.rerank(q, corpus_200, ids=[f"d{i}" for i in range(200)])}
+        overlap += len(set(sorted(exact, key=exact.get, reverse=True)[:10]) & set(ids_of(hits)))
+        for h in hits:
+            assert h.score == pytest.approx(exact[h.id], rel=0.05)
+    print("RATE exhaustive-vs-exact", overlap / (10 * len(queries)))
+    assert overlap / (10 * len(queries)) >= 0.6
 
 
 def test_agreement_on_generated_corpus(large_index_path, tiny_model):
@@ -47,6 +48,7 @@ def test_agreement_on_generated_corpus(large_index_path, tiny_model):
         got = ids_of(idx.search(q, k=10, trace=trace))
         agree += len(set(got) & set(ids_of(idx.search(q, k=10, exhaustive=True))))
     assert_real_path(trace, 3000)
+    print("RATE agreement", agree / (10 * len(REAL_PATH_QUERIES)))
     assert agree / (10 * len(REAL_PATH_QUERIES)) >= 0.95
 
 
@@ -58,9 +60,8 @@ def test_batch_queries_equal_single(large_index_path, tiny_model):
     many = idx.search(qs, k=5, trace=trace)
     assert_real_path(trace, 3000)
     assert len(many) == 5
-    for hits, single in zip(many, singles):
-        assert ids_of(hits) == ids_of(single)
-        assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-5)
+    for hits, single in zip(many, singles):  # a batch encodes in other matrix shapes: last bits may differ
+        assert_ranked_alike(hits, single, 1e-4)
 
 
 def test_filters(built_index):
@@ -235,6 +236,7 @@ def test_default_path_runs_plaid_stages_at_its_scale(large_index_path, tiny_mode
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
     for run in (got, explicit):
         agree = sum(len(set(g) & set(r)) for g, r in zip(run, ref)) / (10 * len(queries))
+        print("RATE default-path", kernels, agree)
         assert agree >= 0.9
 
 
