@@ -128,8 +128,10 @@ def test_text_folder_add_delete_info_exhaustive(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["documents"] == 2 and info["model"]["name"] and info["codec"]["nbits"] == 2
     assert info["size_bytes"] > 0 and info["provenance"]["layout"] == "text"
+    assert info["precision"]["documents"] in ("float32", "bfloat16")  # the policy it was built with
     assert main(["info", str(idx)]) == 0
-    assert "documents    2 live" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "documents    2 live" in out and f"precision    documents {info['precision']['documents']}" in out
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):

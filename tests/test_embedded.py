@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from colbert_retriever import Index, InvalidArgument, InvalidType, SearchConfig
+from colbert_retriever import IncompatibleModelError, Index, InvalidArgument, InvalidType, SearchConfig
 
 from .conftest import assert_ranked_alike, make_corpus
 
@@ -142,3 +142,23 @@ def test_texts_and_lexical_arguments(tmp_path):
     idx = Index.build_from_embeddings(tmp_path / "i", docs, texts=[f"page about {w}" for w in "abcdefghijklmnopqrst"],
                                       lexical=True, show_progress=False)
     assert idx.search("about q", k=1, mode="bm25")[0].id == "16"
+
+
+def test_rows_are_normalised_and_a_text_encoder_can_be_added_at_open(tmp_path, tiny_model):
+    """Rows are L2-normalised (scaling a document's embeddings changes nothing: cosine MaxSim), and
+    ``Index.open(path, model=m)`` gives an embeddings-only index a text encoder of the same dim (another dim is
+    refused by name)."""
+    docs = [torch.nn.functional.normalize(torch.randn(n, 32, generator=torch.Generator().manual_seed(n)), dim=-1)
+            for n in range(3, 43)]
+    unit = Index.build_from_embeddings(tmp_path / "u", docs, show_progress=False)
+    scaled = Index.build_from_embeddings(tmp_path / "s", [d * (1 + i) for i, d in enumerate(docs)], show_progress=False)
+    for d in docs[:10]:
+        q = d[:4][None]
+        # normalising a scaled row rounds differently in the last bits, and the codecs train on those rows
+        assert_ranked_alike(unit.search_embeddings(q, k=5)[0], scaled.search_embeddings(q, k=5)[0], 1e-3)
+    with_text = Index.open(tmp_path / "u", model=tiny_model)
+    hits = with_text.search("alpha beta", k=3)
+    assert len(hits) == 3 and hits == sorted(hits, key=lambda h: -h.score)
+    with pytest.raises(IncompatibleModelError, match="64-dimensional.*32-dimensional"):
+        Index.open(Index.build_from_embeddings(tmp_path / "d64", clustered(30, dim=64), show_progress=False).path,
+                   model=tiny_model)

@@ -124,3 +124,45 @@ def test_passages_on_the_lexical_side(tmp_path, tiny_model, corpus_200):
     long_hit = next(h for h in hits if h.id == "long")
     assert "xylophonic" in long_hit.text and long_hit.passage > 0
     assert sorted(h.id for h in idx.search("xylophonic", k=5, mode="hybrid")) == ["long", "short"]
+
+
+def test_bm25_is_the_documented_formula_with_folding_stemming_and_deletions(tmp_path, tiny_model):
+    """README: Unicode words, case and diacritics folded, Porter stemming, English stopwords ignored in queries,
+    BM25 with k1 = 1.2 and b = 0.75 (FTS5's idf), deleted rows counted in the statistics until ``compact()``."""
+    import math
+
+    texts = {"a": "Café running club runs every morning", "b": "The CAFE closes early", "c": "A morning swim",
+             "d": "Quiet library reading room", "e": "Runners meet at the cafe", "f": "Violin lessons on Sunday",
+             "g": "Garden tools for sale", "h": "Mountain trail map", "i": "Old train station", "j": "Blue ocean"}
+    idx = Index.build(tmp_path / "b", list(texts.values()), ids=list(texts), model=tiny_model, lexical=True,
+                      show_progress=False)
+
+    def expected(query_terms, docs):
+        stem = {"café": "cafe", "cafe": "cafe", "running": "run", "runs": "run", "runners": "runner"}
+        toks = {i: [stem.get(w, w) for w in t.lower().split()] for i, t in docs.items()}
+        n, avg = len(toks), sum(map(len, toks.values())) / len(toks)
+        out = {}
+        for i, words in toks.items():
+            s = 0.0
+            for term in query_terms:
+                df = sum(term in w for w in toks.values())
+                idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+                f = words.count(term)
+                s += idf * f * 2.2 / (f + 1.2 * (0.25 + 0.75 * len(words) / avg))
+            if s > 0:
+                out[i] = s
+        return out
+
+    for query, terms in (("CAFÉ", ["cafe"]), ("the running cafe", ["run", "cafe"])):  # "the": a stopword
+        want = expected(terms, texts)
+        got = {h.id: h.score for h in idx.search(query, k=10, mode="bm25")}
+        assert got.keys() == want.keys() and all(got[i] == pytest.approx(want[i], rel=1e-6) for i in got), query
+    idx.delete(["b"])  # gone from the answers, still in the statistics
+    still = expected(["cafe"], texts)
+    got = {h.id: h.score for h in idx.search("cafe", k=10, mode="bm25")}
+    assert got.keys() == {"a", "e"} and all(got[i] == pytest.approx(still[i], rel=1e-6) for i in got)
+    idx.compact()
+    after = expected(["cafe"], {i: t for i, t in texts.items() if i != "b"})
+    got = {h.id: h.score for h in idx.search("cafe", k=10, mode="bm25")}
+    assert got.keys() == after.keys() and all(got[i] == pytest.approx(after[i], rel=1e-6) for i in got)
+    assert after["a"] > 1.2 * still["a"] > 0.5  # the statistics did change (idf of "cafe": 0.76, then 1.10)

@@ -79,8 +79,7 @@ def test_bf16_documents_close_to_float32(colbert_ai_ckpt, tmp_path):
     for q in queries:
         overlap += len({h.id for h in a.search(q, k=10, exhaustive=True)}
                        & {h.id for h in b.search(q, k=10, exhaustive=True)})
-    print("RATE bf16", overlap / (10 * len(queries)))
-    assert overlap / (10 * len(queries)) >= 0.7
+    assert overlap / (10 * len(queries)) >= 0.7  # measured 0.83 natively and capped to AVX2
 
 
 def test_an_index_answers_alike_on_either_kind_of_cpu(monkeypatch, colbert_ai_ckpt, tmp_path):

@@ -36,8 +36,7 @@ def test_exhaustive_equals_reference_maxsim(built_index, tiny_model, corpus_200)
         overlap += len(set(sorted(exact, key=exact.get, reverse=True)[:10]) & set(ids_of(hits)))
         for h in hits:
             assert h.score == pytest.approx(exact[h.id], rel=0.05)
-    print("RATE exhaustive-vs-exact", overlap / (10 * len(queries)))
-    assert overlap / (10 * len(queries)) >= 0.6
+    assert overlap / (10 * len(queries)) >= 0.6  # measured 0.72 natively and capped to AVX2
 
 
 def test_agreement_on_generated_corpus(large_index_path, tiny_model):
@@ -48,7 +47,6 @@ def test_agreement_on_generated_corpus(large_index_path, tiny_model):
         got = ids_of(idx.search(q, k=10, trace=trace))
         agree += len(set(got) & set(ids_of(idx.search(q, k=10, exhaustive=True))))
     assert_real_path(trace, 3000)
-    print("RATE agreement", agree / (10 * len(REAL_PATH_QUERIES)))
     assert agree / (10 * len(REAL_PATH_QUERIES)) >= 0.95
 
 
@@ -236,7 +234,6 @@ def test_default_path_runs_plaid_stages_at_its_scale(large_index_path, tiny_mode
     ref = [ids_of(idx.search(q, k=10, exhaustive=True)) for q in queries]
     for run in (got, explicit):
         agree = sum(len(set(g) & set(r)) for g, r in zip(run, ref)) / (10 * len(queries))
-        print("RATE default-path", kernels, agree)
         assert agree >= 0.9
 
 
@@ -506,3 +503,24 @@ def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():
         assert tr[0].widened and got[0].numel() == 20
         assert len(set(groups[got[0]].tolist())) == 20  # k distinct documents
         assert torch.allclose(got[1], ref[1], atol=1e-5)
+
+
+def test_filter_operators_dotted_keys_and_missing_fields(tmp_path, tiny_model):
+    """README's filter language: every operator, ``$and``/``$or``/``$not``, dotted keys into nested metadata, and a
+    field a document lacks matching nothing but ``$exists: False``, ``$ne`` and ``$nin``."""
+    metas = [{"n": 1, "tag": "a", "src": {"lang": "en", "year": 2020}}, {"n": 2, "tag": "b", "src": {"lang": "fr"}},
+             {"n": 3, "tag": "a"}, {"n": 4, "src": {"lang": "en", "year": 2024}}]
+    idx = Index.build(tmp_path / "f", make_corpus(4, seed=9), ids=["w", "x", "y", "z"], metadatas=metas,
+                      model=tiny_model, show_progress=False)
+    cases = [({"tag": "a"}, "wy"), ({"n": {"$eq": 2}}, "x"), ({"n": {"$ne": 2}}, "wyz"), ({"n": {"$gt": 2}}, "yz"),
+             ({"n": {"$gte": 2}}, "xyz"), ({"n": {"$lt": 2}}, "w"), ({"n": {"$lte": 2}}, "wx"),
+             ({"tag": {"$in": ["b", "c"]}}, "x"), ({"tag": {"$nin": ["b"]}}, "wyz"),  # z has no tag
+             ({"tag": {"$exists": False}}, "z"), ({"src": {"$exists": True}}, "wxz"),
+             ({"src.lang": "en"}, "wz"), ({"src.year": {"$gte": 2021}}, "z"), ({"src.year": {"$exists": True}}, "wz"),
+             ({"$and": [{"tag": "a"}, {"n": {"$gt": 1}}]}, "y"), ({"$or": [{"n": 4}, {"src.lang": "fr"}]}, "xz"),
+             ({"$not": {"n": 2}}, "wyz"), ({"missing": 1}, ""), ({"missing": {"$gte": 0}}, ""),
+             ({"missing": {"$ne": 1}}, "wxyz")]
+    for f, want in cases:
+        for exhaustive in (False, True):
+            assert sorted(h.id for h in idx.search("alpha", k=10, filter=f, exhaustive=exhaustive)) == list(want), f
+        assert idx.ids(filter=f) == list(want), f
