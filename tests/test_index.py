@@ -223,3 +223,13 @@ def test_sigkill_leaves_previous_index(built_index, tiny_model, colbert_ai_ckpt,
     # the next writer cleans up and works
     idx.add(["after the crash"], ids=["ok"])
     assert len(idx) == 201 and idx.search("after the crash", k=1, ids=["ok"])[0].id == "ok"
+
+
+def test_build_progress_names_each_phase_and_counts_documents(tmp_path, tiny_model, capsys):
+    """The build's progress bar (stderr, plain text: no terminal control sequences) says which phase runs and
+    counts the documents encoded."""
+    Index.build(tmp_path / "i", make_corpus(40, seed=2), model=tiny_model, batch_size=8, show_progress=True)
+    err = capsys.readouterr().err
+    for phase in ("encoding a sample for the centroids", "training centroids (k-means)", "encoding + compressing"):
+        assert phase in err, err
+    assert "40/40" in err and "\x1b[" not in err

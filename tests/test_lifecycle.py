@@ -127,11 +127,13 @@ def test_chunked_documents(tmp_path, tiny_model, corpus_200):
     best = max(h.score for h in tiny_model.rerank("zebra quartz violin ends it", [long_b[a:c] for a, c in spans]))
     got = idx.search("zebra quartz violin ends it", k=3, exhaustive=True)
     assert next(h.score for h in got if h.id == "B") == pytest.approx(best, rel=0.05)  # compressed vs exact
+    # the reranker scores a long text whole, by its best passage (the same passages, the same MaxSim)
+    assert tiny_model.rerank("zebra quartz violin ends it", [long_b])[0].score == pytest.approx(best, abs=1e-4)
     assert len(idx.search("zebra", k=2)) == 2
     assert len(idx.search("zebra", k=5, ids=["B"])) == 1
     # upsert replaces every passage; delete removes every passage
-    idx.add(["now short."], ids=["B"], on_conflict="replace")
-    assert idx.get("B")[0].text == "now short." and len(idx) == 3
+    idx.add(["now short."], ids=["B"], on_conflict="replace")  # no metadatas: the replaced one's is kept
+    assert idx.get("B")[0].text == "now short." and idx.get("B")[0].metadata == {"n": 3} and len(idx) == 3
     assert idx.delete(["A"]) > 1 and len(idx) == 2 and idx.ids() == ["s", "B"]
     idx.add([long_a], ids=["A2"], truncate="chunk")
     idx.compact()

@@ -86,8 +86,8 @@ def test_an_index_answers_alike_on_either_kind_of_cpu(monkeypatch, colbert_ai_ck
     """An index built with the auto policy where the CPU probe reports bf16 (bf16 documents, recorded) opens where
     it does not and answers the same: queries are float32 under either answer, the same computation, so the same
     hits and scores. In a process capped to AVX2 (other torch, oneDNN and numba code: tests/isa.py) it answers
-    the same up to last bits. (The same text gives the same codes only with the same documents' dtype and the
-    same encoder arithmetic: the k-means is trained on the encodings, so last bits can move a centroid.)"""
+    the same up to last bits. The same text, dtype and CPU give the same index; another dtype or instruction set
+    changes the encodings' last bits, and the k-means trained on them can then move a centroid."""
     texts = make_corpus(400, seed=15)
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     auto = Index.build(tmp_path / "auto", texts, model=ColBERT.from_pretrained(colbert_ai_ckpt), show_progress=False)
