@@ -11,6 +11,7 @@ library reports it runs (``problems``); conftest stops the session when the chec
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -84,8 +85,10 @@ def numba_target() -> tuple[str, str]:
     return name, features
 
 
+@functools.cache
 def report() -> dict:
-    """What each library runs in this process (oneDNN and MKL: see ``onednn_isa``)."""
+    """What each library runs in this process, read once (oneDNN prints its ISA once per process: see
+    ``onednn_isa``; conftest reads it before any test runs)."""
     import torch
 
     from colbert_retriever.device import cpu_supports_bf16
