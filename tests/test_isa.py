@@ -56,3 +56,19 @@ def test_the_check_reads_what_the_libraries_run():
     assert [w.split()[0] for w in wrong] == ["torch", "oneDNN", "MKL", "numba", "the"], wrong
     assert isa.problems("default", {**seen, "env": dict(isa.CAPS["default"])}) == [
         "torch runs its AVX512 kernels, not its scalar (DEFAULT) ones"]
+
+
+def test_ranked_alike_accepts_ties_and_rejects_real_differences():
+    """``assert_ranked_alike``: near-ties in either order and a tie at the cut pass; a swap of hits that are not
+    tied, a score off by more than the tolerance, or a clearly better hit missing fail."""
+    from .conftest import assert_ranked_alike
+
+    a = [("x", 3.0), ("y", 2.00001), ("z", 2.0), ("w", 1.0)]
+    assert_ranked_alike(a, [("x", 3.0), ("z", 2.00001), ("y", 2.0), ("w", 1.0)], 1e-4)  # tied: either order
+    assert_ranked_alike(a, [("x", 3.0), ("y", 2.00001), ("z", 2.0), ("v", 1.00002)], 1e-4)  # w and v tie at the cut
+    for other in ([("y", 3.0), ("x", 2.00001), ("z", 2.0), ("w", 1.0)],  # x and y are not tied
+                  [("x", 3.001), ("y", 2.00001), ("z", 2.0), ("w", 1.0)],  # off by more than tol
+                  [("x", 3.0), ("y", 2.00001), ("w", 1.0), ("v", 0.5)],  # z (2.0) missing above the cut
+                  a[:3]):
+        with pytest.raises(AssertionError):
+            assert_ranked_alike(a, other, 1e-4)
