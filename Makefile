@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m clean
+.PHONY: setup demo test test-isa test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m clean
 
 $(PY):
 	python3 -m venv .venv
@@ -30,12 +30,36 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m colbert_retriever.cli.demo
 
-# the linter, the suite (numba kernels where numba imports), then the search tests once more on the torch kernels
+# The instruction-set passes (tests/isa.py; each starts by checking that torch, oneDNN, MKL and numba run capped):
+# AVX2 (what an AVX2-only CPU runs; NUMBA_CPU_FEATURES= drops the host's AVX-512 flags that NUMBA_CPU_NAME keeps),
+# and ATen's scalar kernels.
+ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 NUMBA_CPU_NAME=haswell \
+	NUMBA_CPU_FEATURES= COLBERT_RETRIEVER_CPU_BF16=0
+ISA_DEFAULT := ATEN_CPU_CAPABILITY=default
+# the AVX2 pass runs the suite but what cannot depend on the instruction set or repeats the suite's calls: the
+# notebooks and README blocks, static checks, SIGKILL and lock tests (files and processes), Ray, and the metrics
+# checked against ranx (rank arithmetic; ranx's numba functions would recompile for haswell)
+ISA_AVX2_SKIP := --ignore=tests/test_readme.py --ignore=tests/test_layering.py --ignore=tests/test_deprecations.py \
+	--ignore=tests/test_crash.py --ignore=tests/test_concurrency.py --ignore=tests/distributed \
+	--ignore=tests/test_evaluation.py
+# the scalar pass: the tests that compare two computations (encode paths, codecs, dtypes, kernels, PLAID and
+# exhaustive search), and the encoder's
+ISA_DEFAULT_TESTS := tests/test_isa.py tests/test_embedded.py tests/test_encoder.py tests/test_precision.py \
+	tests/test_codec.py tests/test_scoring.py tests/test_search.py tests/test_lifecycle.py tests/test_hybrid.py
+
+# the linter, the suite (numba kernels where numba imports), the search tests once more on the torch kernels, then
+# the instruction-set passes
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
-	$(PY) -m pytest -q --kernels torch tests/test_search.py tests/test_index.py tests/test_format.py \
+	$(PY) -m pytest -q --isa native
+	$(PY) -m pytest -q --isa native --kernels torch tests/test_search.py tests/test_index.py tests/test_format.py \
 		tests/test_hybrid.py tests/test_lifecycle.py
+	$(MAKE) --no-print-directory test-isa
+
+# the suite capped to AVX2, then a short pass on ATen's scalar kernels (CONTRIBUTING.md: by hand, one test)
+test-isa: setup
+	env $(ISA_AVX2) $(PY) -m pytest -q --isa avx2 tests $(ISA_AVX2_SKIP)
+	env $(ISA_DEFAULT) $(PY) -m pytest -q --isa default $(ISA_DEFAULT_TESTS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu"

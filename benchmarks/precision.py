@@ -50,7 +50,7 @@ def main(argv=None):
         for dtype, model in models.items():
             path = WORK / f"precision-{name}-{dtype}"
             t = time.perf_counter()
-            index = Index.build(path, texts, ids=ids, metadatas=metas, model=model, overwrite=True,
+            index = Index.build(path, texts, ids=ids, metadatas=metas, model=model, if_exists="overwrite",
                                 truncate="chunk", show_progress=False)
             build_s = time.perf_counter() - t
             assert index.metadata["provenance"]["precision"]["documents"] == dtype

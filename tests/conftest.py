@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from . import isa
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -22,6 +24,38 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def pytest_addoption(parser):
     parser.addoption("--kernels", default="auto", choices=("auto", "torch", "numba"),
                      help="kernels searches resolve 'auto' to (make test runs the search tests once more with torch)")
+    parser.addoption("--isa", default=None, choices=tuple(isa.CAPS),
+                     help="the instruction-set pass this run is (make test: native, avx2, default); the session "
+                          "stops unless torch, oneDNN, MKL and numba run as that pass caps them (tests/isa.py)")
+
+
+def pytest_report_header(config):
+    seen = config.stash.get(_ISA_SEEN, None)
+    if seen is not None:
+        return [f"isa pass: {config.getoption('--isa')}; torch {seen['aten']}, oneDNN {seen['onednn'] or '?'}, "
+                f"MKL {seen['mkl'] or '-'}, numba {seen['numba_cpu']}{' +avx512' if seen['numba_avx512'] else ''}, "
+                f"bf16 probe {seen['bf16_probe']}"]
+    return None
+
+
+_ISA_SEEN = pytest.StashKey[dict]()
+
+
+def pytest_configure(config):
+    """With ``--isa``: check, before any test runs oneDNN, that this process runs as that pass caps it."""
+    name = config.getoption("--isa")
+    if name is None or getattr(config, "workerinput", None) is not None:
+        return
+    seen = isa.report()
+    config.stash[_ISA_SEEN] = seen
+    wrong = isa.problems(name, seen)
+    if wrong:
+        raise pytest.UsageError(f"--isa {name}: this process does not run as the {name} pass: " + "; ".join(wrong))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The pass's own check (tests/test_isa.py) runs first."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_isa.py"))
 
 
 @pytest.fixture(autouse=True)
@@ -172,8 +206,9 @@ def large_index_path(tmp_path_factory, _tiny_model):
     return path
 
 
-REAL_PATH_QUERIES = make_corpus(16, seed=22, min_words=12, max_words=14)
-"""Long queries: with ``large_index_path`` their default plan scores a subset exactly."""
+REAL_PATH_QUERIES = make_corpus(64, seed=22, min_words=12, max_words=14)
+"""Long queries: with ``large_index_path`` their default plan scores a subset exactly (64: rates are measured over
+at least 50 queries; a slice of the first ones serves tests that check each query)."""
 
 
 def assert_real_path(trace, n_docs):
@@ -193,3 +228,26 @@ def read_only_command(folder: Path, cmd: list[str]) -> list[str]:
     if not shutil.which("setpriv"):
         pytest.skip("running as root without setpriv: cannot make a folder read-only for this process")
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
+
+
+def _pairs(hits) -> list[tuple[str, float]]:
+    return [(h, float(s)) for h, s in hits] if hits and isinstance(hits[0], tuple) else [(h.id, h.score) for h in hits]
+
+
+def assert_ranked_alike(got, want, tol: float) -> None:
+    """Two rankings of one query (``Hit`` lists or (id, score) pairs, best first) made by two different
+    computations (codecs, kernels, dtypes, encode paths, instruction sets) agree up to ``tol``: the same number of
+    hits, the same scores rank by rank, each id both hold scored alike, and an id only one holds scores within
+    ``tol`` of the other's last (a tie at the cut). So the order may differ only among hits within ``tol`` of each
+    other: ties are ties, never a difference of last bits."""
+    a, b = _pairs(got), _pairs(want)
+    assert len(a) == len(b), (a, b)
+    for (ia, sa), (ib, sb) in zip(a, b):
+        assert abs(sa - sb) <= tol, f"scores differ at a rank: {ia} {sa} vs {ib} {sb} (tol {tol})\n{a}\n{b}"
+    sa, sb = dict(a), dict(b)
+    for i in sa.keys() & sb.keys():
+        assert abs(sa[i] - sb[i]) <= tol, f"{i} scored {sa[i]} vs {sb[i]} (tol {tol})\n{a}\n{b}"
+    for only, other in ((sa.keys() - sb.keys(), b), (sb.keys() - sa.keys(), a)):
+        for i in only:
+            s = sa.get(i, sb.get(i))
+            assert s <= other[-1][1] + tol, f"{i} ({s}) is missing from a ranking whose last scores {other[-1]}"

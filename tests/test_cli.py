@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,8 +128,10 @@ def test_text_folder_add_delete_info_exhaustive(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["documents"] == 2 and info["model"]["name"] and info["codec"]["nbits"] == 2
     assert info["size_bytes"] > 0 and info["provenance"]["layout"] == "text"
+    assert info["precision"]["documents"] in ("float32", "bfloat16")  # the policy it was built with
     assert main(["info", str(idx)]) == 0
-    assert "documents    2 live" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "documents    2 live" in out and f"precision    documents {info['precision']['documents']}" in out
 
 
 def test_user_errors_are_one_line_exit_2(tmp_path, capsys, beir):
@@ -267,3 +270,18 @@ def test_reindexing_a_changed_folder_reports_what_it_did(tmp_path, capsys):
     added, _ = run("add", idx, str(docs))  # unchanged: nothing added, nothing written
     assert (added["added"], added["replaced"], added["unchanged"]) == (0, 0, 3)
     assert added["generation"] == synced["generation"] and added["documents"] == added["documents_before"]
+
+
+def test_demo_runs_and_passes_no_deprecated_argument(tmp_path, capsys):
+    """``make demo`` on a slice of the shipped collection (its gzip docstrings and 20 others): it builds, reopens
+    and answers every query, filter included. The library's own DeprecationWarnings are errors in the tests
+    (pyproject's filterwarnings), so a deprecated argument passed by the demo fails here."""
+    from colbert_retriever.cli import demo
+
+    lines = (Path(__file__).resolve().parents[1] / "examples" / "stdlib_docs.jsonl").read_text().splitlines()
+    sample = [x for x in lines if '"module": "gzip"' in x] + lines[:20]
+    (tmp_path / "docs.jsonl").write_text("\n".join(sample) + "\n")
+    demo.main(["--data", str(tmp_path / "docs.jsonl"), "--index", str(tmp_path / "idx"), "-k", "2"])
+    out = capsys.readouterr().out
+    assert f"{len(sample)} docs" in out and out.count("\nQ: ") == len(demo.QUERIES) + 1
+    assert "gzip." in out.split("filter=")[1]

@@ -72,8 +72,8 @@ def _child(path: str, ckpt: str, op: str, kill_at, counter_file: str) -> None:
     sqlite3.connect = lambda *a, **k: real_connect(*a, factory=Counting, **k)
     texts = make_corpus(60, seed=31)
     if op == "build":
-        Index.build(path, texts, ids=[f"b{i}" for i in range(60)], model=model, overwrite=True, show_progress=False,
-                    lexical=True)
+        Index.build(path, texts, ids=[f"b{i}" for i in range(60)], model=model, if_exists="overwrite",
+                    show_progress=False, lexical=True)
     else:
         idx = Index.open(path, model=model)
         if op == "add":

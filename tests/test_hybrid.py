@@ -4,6 +4,8 @@ import pytest
 
 from colbert_retriever import Index, InvalidArgument, InvalidType
 
+from .conftest import assert_ranked_alike
+
 TEXTS = {
     "paris": "Paris is the capital and largest city of France.",
     "berlin": "Berlin is the capital of Germany.",
@@ -45,9 +47,8 @@ def test_modes_return_k_unique_hits_with_filters(idx):
             for h in side:
                 rrf[h.id] = rrf.get(h.id, 0.0) + w / (60 + h.rank)
                 norm[h.id] = norm.get(h.id, 0.0) + w * (h.score - lo) / (hi - lo)
-        hybrid = idx.search(q, k=4, mode="hybrid", fusion="rrf", alpha=alpha)
-        assert [h.id for h in hybrid] == sorted(rrf, key=lambda d: -rrf[d])[:4]
-        assert [h.score for h in hybrid] == pytest.approx(sorted(rrf.values(), reverse=True)[:4])
+        hybrid = idx.search(q, k=4, mode="hybrid", fusion="rrf", alpha=alpha)  # equal sums are ties in any order
+        assert_ranked_alike(hybrid, sorted(rrf.items(), key=lambda x: -x[1])[:4], 1e-9)
         normalized = idx.search(q, k=4, mode="hybrid", fusion="normalized", alpha=alpha)
         assert [h.score for h in normalized] == pytest.approx(sorted(norm.values(), reverse=True)[:4])
         assert all(0.0 <= h.relevance <= 1.0 for h in hybrid + normalized)
@@ -123,3 +124,45 @@ def test_passages_on_the_lexical_side(tmp_path, tiny_model, corpus_200):
     long_hit = next(h for h in hits if h.id == "long")
     assert "xylophonic" in long_hit.text and long_hit.passage > 0
     assert sorted(h.id for h in idx.search("xylophonic", k=5, mode="hybrid")) == ["long", "short"]
+
+
+def test_bm25_is_the_documented_formula_with_folding_stemming_and_deletions(tmp_path, tiny_model):
+    """README: Unicode words, case and diacritics folded, Porter stemming, English stopwords ignored in queries,
+    BM25 with k1 = 1.2 and b = 0.75 (FTS5's idf), deleted rows counted in the statistics until ``compact()``."""
+    import math
+
+    texts = {"a": "Café running club runs every morning", "b": "The CAFE closes early", "c": "A morning swim",
+             "d": "Quiet library reading room", "e": "Runners meet at the cafe", "f": "Violin lessons on Sunday",
+             "g": "Garden tools for sale", "h": "Mountain trail map", "i": "Old train station", "j": "Blue ocean"}
+    idx = Index.build(tmp_path / "b", list(texts.values()), ids=list(texts), model=tiny_model, lexical=True,
+                      show_progress=False)
+
+    def expected(query_terms, docs):
+        stem = {"café": "cafe", "cafe": "cafe", "running": "run", "runs": "run", "runners": "runner"}
+        toks = {i: [stem.get(w, w) for w in t.lower().split()] for i, t in docs.items()}
+        n, avg = len(toks), sum(map(len, toks.values())) / len(toks)
+        out = {}
+        for i, words in toks.items():
+            s = 0.0
+            for term in query_terms:
+                df = sum(term in w for w in toks.values())
+                idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+                f = words.count(term)
+                s += idf * f * 2.2 / (f + 1.2 * (0.25 + 0.75 * len(words) / avg))
+            if s > 0:
+                out[i] = s
+        return out
+
+    for query, terms in (("CAFÉ", ["cafe"]), ("the running cafe", ["run", "cafe"])):  # "the": a stopword
+        want = expected(terms, texts)
+        got = {h.id: h.score for h in idx.search(query, k=10, mode="bm25")}
+        assert got.keys() == want.keys() and all(got[i] == pytest.approx(want[i], rel=1e-6) for i in got), query
+    idx.delete(["b"])  # gone from the answers, still in the statistics
+    still = expected(["cafe"], texts)
+    got = {h.id: h.score for h in idx.search("cafe", k=10, mode="bm25")}
+    assert got.keys() == {"a", "e"} and all(got[i] == pytest.approx(still[i], rel=1e-6) for i in got)
+    idx.compact()
+    after = expected(["cafe"], {i: t for i, t in texts.items() if i != "b"})
+    got = {h.id: h.score for h in idx.search("cafe", k=10, mode="bm25")}
+    assert got.keys() == after.keys() and all(got[i] == pytest.approx(after[i], rel=1e-6) for i in got)
+    assert after["a"] > 1.2 * still["a"] > 0.5  # the statistics did change (idf of "cafe": 0.76, then 1.10)

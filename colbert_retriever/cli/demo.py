@@ -33,8 +33,8 @@ def main(argv=None):
     model = ColBERT.default()
     t1 = time.perf_counter()
     print(f"loaded {model} in {t1 - t0:.1f}s; indexing {len(texts)} docstrings from {args.data}")
-    # overwrite=True replaces an index of ours atomically and refuses a folder holding anything else
-    index = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, overwrite=True)
+    # "overwrite" replaces an index of ours atomically and refuses a folder holding anything else
+    index = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, if_exists="overwrite")
     t2 = time.perf_counter()
     meta = index.metadata
     print(f"built {args.index} in {t2 - t1:.1f}s: {meta['counts']['documents']} docs, "
