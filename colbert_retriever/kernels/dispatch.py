@@ -148,12 +148,20 @@ def numba_groups(code: str, widths, parallel: bool) -> list:
 
 
 def warm_numba(code: str, max_query_len: Optional[int] = None, parallel: bool = True) -> None:
-    """Compile (or load from numba's cache) the kernels an index's searches will use, in a background thread:
-    the widths queries of up to ``max_query_len`` tokens pad to (None: every vector-register width), for its
-    code dtype (``code``: "uint8", "uint16" or "int32"), serial variants first. Searches meanwhile run the torch
-    kernels. Nothing happens when numba does not import or ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (then the
-    first search asking for a width starts its compilation)."""
-    if os.environ.get("COLBERT_RETRIEVER_WARM_KERNELS", "1") == "0" or not numba_available():
+    """Compile (or load from numba's cache) the kernels an index's searches will use, in a background thread that
+    also imports numba: the widths queries of up to ``max_query_len`` tokens pad to (None: every vector-register
+    width), for its code dtype (``code``: "uint8", "uint16" or "int32"), serial variants first, then
+    (``parallel``) the parallel ones. Searches meanwhile run the torch kernels. Nothing happens when
+    ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (then the first search asking for a width starts its compilation)
+    or numba does not import."""
+    if os.environ.get("COLBERT_RETRIEVER_WARM_KERNELS", "1") == "0":
+        return
+    threading.Thread(target=_warm, args=(code, max_query_len, parallel), name="colbert-retriever-numba-import",
+                     daemon=True).start()
+
+
+def _warm(code: str, max_query_len: Optional[int], parallel: bool) -> None:
+    if not numba_available():
         return
     from .numba_drivers import kernel_width, padded_width
     from .numba_ir import SIMD_WIDTHS

@@ -106,6 +106,8 @@ def load_array(folder: Path, name: str, shape: Optional[tuple] = None, dtype=Non
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise IndexFormatError(f"index file {path} is corrupt or truncated: {e}") from None
+    if arr.ndim > 1 and not arr.flags.c_contiguous:  # the kernels read rows in order (numpy's fortran_order)
+        raise IndexFormatError(f"index file {path} stores its array in Fortran order; index files are C order")
     if dtype is not None and arr.dtype != np.dtype(dtype):
         raise IndexFormatError(f"index file {path} holds {arr.dtype}; expected {np.dtype(dtype)}")
     if shape is not None:
