@@ -59,12 +59,12 @@ class NoAlias(Compiler):
 
 def _digest() -> str:
     here = Path(__file__).parent
-    text = b"".join((here / f).read_bytes() for f in ("numba_loops.py", "numba_ir.py", "numba_kernels.py"))
-    return format(zlib.crc32(text), "08x")[:6]
+    text = b"".join((here / f).read_bytes() for f in ("numba_loops.py", "numba_ir.py"))
+    return format(zlib.crc32(text + repr(sorted(OPTIONS.items())).encode()), "08x")[:6]
 
 
 TAG = _digest()
-"""Part of every cached kernel's name: a change to any kernel source gets new cache entries."""
+"""Part of every cached kernel's name: a change to the kernels' sources or options gets new cache entries."""
 
 
 def bind(fn, name: str, **names):
@@ -252,15 +252,17 @@ class KernelSet:
 
     # ------------------------------------------------------------ running
     def run(self, name: str, width: Optional[int], threads: int, code: str, *args) -> None:
-        """Run a width kernel: its parallel variant with ``threads`` threads (numba's count is per calling thread)
-        when more than one is wanted, that variant is ready and no other parallel launch of this process is
-        running (numba's ``workqueue`` threading layer must not be entered by two threads at once), else its
-        serial variant."""
+        """Run a width kernel: its parallel variant with ``threads`` threads (numba's count for the calling
+        thread, restored after) when more than one is wanted, that variant is ready and no other parallel launch
+        of this process is running (numba's ``workqueue`` threading layer must not be entered by two threads at
+        once), else its serial variant."""
         if threads > 1 and self.ready(group_key(width, code, True)) and self._parallel_lock.acquire(blocking=False):
+            old = numba.get_num_threads()
             try:
                 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
                 self.kernel(name, width, True)(*args)
             finally:
+                numba.set_num_threads(old)  # the calling thread's count as it was (numba keeps one per thread)
                 self._parallel_lock.release()
             return
         self.kernel(name, width, False)(*args)

@@ -1,9 +1,15 @@
-"""How many intra-op threads a search (or a query's encoding) uses: the caller's count while it runs alone on an
-idle machine, fewer when other searches in this process or other processes compete for the cores.
+"""How many threads a search's kernels use: the caller's count while the search runs alone on an idle machine, one
+when other searches in this process or other processes' threads compete for the cores.
 
-Why: a search is many small steps, each an OpenMP parallel region; with more runnable threads than cores every
-region waits for a descheduled thread (measured: BENCHMARKS.md "Contention"). ``search_threads`` decides per call
-and restores the caller's count after; an explicit count (``SearchConfig(threads=n)``) is used as given.
+Why: a parallel kernel waits at its end for its slowest thread; with more runnable threads than cores that thread
+may be descheduled for a whole time slice. ``search_threads`` decides per call; an explicit count
+(``SearchConfig(threads=n)``) is used as given.
+
+Nothing process-wide changes: the count is handed to the numba kernels, which set numba's thread count for the
+calling thread only (numba keeps it per thread). torch's thread count is read, never set: ``torch.set_num_threads``
+is process-wide (it resizes torch's shared pools and clears oneDNN's cached primitives, which a document encode
+in another thread is using), and a search's own torch work is a few small operations; the query encoder and the
+torch kernels run with the process's count.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 
 _active = 0  # searches running in this process (state, not a knob: nothing outside this module sets it)
 _active_lock = threading.Lock()
-_local = threading.local()  # nesting depth of search_threads in this thread
+_local = threading.local()  # this thread's decision while a search_threads block runs (nested blocks keep it)
 
 
 def cpu_count() -> int:
@@ -28,15 +34,14 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def runnable_elsewhere(own_workers: int = 0) -> int:
-    """Threads of other processes (or other threads of this one) ready to run right now: Linux's /proc/stat
-    ``procs_running`` less the calling thread and ``own_workers`` (this thread's OpenMP workers, which may still
-    spin after its last parallel region); 0 where that cannot be read."""
+def runnable_elsewhere() -> int:
+    """Threads ready to run right now besides the calling one: Linux's /proc/stat ``procs_running`` less one; 0
+    where that cannot be read."""
     try:
         with open("/proc/stat", "rb") as f:
             for line in f:
                 if line.startswith(b"procs_running"):
-                    return max(0, int(line.split()[1]) - 1 - own_workers)
+                    return max(0, int(line.split()[1]) - 1)
     except (OSError, ValueError, IndexError):
         pass
     return 0
@@ -44,42 +49,31 @@ def runnable_elsewhere(own_workers: int = 0) -> int:
 
 def auto_threads(wanted: int, concurrent: bool) -> int:
     """Threads for one search: 1 when other searches of this process run at the same time; otherwise the cores
-    that other runnable threads leave free (at least 1, at most ``wanted``)."""
+    that other runnable threads leave free (at least 1, at most ``wanted``). Threads of this process count as
+    others too (a pool's workers still spinning after their last parallel region): the count errs towards one."""
     if concurrent or wanted <= 1:
         return 1
-    free = cpu_count() - runnable_elsewhere(wanted - 1)
-    return max(1, min(wanted, free))
+    return max(1, min(wanted, cpu_count() - runnable_elsewhere()))
 
 
 @contextlib.contextmanager
 def search_threads(requested: Optional[int] = None) -> Iterator[int]:
-    """Run a block with the threads ``auto_threads`` picks (or ``requested``), in the calling thread only (OpenMP
-    keeps the count per thread, so concurrent searches do not see each other's setting); yields the count. A
-    nested block (a search inside ``Index.search``, which also encodes the query) keeps the outer decision."""
+    """Decide the threads of one search (``requested``, else ``auto_threads`` from torch's count for this
+    thread, read and left as it is); yields the count, which the caller passes to the kernels. A nested block (a
+    search inside ``Index.search``) keeps the outer decision."""
     global _active
-    if getattr(_local, "depth", 0):
-        _local.depth += 1
-        try:
-            yield torch.get_num_threads()
-        finally:
-            _local.depth -= 1
+    outer = getattr(_local, "threads", None)
+    if outer is not None:
+        yield outer
         return
     with _active_lock:
         _active += 1
         concurrent = _active > 1
-    _local.depth = 1
     try:
-        old = torch.get_num_threads()
-        n = requested if requested is not None else auto_threads(old, concurrent)
-        if n == old:
-            yield n
-            return
-        torch.set_num_threads(n)
-        try:
-            yield n
-        finally:
-            torch.set_num_threads(old)
+        n = requested if requested is not None else auto_threads(torch.get_num_threads(), concurrent)
+        _local.threads = n
+        yield n
     finally:
-        _local.depth = 0
+        _local.threads = None
         with _active_lock:
             _active -= 1
