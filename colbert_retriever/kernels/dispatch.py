@@ -21,6 +21,7 @@ import torch
 
 from ..config import KERNELS
 from ..errors import InvalidArgument
+from .foreground import FOREGROUND
 
 _state = threading.local()
 BACKENDS = KERNELS
@@ -152,12 +153,23 @@ def warm_numba(code: str, max_query_len: Optional[int] = None, parallel: bool = 
     also imports numba: the widths queries of up to ``max_query_len`` tokens pad to (None: every vector-register
     width), for its code dtype (``code``: "uint8", "uint16" or "int32"), serial variants first, then
     (``parallel``) the parallel ones. Searches meanwhile run the torch kernels. Nothing happens when
-    ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (then the first search asking for a width starts its compilation)
-    or numba does not import."""
-    if os.environ.get("COLBERT_RETRIEVER_WARM_KERNELS", "1") == "0":
+    numba does not import or ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (``background_compilation``)."""
+    if not background_compilation():
         return
-    threading.Thread(target=_warm, args=(code, max_query_len, parallel), name="colbert-retriever-numba-import",
-                     daemon=True).start()
+    threading.Thread(target=FOREGROUND.run_stepping_aside, args=(_warm, code, max_query_len, parallel),
+                     name="colbert-retriever-numba-import", daemon=True).start()
+
+
+def foreground():
+    """A context for a search (encoding included): the background compilation steps aside while it runs
+    (``foreground``)."""
+    return FOREGROUND.searching()
+
+
+def background_compilation() -> bool:
+    """False when ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set: no background thread; a search compiles the numba
+    kernels it needs when it first needs them (and waits)."""
+    return os.environ.get("COLBERT_RETRIEVER_WARM_KERNELS", "1") != "0"
 
 
 def _warm(code: str, max_query_len: Optional[int], parallel: bool) -> None:
@@ -184,12 +196,14 @@ def numba_code_name(codes) -> str:
 def numba_for_search(code: str, q_len: int, threads: int, requested: str):
     """(kernel set, "") when the numba kernels for this search (a query of ``q_len`` tokens on an index with
     ``code`` dtype codes, on ``threads`` threads) are ready; else (None, why). When numba was asked for by name
-    (``requested`` "numba", or the ``kernel_backend`` switch) they are compiled here first; for "auto" they are
-    queued for the background thread and this search runs the torch kernels. A compilation that failed gives
+    (``requested`` "numba", or the ``kernel_backend`` switch), or with no background compilation, they are
+    compiled here first; otherwise they are queued for the background thread and this search runs the torch
+    kernels. A compilation that failed gives
     (None, its error) and one warning per process."""
     from .numba_drivers import kernel_width, padded_width
 
-    wait = requested == "numba" or (requested == "auto" and getattr(_state, "backend", "auto") == "numba")
+    wait = (requested == "numba" or (requested == "auto" and getattr(_state, "backend", "auto") == "numba")
+            or not background_compilation())
     ks = numba_kernel_set()
     w = kernel_width(padded_width(q_len))
     need = numba_groups(code, [w], False)

@@ -33,6 +33,7 @@ from numba import types as nt
 from numba.core.compiler import Compiler
 
 from . import numba_ir, numba_loops
+from .foreground import FOREGROUND, Foreground
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +121,12 @@ def width_functions(width: Optional[int], jit: Callable) -> dict:
 
 class KernelSet:
     """The process's numba kernels (``default_set``), or a set of one's own (tests: ``jit`` replaces
-    ``numba.njit``, e.g. to force a compilation error). Thread-safe."""
+    ``numba.njit``, e.g. to force a compilation error). Its background thread steps aside for the searches that
+    ``foreground`` counts (see ``foreground``). Thread-safe."""
 
-    def __init__(self, jit: Optional[Callable] = None):
+    def __init__(self, jit: Optional[Callable] = None, foreground: Foreground = FOREGROUND):
         self._jit = jit or numba.njit
+        self._fg = foreground
         self._lock = threading.Lock()
         self._parallel_lock = threading.Lock()
         self._funcs: dict = {}  # width -> its per-row functions
@@ -183,9 +186,12 @@ class KernelSet:
 
     def ensure(self, groups) -> None:
         """Compile (or load) ``groups`` in the calling thread, waiting for numba's compiler lock if the background
-        thread holds it."""
-        for g in groups:
-            self._compile(g)
+        thread holds it (which then does not step aside)."""
+        if all(self.ready(g) for g in groups):
+            return
+        with self._fg.compiling_here():
+            for g in groups:
+                self._compile(g)
 
     def start(self, groups) -> None:
         """Queue ``groups`` for the background thread (started if it is not running)."""
@@ -198,8 +204,8 @@ class KernelSet:
             self._queue.extend(new)
             if self._queue and not self._busy:
                 self._busy = True
-                self._thread = threading.Thread(target=self._drain, name="colbert-retriever-numba-warmup",
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._fg.run_stepping_aside, args=(self._drain,),
+                                                name="colbert-retriever-numba-warmup", daemon=True)
                 self._thread.start()
 
     def compiling(self) -> bool:

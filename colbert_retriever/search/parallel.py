@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from ..kernels import dispatch
+
 _active = 0  # searches running in this process (state, not a knob: nothing outside this module sets it)
 _active_lock = threading.Lock()
 _local = threading.local()  # this thread's decision while a search_threads block runs (nested blocks keep it)
@@ -72,7 +74,8 @@ def search_threads(requested: Optional[int] = None) -> Iterator[int]:
     try:
         n = requested if requested is not None else auto_threads(torch.get_num_threads(), concurrent)
         _local.threads = n
-        yield n
+        with dispatch.foreground():  # a background compilation of the numba kernels steps aside meanwhile
+            yield n
     finally:
         _local.threads = None
         with _active_lock:
