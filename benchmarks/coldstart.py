@@ -64,7 +64,7 @@ def child(path: str, kernels: str) -> None:
         hits = index.search(q, k=10, kernels=kernels, trace=tr)
         first.append(round((time.perf_counter() - t) * 1000, 1))
         first_kernels.append(tr[0].kernels)
-        widths.append(len(index.model.encode_queries([q])[0]))
+        widths.append(int((index.model.encode_queries([q])[0].abs().sum(-1) > 0).sum()))
         assert len(hits) == 10
     ks = dispatch.numba_kernel_set()
     ks.wait()
@@ -127,9 +127,11 @@ def main(argv=None):
         return child(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--index", type=Path, help="an index built with the default model (default: make bench's)")
     args = ap.parse_args(argv)
-    path = index_path()
-    out = {"machine": machine_info(), "index": str(path.relative_to(WORK)), "queries": QUERIES, "cases": {}}
+    path = args.index or index_path()
+    name = str(path.relative_to(WORK) if path.is_relative_to(WORK) else path)
+    out = {"machine": machine_info(), "index": name, "queries": QUERIES, "cases": {}}
     cases: dict[str, list] = {"numba, empty cache": [], "numba, warm cache": [], "warm-up off, empty cache": [],
                               "torch kernels": []}
     for _ in range(args.repeats):

@@ -206,3 +206,43 @@ def test_once_the_kernels_are_ready_no_search_compiles(saved):
         assert rec.buffer == [], rec.buffer
         """)
     _run_child(code, None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_kernels_compile_searches_on_torch(tmp_path):
+    """numba's compiler lock may be held, at the fork, by the compiling thread, which does not exist in the child:
+    the child never compiles (it would hang); its searches run the torch kernels, with one warning."""
+    code = textwrap.dedent(f"""
+        import os, sys, warnings
+        sys.path.insert(0, {str(ROOT)!r})
+        import torch
+        from colbert_retriever import SearchConfig
+        from colbert_retriever.codec.residual import ResidualCodec
+        from colbert_retriever.kernels import dispatch
+        from colbert_retriever.search import plaid
+        from colbert_retriever.search.arrays import IndexArrays
+        c = ResidualCodec(torch.nn.functional.normalize(torch.randn(8, 16), dim=-1), torch.tensor([0.0]),
+                          torch.tensor([-0.1, 0.1]), 1)
+        codes, packed = torch.randint(0, 8, (40,)).to(torch.uint8), torch.randint(0, 255, (40, 2)).to(torch.uint8)
+        a = IndexArrays.single(c, codes, packed, torch.tensor([0, 10, 40]), torch.zeros(1, dtype=torch.int32),
+                               torch.zeros(9, dtype=torch.long))
+        q = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+        ks = dispatch.numba_kernel_set()
+        ks.start(dispatch.numba_groups("uint8", [8], True))
+        assert ks.compiling()
+        pid = os.fork()
+        if pid == 0:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                tr = []
+                for _ in range(2):
+                    plaid.search(q, a, 2, SearchConfig(), trace=tr)
+                    plaid.search(q, a, 2, SearchConfig(kernels="numba"), trace=tr)
+            ok = all(t.kernels == "torch" and "forked while they compiled" in t.fallback for t in tr)
+            os._exit(0 if ok and len([w for w in caught if "forked" in str(w.message)]) == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "child 0" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]

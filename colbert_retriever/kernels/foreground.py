@@ -15,6 +15,7 @@ back-to-back searches cannot starve the compilation.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -40,8 +41,13 @@ class Foreground:
             yield
         finally:
             with self._cond:
-                self.searches -= 1
+                self.searches = max(0, self.searches - 1)
                 self._cond.notify_all()
+
+    def after_fork(self) -> None:
+        """In a forked child: the threads counted are gone, and the lock may have been held by one of them."""
+        self.searches = self.compiling = 0
+        self._cond = threading.Condition(threading.Lock())
 
     @contextlib.contextmanager
     def compiling_here(self):
@@ -52,7 +58,7 @@ class Foreground:
             yield
         finally:
             with self._cond:
-                self.compiling -= 1
+                self.compiling = max(0, self.compiling - 1)
 
     def wait_for_quiet(self, timeout: float) -> None:
         with self._cond:
@@ -84,3 +90,6 @@ class Foreground:
 
 FOREGROUND = Foreground()
 """The process's searches (``search.parallel.search_threads`` counts them; the kernel sets' threads step aside)."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=FOREGROUND.after_fork)
