@@ -66,8 +66,7 @@ def child(path: str, kernels: str) -> None:
         first_kernels.append(tr[0].kernels)
         widths.append(int((index.model.encode_queries([q])[0].abs().sum(-1) > 0).sum()))
         assert len(hits) == 10
-    ks = dispatch.numba_kernel_set()
-    ks.wait()
+    dispatch.wait_for_kernels()
     ready = time.perf_counter() - t2
     with event.install_recorder("numba:compile") as rec:
         later, later_kernels = [], []

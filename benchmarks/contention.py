@@ -108,7 +108,7 @@ def main(argv=None):
     queries_all, qrels = load_queries(folder), load_qrels(folder)
     queries = [queries_all[q] for q in queries_all if q in qrels][: args.queries]
     Q = index.model.encode_queries(queries)
-    dispatch.numba_kernel_set().wait()  # the background compilation done: every search runs the numba kernels
+    dispatch.wait_for_kernels()  # the background compilation done: every search runs the numba kernels
     for i in range(10):  # warm (caches, pools)
         index.search(queries[i], k=10)
     cores = parallel.cpu_count()

@@ -197,7 +197,7 @@ def test_once_the_kernels_are_ready_no_search_compiles(saved):
     events), for queries of 1 to 36 words."""
     code = CHILD.format(root=str(ROOT), folder=str(saved)) + textwrap.dedent("""
         from numba.core import event
-        assert dispatch.numba_kernel_set().wait(600)
+        assert dispatch.wait_for_kernels(600)
         with event.install_recorder("numba:compile") as rec:
             tr = []
             for q in queries:

@@ -120,7 +120,7 @@ def test_probe_top_cells_best_first_lower_centroid_first_among_ties(K):
     for ncells in sorted({1, 8, 20, K}):
         cells = np.empty((7, min(ncells, K)), np.int64)
         vals = np.empty((7, min(ncells, K)), np.float32)
-        ks.kernel("probe_top")(ScT, min(ncells, K), cells, vals)
+        ks.kernel("probe_top")(ScT, K, min(ncells, K), cells, vals)
         want = np.argsort(-ScT, axis=1, kind="stable")[:, : min(ncells, K)]
         assert np.array_equal(cells, want), ncells
         assert np.array_equal(vals, np.take_along_axis(ScT, want, axis=1))

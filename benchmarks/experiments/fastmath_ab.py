@@ -43,7 +43,7 @@ def kernel_times(ks, arrays, Q, code, pids_ci, pids_ex) -> dict:
     tab = numba_drivers.Tables.from_query(ks, Q, arrays.codec, code, 1)
     out["tables"] = time.perf_counter() - t
     t = time.perf_counter()
-    numba_drivers.probed_scores(ks, tab.ScT, 8, 0.8, arrays)
+    numba_drivers.probed_scores(ks, tab.rows, tab.K, 8, 0.8, arrays)
     out["probed"] = time.perf_counter() - t
     t = time.perf_counter()
     numba_drivers.centroid_interaction(tab, arrays, pids_ci)

@@ -17,6 +17,7 @@ import threading
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ..config import KERNELS
@@ -142,10 +143,10 @@ def numba_kernel_set():
 def numba_groups(code: str, widths, parallel: bool) -> list:
     """The kernel groups searches with these padded widths (None: the plain loops) and code dtype need, in the
     order to compile them: the shared group, the serial variants, then (``parallel``) the parallel ones."""
-    from .numba_kernels import SHARED, group_key
+    from .numba_kernels import SHARED, SHARED_PARALLEL, group_key
 
-    return [SHARED, *(group_key(w, code, False) for w in widths), *(group_key(w, code, True) for w in widths
-                                                                     if parallel)]
+    serial = [SHARED, *(group_key(w, code, False) for w in widths)]
+    return serial + ([SHARED_PARALLEL, *(group_key(w, code, True) for w in widths)] if parallel else [])
 
 
 def warm_numba(code: str, max_query_len: Optional[int] = None, parallel: bool = True) -> None:
@@ -156,8 +157,25 @@ def warm_numba(code: str, max_query_len: Optional[int] = None, parallel: bool = 
     numba does not import or ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (``background_compilation``)."""
     if not background_compilation():
         return
-    threading.Thread(target=FOREGROUND.run_stepping_aside, args=(_warm, code, max_query_len, parallel),
-                     name="colbert-retriever-numba-import", daemon=True).start()
+    t = threading.Thread(target=FOREGROUND.run_stepping_aside, args=(_warm, code, max_query_len, parallel),
+                         name="colbert-retriever-numba-import", daemon=True)
+    with _warmers_lock:
+        _warmers[:] = [w for w in _warmers if w.is_alive()] + [t]
+        t.start()
+
+
+_warmers: list = []  # threads of warm_numba that may not have queued their groups yet
+_warmers_lock = threading.Lock()
+
+
+def wait_for_kernels(timeout: Optional[float] = None) -> bool:
+    """Wait until the background work ``warm_numba`` started is done (benchmarks and tests that want every search
+    on the numba kernels); True when it is."""
+    with _warmers_lock:
+        pending = list(_warmers)
+    for t in pending:
+        t.join(timeout)
+    return not numba_available() or numba_kernel_set().wait(timeout)
 
 
 def foreground():
@@ -220,8 +238,8 @@ def numba_for_search(code: str, q_len: int, threads: int, requested: str):
         return None, failed
     if not all(ks.ready(g) for g in need):
         return None, "numba kernels compiling (first searches of this process)"
-    if threads > 1 and not ks.ready(need[-1][:2] + (True,)):
-        ks.start(numba_groups(code, [w], True))
+    if threads > 1 and not all(ks.ready(g) for g in numba_groups(code, [w], True)):
+        ks.start(numba_groups(code, [w], True))  # the parallel variants, for the next searches
     return ks, ""
 
 
@@ -251,14 +269,17 @@ def numba_centroid_interaction(Sc, arrays, pids, threads, tables=None):
     return k(_stage_tables(Sc, arrays, threads, tables), arrays, pids)
 
 
-def numba_probed_scores(ScT, ncells, impute, arrays, allowed, **how):
+def numba_probed_scores(ScT, ncells, impute, arrays, allowed, tables=None, **how):
+    """Probed scoring on the numba kernels, from the search's tables (their padded score rows) or from ScT."""
     from .numba_drivers import probed_scores as k
     from .numba_kernels import SHARED
 
+    if tables is not None:
+        return k(tables.ks, tables.rows, tables.K, ncells, impute, arrays, allowed, **how)
     ks = numba_kernel_set()
     ks.ensure([SHARED])
-    S = ScT if not isinstance(ScT, torch.Tensor) else ScT.float().contiguous().numpy()
-    return k(ks, S, ncells, impute, arrays, allowed, **how)
+    rows = ScT.float().contiguous().numpy() if isinstance(ScT, torch.Tensor) else np.ascontiguousarray(ScT)
+    return k(ks, rows, rows.shape[1], ncells, impute, arrays, allowed, **how)
 
 
 def numba_exact_scores(arrays, pids, Sc, lut_q, threads, tables=None):

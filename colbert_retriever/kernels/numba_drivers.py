@@ -9,6 +9,8 @@ flat data by offsets): query-sized operands are made so here, index arrays that 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -57,6 +59,34 @@ def _f32(t) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+_blocks: dict = {}  # id(centroid tensor) -> its blocks, dropped when the tensor is collected
+_blocks_lock = threading.Lock()
+
+
+def centroid_blocks(C: torch.Tensor) -> np.ndarray:
+    """The centroids (K, dim) in blocks of 32, each block transposed: a (blocks * dim, 32) float32 array, row
+    ``blk * dim + d`` = dimension d of centroids 32 blk .. 32 blk + 31 (zeros past K): what the score product
+    reads (``numba_loops.scores``). Made once per centroid tensor and kept while it lives (4 bytes per centroid and
+    dimension: 8 MB for 16k x 128)."""
+    with _blocks_lock:
+        CB = _blocks.get(id(C))
+        if CB is None:
+            K, dim = C.shape
+            nb = -(-K // 32)
+            padded = np.zeros((nb * 32, dim), dtype=np.float32)
+            padded[:K] = C.float().numpy()
+            CB = np.ascontiguousarray(padded.reshape(nb, 32, dim).transpose(0, 2, 1)).reshape(nb * dim, 32)
+            _blocks[id(C)] = CB
+            weakref.finalize(C, _blocks.pop, id(C), None)
+        return CB
+
+
+def row_length(K: int) -> int:
+    """Floats per row of the (q, K) score rows: K rounded up to 32, plus 16 (rows exactly 64 KB apart, K = 16k,
+    fall in the same cache sets: writing them column by column measured several times slower)."""
+    return -(-K // 32) * 32 + 16
+
+
 class Tables:
     """One query's operands as the kernels read them: its centroid scores as flat float32 rows padded with zero
     columns to ``qp`` (``padded_width``: the inner loops vectorise without a remainder) and as (q, K) rows (``ScT``,
@@ -71,7 +101,7 @@ class Tables:
         self.ks, self.q, self.qp, self.K, self.threads = ks, q, padded_width(q), K, threads
         self.width = kernel_width(self.qp)
         self.S = np.empty(K * self.qp, dtype=np.float32)
-        self.ScT: Optional[np.ndarray] = None
+        self.rows: Optional[np.ndarray] = None  # (q, >= K): ScT's storage, rows padded (``row_length``)
         self._Qt: Optional[np.ndarray] = None
         self._L: Optional[np.ndarray] = None
         self._lut: Optional[np.ndarray] = None
@@ -80,13 +110,14 @@ class Tables:
     def from_query(cls, ks, Q: torch.Tensor, codec, code: str, threads: int = 1) -> "Tables":
         """Q (q, dim) float32: the query's real rows; codec: the index's ``ResidualCodec`` (its float32 centroids
         and byte decoding table); code: the index's code dtype name (which compiled group runs)."""
-        C = _f32(codec.centroids)
-        t = cls(ks, Q.shape[0], C.shape[0], threads)
+        CB = centroid_blocks(codec.centroids)
+        t = cls(ks, Q.shape[0], codec.num_centroids, threads)
+        Qr = _f32(Q)
         t._Qt = np.zeros((Q.shape[1], t.qp), dtype=np.float32)
-        t._Qt[:, : t.q] = Q.numpy().T
+        t._Qt[:, : t.q] = Qr.T
         t._L = _f32(codec._lut)
-        t.ScT = np.empty((t.q, t.K), dtype=np.float32)
-        ks.run("scores", t.width, threads, code, C, t._Qt, t.q, t.S, t.ScT)
+        t.rows = np.empty((t.q, row_length(t.K)), dtype=np.float32)
+        ks.run("scores", None, threads, code, CB, Qr, t.S, t.rows, t.K)
         return t
 
     @classmethod
@@ -95,8 +126,13 @@ class Tables:
         t = cls(ks, Sc.shape[1], Sc.shape[0], threads)
         t.S.reshape(t.K, t.qp)[:, t.q:] = 0.0
         t.S.reshape(t.K, t.qp)[:, : t.q] = Sc.float().numpy()
-        t.ScT = np.ascontiguousarray(Sc.float().numpy().T)
+        t.rows = np.ascontiguousarray(Sc.float().numpy().T)
         return t
+
+    @property
+    def ScT(self) -> np.ndarray:
+        """The (q, K) scores (a view of ``rows``)."""
+        return self.rows[:, : self.K]
 
     def lut(self, lut_q: Optional[torch.Tensor] = None) -> np.ndarray:
         """The padded lookup table: computed from the query (``from_query``), or laid out from ``lut_q`` ((P *
@@ -162,15 +198,16 @@ SCAN_RATIO = 16
 documents per candidate, else by sorting the candidates."""
 
 
-def probed_scores(ks, ScT: np.ndarray, ncells: int, impute: float, arrays, allowed=None,
+def probed_scores(ks, rows: np.ndarray, K: int, ncells: int, impute: float, arrays, allowed=None,
                   scan_ratio: float = SCAN_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
-    """``stages.probed_scores``: ScT (q, K) query-centroid scores; each query token probes its ``ncells`` best
+    """``stages.probed_scores``: rows (q, >= K) C-contiguous, their first K columns the query-centroid scores
+    (``Tables.rows``); each query token probes its ``ncells`` best
     centroids; a token none of a candidate's probed cells serves scores ``impute`` x its last probed cell's score
     (at least 0). Returns (sorted candidate pids int64, scores float32). Serial."""
-    q = ScT.shape[0]
+    q = rows.shape[0]
     cells = np.empty((q, ncells), dtype=np.int64)
     vals = np.empty((q, ncells), dtype=np.float32)
-    ks.kernel("probe_top")(_f32(ScT), ncells, cells, vals)
+    ks.kernel("probe_top")(_c(rows, "scores"), K, ncells, cells, vals)
     missing = np.float32(impute) * np.maximum(vals[:, -1], np.float32(0.0))
     c, v = cells.reshape(-1), vals.reshape(-1)
     ok = np.empty(0, dtype=np.bool_) if allowed is None else _np(allowed, "allowed")

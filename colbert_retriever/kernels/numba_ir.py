@@ -153,48 +153,46 @@ def maxsim_ir(qp: int):
     return maxsim
 
 
-SCORE_ROWS = 4
-"""Centroids the score product computes at once (independent chains of additions: enough to keep the adders
-busy while each chain waits for its previous sum)."""
+SCORE_BLOCK = 32
+"""Centroids (two 16-float vectors) and ``SCORE_QUERY_ROWS`` query tokens the score product computes at once:
+eight independent chains of additions, enough to keep the adders busy while each waits for its previous sum."""
+SCORE_QUERY_ROWS = 4
 
 
-def scores_ir(qp: int):
-    """A numba intrinsic ``f(C, Qt, a, b, S)``: rows a..b of the query-centroid scores, S[c, :qp] = sum over d of
-    C[c, d] x Qt[d, :qp], with C (K, dim) float32 centroids and Qt (dim, qp) the query transposed and padded with
-    zero columns; S (K * qp,) row-major. Each score is a sum over d in order from 0, starting at 0, one rounding
-    per product and per addition (the same arithmetic as ``numba_loops.scores_rows``, bit for bit);
-    ``SCORE_ROWS`` centroids at a time."""
-    g = _IR(qp)
+def scores_ir():
+    """A numba intrinsic ``f(CB, Q, j0, j1, j2, j3, blk, tile)``: the scores of query tokens j0..j3 against the 32
+    centroids of block ``blk``: tile[m * 32 + i] = sum over d of Q[j_m, d] x CB[blk * dim + d, i], with CB
+    (blocks * dim, 32) the centroids in blocks of 32, each block transposed (``numba_drivers.centroid_blocks``:
+    a block's 16 KB are contiguous, where rows of a (dim, K) transpose would all fall in the same cache sets)
+    and Q (q, dim) the query's rows. Each score is a sum over d in order from 0, starting at 0, one rounding per
+    product and per addition: the arithmetic of ``numba_loops.scores_rows`` (bit for bit), vectorised over
+    centroids."""
+    g = _IR(16)
 
     @intrinsic
-    def scores(typingctx, C, Qt, a, b, S):
+    def scores(typingctx, CB, Q, j0, j1, j2, j3, blk, tile):
         def codegen(context, builder, signature, args):
             ty = signature.args
-            C_, Qt_, S_ = (context.make_array(ty[i])(context, builder, args[i]) for i in (0, 1, 4))
-            dim = cgutils.unpack_tuple(builder, C_.shape)[1]
-            start, stop = g.index(context, builder, args[2], ty[2]), g.index(context, builder, args[3], ty[3])
-
-            def rows(c0, m):  # rows c0 .. c0 + m - 1
-                acc = [[cgutils.alloca_once_value(builder, g.splat(0.0)) for _ in range(g.n)] for _ in range(m)]
-                with cgutils.for_range(builder, dim) as loop:
-                    qv = g.load_row(builder, Qt_.data, loop.index)
-                    for i in range(m):
-                        c_row = builder.mul(builder.add(c0, g.const(i)), dim)
-                        x = g.broadcast(builder, builder.load(builder.gep(C_.data, [builder.add(c_row, loop.index)])))
-                        for slot, qx in zip(acc[i], qv):
-                            builder.store(builder.fadd(builder.load(slot), builder.fmul(x, qx)), slot)
-                for i in range(m):
-                    g.store_row(builder, [builder.load(s) for s in acc[i]], S_.data, builder.add(c0, g.const(i)))
-
-            blocks = builder.sdiv(builder.sub(stop, start), g.const(SCORE_ROWS))
-            with cgutils.for_range(builder, blocks) as loop:
-                rows(builder.add(start, builder.mul(loop.index, g.const(SCORE_ROWS))), SCORE_ROWS)
-            rest = builder.add(start, builder.mul(blocks, g.const(SCORE_ROWS)))
-            with cgutils.for_range_slice(builder, rest, stop, g.const(1), inc=True) as (c, _):
-                rows(c, 1)
+            CB_, Q_, tile_ = (context.make_array(ty[i])(context, builder, args[i]) for i in (0, 1, 7))
+            dim = cgutils.unpack_tuple(builder, Q_.shape)[1]
+            rows = [builder.mul(g.index(context, builder, args[i], ty[i]), dim) for i in range(2, 6)]
+            first = builder.mul(builder.mul(g.index(context, builder, args[6], ty[6]), dim), g.const(32))
+            acc = [[cgutils.alloca_once_value(builder, g.splat(0.0)) for _ in range(2)] for _ in rows]
+            with cgutils.for_range(builder, dim) as loop:
+                d = loop.index
+                base = builder.add(first, builder.mul(d, g.const(32)))
+                cb = [g.load(builder, CB_.data, builder.add(base, g.const(16 * v))) for v in range(2)]
+                for row, slots in zip(rows, acc):
+                    x = g.broadcast(builder, builder.load(builder.gep(Q_.data, [builder.add(row, d)])))
+                    for slot, c in zip(slots, cb):
+                        builder.store(builder.fadd(builder.load(slot), builder.fmul(x, c)), slot)
+            for m, slots in enumerate(acc):
+                for v, slot in enumerate(slots):
+                    ptr = builder.gep(tile_.data, [g.const(m * 32 + 16 * v)])
+                    builder.store(builder.load(slot), builder.bitcast(ptr, g.vt.as_pointer()), align=4)
             return context.get_dummy_value()
 
-        return nbtypes.void(C, Qt, a, b, S), codegen
+        return nbtypes.void(CB, Q, j0, j1, j2, j3, blk, tile), codegen
 
     return scores
 
@@ -235,7 +233,7 @@ def skip_below_ir():
 
 
 # ---------------------------------------------------------------- the per-document functions of a width
-_CI_W = _MAXSIM_W = _SCORES_W = None  # in a width's clone of the functions below: its intrinsic (``bind``)
+_CI_W = _MAXSIM_W = None  # in a width's clone of the functions below: its intrinsic (``bind``)
 
 
 def ci_doc_simd(S, qp, q, codes, a, b, best):
@@ -260,7 +258,3 @@ def exact_doc_simd(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
         s += best[j]
     return s
 
-
-def scores_rows_simd(C, Qt, a, b, S):
-    """``numba_loops.scores_rows`` in vector registers: ``_SCORES_W`` bound to the width's ``scores_ir``."""
-    _SCORES_W(C, Qt, a, b, S)

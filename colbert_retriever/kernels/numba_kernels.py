@@ -2,11 +2,12 @@
 together, ahead of the searches (a background thread started by ``Index.open``/``build``), with a torch fallback
 when they are not ready or cannot be compiled.
 
-Groups: ``SHARED`` (the probe's kernels and the query's lookup table, any width), and per (padded query width,
-code dtype, parallel or serial) the centroid-score product, full centroid interaction and the exact stage (one
-factory per width: ``width_functions``). A search runs on numba only when its groups are ready (``ready``); until
-then it runs the torch twins, so no search waits for a compilation and, once a group is ready, no search pays
-one (numba dispatches a compiled signature without taking its compiler lock).
+Groups: ``SHARED`` (the probe's kernels, the query's centroid scores and lookup table: any width),
+``SHARED_PARALLEL`` (the scores' parallel variant), and per (padded query width, code dtype, parallel or serial)
+full centroid interaction and the exact stage (one factory per width: ``width_functions``). A search runs on
+numba only when its groups are ready (``ready``); until then it runs the torch twins, so no search waits for a
+compilation and, once a group is ready, no search pays one (numba dispatches a compiled signature without taking
+its compiler lock).
 
 Compiled code is cached on disk (numba's ``cache=True``: beside these files, or in the user's cache folder when
 the package folder is read-only), so only the first process on a machine compiles; the others load (~0.1 s per
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import time
 import types
 import zlib
 from pathlib import Path
@@ -82,20 +84,22 @@ CODE_TYPES = {"uint8": nt.uint8, "uint16": nt.uint16, "int32": nt.int32}
 """Centroid-id dtypes (``codec.residual.code_dtype``) -> numba scalar types."""
 
 SHARED = ("shared",)
+SHARED_PARALLEL = ("shared", "parallel")
 _SHARED_SIGS = {
-    "probe_top": (F32_2D, nt.int64, nt.int64[:, ::1], F32_2D),
+    "probe_top": (F32_2D, nt.int64, nt.int64, nt.int64[:, ::1], F32_2D),
     "probe_mark": (I32, I64, nt.int64, I64, BOOL, BOOL, I64, nt.int64),
     "probe_slots": (BOOL, I64, nt.int64, I32, nt.boolean, F32, F32),
     "probe_best": (I32, I64, nt.int64, I64, F32, nt.int64, nt.int64, BOOL, I32, F32),
     "probe_sums": (F32, nt.int64, F32),
     "query_lut": (F32_2D, F32_2D, F32),
+    "scores": (F32_2D, F32_2D, F32, F32_2D, nt.int64),
 }
+_PARALLEL_SHARED = ("scores",)
 
 
 def _width_sigs(code: str) -> dict:
     c = CODE_TYPES[code][::1]
-    return {"scores": (F32_2D, F32_2D, nt.int64, F32, F32_2D),
-            "ci": (F32, nt.int64, nt.int64, c, I64, I64, F32),
+    return {"ci": (F32, nt.int64, nt.int64, c, I64, I64, F32),
             "exact": (F32, F32, nt.int64, nt.int64, c, U8_2D, F32, I64, I64, F32)}
 
 
@@ -110,13 +114,10 @@ def width_functions(width: Optional[int], jit: Callable) -> dict:
     opts = dict(OPTIONS, pipeline_class=NoAlias)
     if width is None:
         return {name: jit(**opts)(bind(fn, f"{fn.__name__}_any_{TAG}")) for name, fn in
-                (("_CI_DOC", numba_loops.ci_doc), ("_EXACT_DOC", numba_loops.exact_doc),
-                 ("_SCORES_ROWS", numba_loops.scores_rows))}
+                (("_CI_DOC", numba_loops.ci_doc), ("_EXACT_DOC", numba_loops.exact_doc))}
     return {"_CI_DOC": jit(**opts)(bind(numba_ir.ci_doc_simd, f"ci_doc_{width}_{TAG}", _CI_W=numba_ir.ci_ir(width))),
             "_EXACT_DOC": jit(**opts)(bind(numba_ir.exact_doc_simd, f"exact_doc_{width}_{TAG}",
-                                           _MAXSIM_W=numba_ir.maxsim_ir(width))),
-            "_SCORES_ROWS": jit(**opts)(bind(numba_ir.scores_rows_simd, f"scores_rows_{width}_{TAG}",
-                                             _SCORES_W=numba_ir.scores_ir(width)))}
+                                           _MAXSIM_W=numba_ir.maxsim_ir(width)))}
 
 
 class KernelSet:
@@ -146,8 +147,11 @@ class KernelSet:
             if d is None:
                 if name in _SHARED_SIGS:
                     fn = getattr(numba_loops, name)
-                    names = {"_SKIP_BELOW": numba_ir.skip_below_ir()} if name == "probe_top" else {}
-                    d = self._jit(**OPTIONS, pipeline_class=NoAlias)(bind(fn, f"{name}_{TAG}", **names))
+                    names = ({"_SKIP_BELOW": numba_ir.skip_below_ir()} if name == "probe_top" else
+                             {"_SCORES_T": numba_ir.scores_ir()} if name == "scores" else {})
+                    variant = "_parallel" if parallel else ""
+                    d = self._jit(parallel=parallel, **OPTIONS, pipeline_class=NoAlias)(
+                        bind(fn, f"{name}{variant}_{TAG}", **names))
                 else:
                     if width not in self._funcs:
                         self._funcs[width] = width_functions(width, self._jit)
@@ -162,6 +166,8 @@ class KernelSet:
         """[(dispatcher, signature)] of a group."""
         if group == SHARED:
             return [(self._dispatcher(n, None, False), sig) for n, sig in _SHARED_SIGS.items()]
+        if group == SHARED_PARALLEL:
+            return [(self._dispatcher(n, None, True), _SHARED_SIGS[n]) for n in _PARALLEL_SHARED]
         width, code, parallel = group
         return [(self._dispatcher(n, width, parallel), sig) for n, sig in _width_sigs(code).items()]
 
@@ -213,10 +219,14 @@ class KernelSet:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait for the background thread to finish what it was given; True when it has."""
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-        return not self.compiling()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._busy and (deadline is None or time.monotonic() < deadline):
+            t = self._thread
+            if t is not None and t.is_alive():
+                t.join(0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic())))
+            else:
+                time.sleep(0.01)  # between ``_busy`` being set and the thread starting
+        return not self._busy
 
     def _drain(self) -> None:
         while True:
@@ -262,7 +272,8 @@ class KernelSet:
         thread, restored after) when more than one is wanted, that variant is ready and no other parallel launch
         of this process is running (numba's ``workqueue`` threading layer must not be entered by two threads at
         once), else its serial variant."""
-        if threads > 1 and self.ready(group_key(width, code, True)) and self._parallel_lock.acquire(blocking=False):
+        par = SHARED_PARALLEL if name in _PARALLEL_SHARED else group_key(width, code, True)
+        if threads > 1 and self.ready(par) and self._parallel_lock.acquire(blocking=False):
             old = numba.get_num_threads()
             try:
                 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -89,7 +89,8 @@ def exact_doc(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
 
 def scores_rows(C, Qt, a, b, S):
     """Rows a..b of the query-centroid scores: S[c * qp + j] = sum over d (in order, from 0) of C[c, d] x Qt[d, j];
-    C (K, dim) float32, Qt (dim, qp) the query transposed and padded with zero columns."""
+    C (K, dim) float32, Qt (dim, qp) the query transposed and padded with zero columns. The readable reference
+    of ``scores`` (which computes the same sums vectorised over centroids: tested bit for bit)."""
     dim, qp = Qt.shape
     for c in range(a, b):
         o = c * qp
@@ -101,8 +102,9 @@ def scores_rows(C, Qt, a, b, S):
                 S[o + j] += x * Qt[d, j]
 
 
-_CI_DOC, _EXACT_DOC, _SCORES_ROWS = ci_doc, exact_doc, scores_rows  # in a width's clones: that width's functions
+_CI_DOC, _EXACT_DOC = ci_doc, exact_doc  # in a width's clones of ``ci`` / ``exact``: that width's functions
 _SKIP_BELOW = None  # in probe_top's clone: ``numba_ir.skip_below_ir()``
+_SCORES_T = None  # in scores' clone: ``numba_ir.scores_ir()``
 
 
 def ci(S, qp, q, codes, starts, ends, out):
@@ -128,19 +130,31 @@ def exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
             out[i] = _EXACT_DOC(S, lut, qp, q, codes, packed, inv_norms, starts[i], ends[i], best, acc)
 
 
-def scores(C, Qt, q, S, ScT):
-    """The query-centroid scores in both layouts the stages read: S (K * qp,) padded rows (``ci``, ``exact``) and
-    ScT (q, K) (``probe_top``), computed by ``_SCORES_ROWS`` in runs of centroids, each run's transpose written
-    while it is in cache."""
-    K = C.shape[0]
-    qp = Qt.shape[1]
-    runs = min(K, CHUNKS)
+def scores(CB, Q, S, ScT, K):
+    """The query-centroid scores in both layouts the stages read: ScT (q, K) (``probe_top``) and S (K * qp,) rows
+    padded with zeros to qp columns (``ci``, ``exact``), from CB (blocks * dim, 32) the centroids in blocks of 32
+    (zero rows past K) and Q (q, dim) the query's rows. ScT's rows are longer than K (columns past K unused: rows
+    exactly 64 KB apart would share cache sets). Per block, 4 query tokens at a time (``_SCORES_T``), each result
+    written to both layouts from the tile in cache; runs of blocks in parallel."""
+    q = ScT.shape[0]
+    qp = S.shape[0] // K
+    blocks = CB.shape[0] // Q.shape[1]
+    runs = min(blocks, CHUNKS)
     for r in prange(runs):
-        a, b = r * K // runs, (r + 1) * K // runs
-        _SCORES_ROWS(C, Qt, a, b, S)
-        for c in range(a, b):
-            for j in range(q):
-                ScT[j, c] = S[c * qp + j]
+        tile = np.empty(4 * 32, dtype=np.float32)
+        for blk in range(r * blocks // runs, (r + 1) * blocks // runs):
+            c0 = blk * 32
+            n = min(32, K - c0)
+            for i in range(n):
+                for j in range(q, qp):
+                    S[(c0 + i) * qp + j] = np.float32(0.0)
+            for j in range(0, q, 4):
+                _SCORES_T(CB, Q, j, min(j + 1, q - 1), min(j + 2, q - 1), min(j + 3, q - 1), blk, tile)
+                for m in range(min(4, q - j)):
+                    for i in range(n):
+                        v = tile[m * 32 + i]
+                        ScT[j + m, c0 + i] = v
+                        S[(c0 + i) * qp + j + m] = v
 
 
 def query_lut(L, Qt, out):
@@ -161,11 +175,12 @@ def query_lut(L, Qt, out):
                     out[o + j] += x * Qt[r, j]
 
 
-def probe_top(ScT, ncells, cells, vals):
-    """Each query token's ``ncells`` best centroids, best first: ScT (q, K) -> cells (q, ncells) int64 and vals
-    (q, ncells) float32, by one pass over the row keeping a sorted short list (as ``torch.topk``; the lower
-    centroid first among equal scores), skipping 16 values at a time that cannot enter it (``_SKIP_BELOW``)."""
-    q, K = ScT.shape
+def probe_top(ScT, K, ncells, cells, vals):
+    """Each query token's ``ncells`` best centroids, best first: ScT (q, >= K) (the first K columns) -> cells (q,
+    ncells) int64 and vals (q, ncells) float32, by one pass over the row keeping a sorted short list (as
+    ``torch.topk``; the lower centroid first among equal scores), skipping 16 values at a time that cannot enter
+    it (``_SKIP_BELOW``)."""
+    q = ScT.shape[0]
     for j in range(q):
         for c in range(ncells):
             vals[j, c] = -np.inf

@@ -269,8 +269,9 @@ class _Run:
         p, arrays, tr = self.p, self.arrays, self.tr
         if p.centroid_score_threshold is None:
             tr.stage2 = "probed"
+            how = {"tables": self.tables} if self.tables is not None else {}
             pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique,
-                                                kernels=p.kernels)
+                                                kernels=p.kernels, **how)
         else:
             tr.stage2 = "pruned"
             pids, approx = stages.pruned_candidates(self.Sc, arrays, p.ncells, p.centroid_score_threshold,
