@@ -105,3 +105,20 @@ def test_the_policy_takes_one_thread_when_searches_run_concurrently():
         t.join()
     assert parallel.auto_threads(1, False) == 1
     assert 1 <= parallel.auto_threads(64, False) <= parallel.cpu_count()
+
+
+def test_a_search_limits_torch_in_its_own_thread_only():
+    """Inside a search's thread decision, torch's count is lowered for that thread (OpenMP's per-thread count and
+    MKL's thread-local one), never for another thread; after it, the thread's count is what it was."""
+    if torch.get_num_threads() < 2 or not parallel.intraop().available:
+        pytest.skip("needs torch with 2+ threads and its OpenMP runtime beside it")
+    before = torch.get_num_threads()
+    inside, other = [], []
+    with parallel.search_threads(1) as n:
+        inside.append(torch.get_num_threads())
+        t = threading.Thread(target=lambda: other.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        torch.ones(1 << 20).exp_()  # torch work runs meanwhile
+    assert n == 1 and inside == [1] and other == [before]
+    assert torch.get_num_threads() == before
