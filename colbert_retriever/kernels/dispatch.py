@@ -204,11 +204,12 @@ def _warm(code: str, max_query_len: Optional[int], parallel: bool) -> None:
     numba_kernel_set().start(numba_groups(code, widths, parallel))
 
 
-def numba_code_name(codes) -> str:
-    """The name of an index's code dtype as the numba kernel groups key it."""
-    from .numba_drivers import code_name
+_CODE_NAMES = {torch.uint8: "uint8", torch.uint16: "uint16", torch.int32: "int32"}
 
-    return code_name(codes)
+
+def numba_code_name(codes: torch.Tensor) -> str:
+    """The name of an index's code dtype (a codes tensor's) as the numba kernel groups key it."""
+    return _CODE_NAMES.get(codes.dtype, str(codes.dtype))
 
 
 def numba_for_search(code: str, q_len: int, threads: int, requested: str):
@@ -218,11 +219,14 @@ def numba_for_search(code: str, q_len: int, threads: int, requested: str):
     compiled here first; otherwise they are queued for the background thread and this search runs the torch
     kernels. A compilation that failed gives
     (None, its error) and one warning per process."""
+    ks = numba_kernel_set()
+    key = (code, q_len, threads > 1)
+    if key in ks.searchable:  # the common case: everything this search needs was ready before
+        return ks, ""
     from .numba_drivers import kernel_width, padded_width
 
     wait = (requested == "numba" or (requested == "auto" and getattr(_state, "backend", "auto") == "numba")
             or not background_compilation())
-    ks = numba_kernel_set()
     w = kernel_width(padded_width(q_len))
     need = numba_groups(code, [w], False)
     if wait:
@@ -240,6 +244,8 @@ def numba_for_search(code: str, q_len: int, threads: int, requested: str):
         return None, "numba kernels compiling (first searches of this process)"
     if threads > 1 and not all(ks.ready(g) for g in numba_groups(code, [w], True)):
         ks.start(numba_groups(code, [w], True))  # the parallel variants, for the next searches
+    else:
+        ks.searchable.add(key)
     return ks, ""
 
 

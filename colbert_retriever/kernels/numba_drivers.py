@@ -64,26 +64,26 @@ _blocks_lock = threading.Lock()
 
 
 def centroid_blocks(C: torch.Tensor) -> np.ndarray:
-    """The centroids (K, dim) in blocks of 32, each block transposed: a (blocks * dim, 32) float32 array, row
-    ``blk * dim + d`` = dimension d of centroids 32 blk .. 32 blk + 31 (zeros past K): what the score product
+    """The centroids (K, dim) in blocks of 16, each block transposed: a (blocks * dim, 16) float32 array, row
+    ``blk * dim + d`` = dimension d of centroids 16 blk .. 16 blk + 15 (zeros past K): what the score product
     reads (``numba_loops.scores``). Made once per centroid tensor and kept while it lives (4 bytes per centroid and
     dimension: 8 MB for 16k x 128)."""
     with _blocks_lock:
         CB = _blocks.get(id(C))
         if CB is None:
             K, dim = C.shape
-            nb = -(-K // 32)
-            padded = np.zeros((nb * 32, dim), dtype=np.float32)
+            nb = -(-K // 16)
+            padded = np.zeros((nb * 16, dim), dtype=np.float32)
             padded[:K] = C.float().numpy()
-            CB = np.ascontiguousarray(padded.reshape(nb, 32, dim).transpose(0, 2, 1)).reshape(nb * dim, 32)
+            CB = np.ascontiguousarray(padded.reshape(nb, 16, dim).transpose(0, 2, 1)).reshape(nb * dim, 16)
             _blocks[id(C)] = CB
             weakref.finalize(C, _blocks.pop, id(C), None)
         return CB
 
 
 def row_length(K: int) -> int:
-    """Floats per row of the (q, K) score rows: K rounded up to 32, plus 16 (rows exactly 64 KB apart, K = 16k,
-    fall in the same cache sets: writing them column by column measured several times slower)."""
+    """Floats per row of the (q, K) score rows: K rounded up to 32 (the product stores whole blocks of 16), plus 16
+    (rows exactly 64 KB apart, K = 16k, fall in the same cache sets)."""
     return -(-K // 32) * 32 + 16
 
 

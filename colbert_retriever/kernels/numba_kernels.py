@@ -137,6 +137,7 @@ class KernelSet:
         self._thread: Optional[threading.Thread] = None
         self._busy = False  # the background thread has work (set before it starts, cleared when it ends)
         self.warned = False  # the one fallback warning was given (``dispatch`` gives it)
+        self.searchable: set = set()  # (code, q_len, parallel) whose groups were all ready (``dispatch``'s cache)
         self.no_compile: Optional[str] = None  # set in a child forked while compiling: nothing compiles there
 
     # ------------------------------------------------------------ dispatchers

@@ -132,29 +132,23 @@ def exact(S, lut, qp, q, codes, packed, inv_norms, starts, ends, out):
 
 def scores(CB, Q, S, ScT, K):
     """The query-centroid scores in both layouts the stages read: ScT (q, K) (``probe_top``) and S (K * qp,) rows
-    padded with zeros to qp columns (``ci``, ``exact``), from CB (blocks * dim, 32) the centroids in blocks of 32
-    (zero rows past K) and Q (q, dim) the query's rows. ScT's rows are longer than K (columns past K unused: rows
-    exactly 64 KB apart would share cache sets). Per block, 4 query tokens at a time (``_SCORES_T``), each result
-    written to both layouts from the tile in cache; runs of blocks in parallel."""
+    padded with zeros to qp columns (``ci``, ``exact``), from CB (blocks * dim, 16) the centroids in blocks of 16
+    (zero rows past K) and Q (q, dim) the query's rows. ScT's rows are longer than K (past K unused: rows exactly
+    64 KB apart would share cache sets). Per block, 6 query tokens at a time (``_SCORES_T``, which writes both
+    layouts); runs of blocks in parallel."""
     q = ScT.shape[0]
     qp = S.shape[0] // K
     blocks = CB.shape[0] // Q.shape[1]
     runs = min(blocks, CHUNKS)
     for r in prange(runs):
-        tile = np.empty(4 * 32, dtype=np.float32)
         for blk in range(r * blocks // runs, (r + 1) * blocks // runs):
-            c0 = blk * 32
-            n = min(32, K - c0)
+            c0 = blk * 16
+            n = min(16, K - c0)
             for i in range(n):
                 for j in range(q, qp):
                     S[(c0 + i) * qp + j] = np.float32(0.0)
-            for j in range(0, q, 4):
-                _SCORES_T(CB, Q, j, min(j + 1, q - 1), min(j + 2, q - 1), min(j + 3, q - 1), blk, tile)
-                for m in range(min(4, q - j)):
-                    for i in range(n):
-                        v = tile[m * 32 + i]
-                        ScT[j + m, c0 + i] = v
-                        S[(c0 + i) * qp + j + m] = v
+            for j in range(0, q, 6):
+                _SCORES_T(CB, Q, j, blk, n, qp, S, ScT)
 
 
 def query_lut(L, Qt, out):
