@@ -130,9 +130,9 @@ class SearchConfig(_Config):
     scores every document exactly.
 
     How the work runs (same results up to float rounding): ``kernels`` "auto" (numba on CPU when installed,
-    Triton on CUDA, else torch), "torch", "numba" or "triton"; ``threads``: intra-op threads for the search
-    stages (None: the caller's count while the search runs alone on free cores, fewer when other searches or
-    processes compete, see ``_parallel``)."""
+    Triton on CUDA, else torch), "torch", "numba" or "triton"; ``threads``: threads for the numba kernels of the
+    search stages (None: torch's count for the calling thread while the search runs alone on free cores, one when
+    other searches or processes compete, see ``search.parallel``); torch's own thread count is never changed."""
 
     ncells: Optional[int] = None
     centroid_score_threshold: Optional[float] = None

@@ -20,13 +20,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from . import _validate
-from .codec.residual import ResidualCodec
+from .codec.residual import ResidualCodec, code_dtype
 from .config import CodecConfig, EncoderConfig, SearchConfig
 from .device import resolve_device
 from .errors import IncompatibleModelError, InvalidArgument, InvalidType
 from .hits import Hit, Record
 from .indexing import compaction, embedded, writer
 from .indexing.external import EmbeddingsOnly
+from .kernels import dispatch
 from .indexing.ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
 from .model.cache import load_model
 from .model.encoder import ColBERT
@@ -69,6 +70,16 @@ class Index:
         self._reader = Reader(self.path, model, self.device, verify)
         self._writer = writer.Writer(self.path, model, self.lock_timeout, self._reader)
         self._reader.reload()
+        self._warm_kernels()
+
+    def _warm_kernels(self) -> None:
+        """Start loading (or compiling) the numba kernels this index's searches use, in a background thread
+        (``dispatch.warm_numba``; ``COLBERT_RETRIEVER_WARM_KERNELS=0`` opts out): until they are ready the
+        searches run the torch kernels, so no search waits for a compilation."""
+        if self.device.type == "cpu":
+            codec = self._current().arrays.codec
+            max_q = None if isinstance(self.model, EmbeddingsOnly) else self.model.config.query_maxlen
+            dispatch.warm_numba(code_dtype(codec.num_centroids).name, max_q)
 
     # ================================================================ construction
     @classmethod

@@ -58,6 +58,20 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith("tests/test_isa.py"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _numba_kernels_ready(request):
+    """Searches with kernels="auto" run the torch kernels until the numba kernels they need are compiled (in the
+    background, from Index.open/build): the tests' kernel groups (uint8 and uint16 codes, every width) are made
+    ready first, so that every test sees the kernels it would see in a warmed-up process."""
+    from colbert_retriever.kernels import dispatch
+
+    if request.config.getoption("--kernels") != "torch" and dispatch.numba_available():
+        ks = dispatch.numba_kernel_set()
+        for code in ("uint8", "uint16"):
+            ks.ensure(dispatch.numba_groups(code, [16, 32, 8, None], parallel=True))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _kernels_option(request):
     name = request.config.getoption("--kernels")

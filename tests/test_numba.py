@@ -6,8 +6,6 @@ import os
 import shutil
 import subprocess
 import itertools
-import platform
-import re
 import sys
 import threading
 from pathlib import Path
@@ -109,8 +107,11 @@ def test_probe_top_cells_best_first_lower_centroid_first_among_ties(K):
     longer than 16 and rows whose length is not a multiple of 16."""
     import numpy as np
 
-    from colbert_retriever.kernels import _numba
+    from colbert_retriever.kernels import dispatch
+    from colbert_retriever.kernels.numba_kernels import SHARED
 
+    ks = dispatch.numba_kernel_set()
+    ks.ensure([SHARED])
     g = np.random.default_rng(K)
     ScT = (g.standard_normal((7, K)) * 0.1).astype(np.float32)
     ScT[:, K // 2] = ScT[:, K // 3]
@@ -119,7 +120,7 @@ def test_probe_top_cells_best_first_lower_centroid_first_among_ties(K):
     for ncells in sorted({1, 8, 20, K}):
         cells = np.empty((7, min(ncells, K)), np.int64)
         vals = np.empty((7, min(ncells, K)), np.float32)
-        _numba._SERIAL["_probe_top"](ScT, min(ncells, K), cells, vals)
+        ks.kernel("probe_top")(ScT, K, min(ncells, K), cells, vals)
         want = np.argsort(-ScT, axis=1, kind="stable")[:, : min(ncells, K)]
         assert np.array_equal(cells, want), ncells
         assert np.array_equal(vals, np.take_along_axis(ScT, want, axis=1))
@@ -138,48 +139,57 @@ def test_numba_int32_codes():
                           stages.exact_scores(q, arrays, pids, Sc, kernels="torch"), atol=1e-5)
 
 
-@pytest.mark.parametrize("q_len", [1, 8, 22, 32])
-def test_tables_from_the_transpose_and_a_padded_query(q_len):
-    """The kernels' operands built the way a search builds them (scores laid out from their transpose, lookup
-    table from a query padded with zero rows) equal those padded after the fact: same scores, zero padding."""
+@pytest.mark.parametrize("q_len", [1, 8, 22, 32, 40])
+def test_tables_from_the_query_own_the_padding(q_len):
+    """The kernels' operands as a search builds them (``Tables.from_query``: the query's real rows in, the product
+    and the lookup table computed by the kernels, padded to the kernel width) equal the torch product and lookup
+    table laid out after the fact (``from_scores``): same values to float rounding, zero padding, the same (q, K)
+    scores for the probe; on one and on two threads the same bits."""
     import numpy as np
 
-    from colbert_retriever.kernels import _numba
+    from colbert_retriever.kernels import dispatch, numba_drivers
 
     arrays, x, _ = clustered_arrays(n_docs=300, K=100, cuts=())
     codec = arrays.codec
     q = query(codec, x, q_len, seed=q_len)
-    Sc = codec.centroid_scores(q)[0]
-    after, laid = _numba.Tables(Sc), _numba.Tables(None, Sc.T.contiguous())
-    assert (laid.q, laid.qp) == (after.q, after.qp) == (q_len, {1: 8, 8: 8, 22: 32, 32: 32}[q_len])
-    assert np.array_equal(laid.S, after.S)
-    assert np.array_equal(_numba.Tables(None, Sc.T.contiguous(), threads=2).S, after.S)  # the parallel layout
-    padded = laid.lut(codec.query_lut(laid.padded_query(q))).reshape(-1, laid.qp)
-    ref = after.lut(codec.query_lut(q)).reshape(-1, after.qp)
-    assert np.allclose(padded, ref, atol=1e-6) and not padded[:, q_len:].any()
+    ks, _ = dispatch.numba_for_search("uint8", q_len, 2, "numba")
+    Sc = (codec.centroids.double() @ q.double().T).float()
+    ref = numba_drivers.Tables.from_scores(ks, Sc)
+    t1, t2 = (numba_drivers.Tables.from_query(ks, q, codec, "uint8", threads) for threads in (1, 2))
+    assert (t1.q, t1.qp) == (ref.q, ref.qp) == (q_len, {1: 8, 8: 8, 22: 32, 32: 32, 40: 40}[q_len])
+    S, S_ref = t1.S.reshape(-1, t1.qp), ref.S.reshape(-1, ref.qp)
+    assert np.allclose(S, S_ref, atol=1e-6) and not S[:, q_len:].any()
+    assert np.array_equal(t1.ScT, S[:, :q_len].T)
+    lut, lut_ref = t1.lut().reshape(-1, t1.qp), ref.lut(codec.query_lut(q)).reshape(-1, ref.qp)
+    assert np.allclose(lut, lut_ref, atol=1e-6) and not lut[:, q_len:].any()
+    for a, b in ((t1.S, t2.S), (t1.ScT, t2.ScT), (t1.lut(), t2.lut())):
+        assert a.tobytes() == b.tobytes()
 
 
 def test_kernels_compile_with_noalias_arguments():
-    """The per-document and probe kernels declare their array arguments alias-free (``_numba._NoAlias``: what
-    lets LLVM keep an accumulator out of memory): the compiled signature carries ``noalias`` on each array's
+    """The per-document and probe kernels declare their array arguments alias-free (``numba_kernels.NoAlias``:
+    what lets LLVM keep an accumulator out of memory): the compiled signature carries ``noalias`` on each array's
     pointers, not only on numba's two own arguments as under the default compiler. If a numba release drops the
     flag this fails, instead of the kernels silently slowing down."""
     import numba
     import numpy as np
 
-    from colbert_retriever.kernels import _numba
+    from colbert_retriever.kernels import dispatch, numba_kernels, numba_loops
 
     def noalias_in_signature(opts):
-        f = numba.njit(**dict(opts, cache=False))(_numba._ci_doc.py_func)
+        f = numba.njit(**dict(opts, cache=False))(numba_loops.ci_doc)
         f(np.zeros(16, np.float32), 8, 8, np.zeros(4, np.int32), 0, 4, np.empty(8, np.float32))
         ir = f.inspect_llvm(f.signatures[0])
-        return next(line for line in ir.splitlines() if line.startswith("define") and "_ci_doc" in line).count(
+        return next(line for line in ir.splitlines() if line.startswith("define") and "ci_doc" in line).count(
             "noalias")
 
-    default = noalias_in_signature(_numba._opts)
-    assert noalias_in_signature(_numba._kernel_opts) >= default + 3  # the three arrays' data pointers at least
-    for kernel in list(_numba._SERIAL.values()) + [f for docs in _numba._DOCS.values() for f in docs.values()]:
-        assert kernel._compiler.pipeline_class is _numba._NoAlias
+    default = noalias_in_signature(numba_kernels.OPTIONS)
+    assert noalias_in_signature(dict(numba_kernels.OPTIONS, pipeline_class=numba_kernels.NoAlias)) >= default + 3
+    ks = dispatch.numba_kernel_set()
+    ks.ensure(dispatch.numba_groups("uint16", [16, None], parallel=False))
+    shared = [ks.kernel(n) for n in ("probe_top", "probe_mark", "probe_slots", "probe_best", "probe_sums")]
+    for kernel in shared + [f for funcs in ks._funcs.values() for f in funcs.values()]:
+        assert kernel._compiler.pipeline_class is numba_kernels.NoAlias
 
 
 def test_plaid_search_same_results_on_both_kernels():
@@ -197,20 +207,6 @@ def test_plaid_search_same_results_on_both_kernels():
             got = plaid.search(q, arrays, 10, SearchConfig(kernels="numba", threads=threads), trace=tr)
             assert tr[-1].kernels == "numba" and tr[-1].threads == threads
             assert torch.equal(got[0], ref[0]) and torch.allclose(got[1], ref[1], atol=1e-5)
-
-
-@pytest.mark.skipif(bool(os.environ.get("NUMBA_CPU_NAME")), reason="already running with a chosen CPU target")
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="AVX2 code needs an x86-64 CPU")
-def test_kernels_compiled_for_avx2_equal_their_torch_twins(tmp_path):
-    """The kernels as an AVX2-only CPU gets them (numba compiles for the host CPU: on an AVX-512 box the loops
-    take 512-bit registers and other widths, see ``_numba._qp``): the twin tests above, compiled for Haswell
-    (``NUMBA_CPU_NAME=haswell``, no extra features) into a cache folder of their own, in a child process."""
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k",
-                        "twins and not avx2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", r.stdout)
-    assert passed and int(passed.group(1)) >= 30, r.stdout[-1000:]  # the twin tests ran, not skipped
 
 
 def test_concurrent_searches_on_numba(tmp_path, tiny_model):
@@ -263,7 +259,8 @@ def test_compiled_code_is_cached_outside_a_read_only_package(tmp_path):
                  "    return _tf(*a, dir=dir, **k)\n"
                  "tempfile.TemporaryFile = _ro\n")
     code = guard + f"""
-import torch, colbert_retriever, colbert_retriever.kernels._numba as nb
+import torch, colbert_retriever
+from colbert_retriever.kernels import dispatch
 assert colbert_retriever.__file__.startswith({str(ro)!r})
 from colbert_retriever.search.arrays import IndexArrays
 from colbert_retriever.codec.residual import ResidualCodec
@@ -274,14 +271,14 @@ packed = torch.randint(0, 255, (40, 2)).to(torch.uint8)
 a = IndexArrays.single(c, codes, packed, torch.tensor([0, 10, 40]), torch.zeros(1, dtype=torch.int32),
                        torch.zeros(9, dtype=torch.long))
 q = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
-print(nb.exact_scores(a, torch.arange(2), c.centroid_scores(q)[0], c.query_lut(q), 1).tolist())
+print(dispatch.numba_exact_scores(a, torch.arange(2), c.centroid_scores(q)[0], c.query_lut(q), 1).tolist())
 """
     try:
         for _ in range(2):
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
             assert out.returncode == 0, out.stderr[-2000:]
         cached = [p.name for p in cache.rglob("*.nbi")]
-        assert any(n.startswith("_numba._exact_8_serial") for n in cached), sorted(cache.rglob("*"))  # 3 tokens: 8 wide
+        assert any(n.startswith("numba_loops.exact_8_serial_") for n in cached), sorted(cache.rglob("*"))  # 8 wide
         assert not list(pkg.rglob("*.nbi"))
     finally:
         for root, _, _ in os.walk(ro):

@@ -59,6 +59,10 @@ def main(argv=None):
         prev = old_package(args.rev, Path(tmp))
         new = Index.open(args.index)
         old = prev.Index.open(args.index)
+        from colbert_retriever.kernels import dispatch
+
+        if hasattr(dispatch, "wait_for_kernels"):  # kernels compiled (or loaded) in the background: wait for them
+            dispatch.wait_for_kernels()
         Q = new.model.encode_queries(texts)
         libs = {"previous": old, "this release": new}
         for ix in libs.values():  # warm (compilation, caches)

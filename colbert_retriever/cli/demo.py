@@ -22,7 +22,7 @@ def main(argv=None):
     from ..evaluation import load_corpus
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the repository (examples/), as before cli/ was a package
     ap.add_argument("--data", default=str(here / "examples" / "stdlib_docs.jsonl"))
     ap.add_argument("--index", default=str(here / ".demo_index"))
     ap.add_argument("-k", type=int, default=3)

@@ -174,9 +174,9 @@ class ResidualCodec:
         (always for an index read from disk: they are stored as float16), fbgemm is there and ``half`` is true
         (``Precision.half_centroid_scores``), the product runs on the packed float16 centroids (``_halfgemm``): the
         same scores up to summation order, 0.7 + 0.3 ms (product + transposed copy) instead of 1.7 ms for 16k
-        centroids and a 22-token query on 2 cores. ``keep_sc=False``: a caller that lays the scores out itself
-        (the numba kernels, ``_numba.Tables``) gets (None, transpose) whenever the transpose came for free, without
-        the transposed copy."""
+        centroids and a 22-token query on 2 cores. ``keep_sc=False``: a caller that only reads the transpose gets
+        (None, transpose) whenever the transpose came for free, without the transposed copy. (The numba kernels
+        compute their own scores, in a fixed order: ``kernels.numba_drivers.Tables``.)"""
         Q = Q.to(self.centroids.device, torch.float32)
         if half and self._half is None:
             C = self.centroids

@@ -66,7 +66,9 @@ class SearchTrace:
     ("probed" or "pruned"; None when every allowed document was scored), candidates found, documents kept after
     stage 2 and scored exactly, whether every allowed document was scored (``exhaustive``) and why, the kernels,
     threads and stage-3 score dtype used, and (documents stored as passages) how many rows of the documents
-    returned the stages had not kept and were scored to complete them (``completed``)."""
+    returned the stages had not kept and were scored to complete them (``completed``). ``fallback``: why a search
+    that would have run the numba kernels ran the torch ones ("" when it did not: still compiling in the
+    background, failed to compile, failed to import)."""
 
     stage2: Optional[str] = None
     candidates: int = 0
@@ -79,6 +81,7 @@ class SearchTrace:
     interaction_dtype: Optional[torch.dtype] = None
     widened: bool = False
     completed: int = 0
+    fallback: str = ""
 
 
 def _defaults(k: int) -> tuple[int, float, int, int, int]:
@@ -166,18 +169,32 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
                               precision=precision, kernels=dispatch.resolve(config.kernels, dev))
-    # (num_centroids, q_len) scores; the top cells read its transpose (the numba kernels lay out their own copy,
-    # so they skip the torch one when the transpose is what the product gave: see _Run.Sc)
-    Sc, ScT = arrays.codec.centroid_scores(q, half=p.half_centroid_scores, keep_sc=p.kernels != "numba")
+    if p.kernels == "torch" and config.kernels == "auto" and dev.type == "cpu":
+        tr.fallback = dispatch.numba_import_failure()
     rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
     if rows > p.exact_docs:
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
-    tr.kernels = p.kernels
     if groups is not None and not isinstance(groups, Groups):
         groups = Groups.of(groups)
-    run = _Run(q, Sc, ScT, arrays, k, p, allowed, groups, tr)
-    with parallel.search_threads(p.threads) as n:  # many small steps: see _parallel
+    with parallel.search_threads(p.threads) as n:  # many small steps: see parallel
         tr.threads = n
+        tables = None
+        if p.kernels == "numba" and q.shape[0]:
+            code = arrays.codes.parts[0]
+            ks, tr.fallback = dispatch.numba_for_search(dispatch.numba_code_name(code), q.shape[0], n,
+                                                        "numba" if plan_override else config.kernels)
+            if ks is None:  # the torch twins, with the float32 interaction the numba kernels compute
+                p = dataclasses.replace(p, kernels="torch", half_interaction=False)
+            else:
+                tables = dispatch.numba_tables(ks, q, arrays.codec, dispatch.numba_code_name(code), n)
+        elif p.kernels == "numba":
+            p = dataclasses.replace(p, kernels="torch")  # no query rows: nothing for the kernels to do
+        tr.kernels = p.kernels
+        if tables is not None:
+            Sc, ScT = None, torch.from_numpy(tables.ScT)
+        else:
+            Sc, ScT = arrays.codec.centroid_scores(q, half=p.half_centroid_scores)
+        run = _Run(q, Sc, ScT, arrays, k, p, allowed, groups, tr, tables)
         if p.exhaustive or n_allowed <= p.exact_docs or q.shape[0] == 0:
             tr.reason = "exhaustive" if p.exhaustive else "collection within the exact-stage budget"
             return run.score_all_allowed()
@@ -187,21 +204,14 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
 class _Run:
     """One query's stages (``search`` sets it up)."""
 
-    def __init__(self, q, Sc, ScT, arrays, k, p: SearchPlan, allowed, groups, tr: SearchTrace):
-        """Sc (K, q_len) and/or its transpose ScT (q_len, K), as ``ResidualCodec.centroid_scores`` gave them."""
+    def __init__(self, q, Sc, ScT, arrays, k, p: SearchPlan, allowed, groups, tr: SearchTrace, tables=None):
+        """Sc (K, q_len) and/or its transpose ScT (q_len, K), as ``ResidualCodec.centroid_scores`` or the numba
+        tables (``tables``: the numba kernels' operands for this query, else None) gave them."""
         self.q, self._Sc, self.arrays, self.k, self.p = q, Sc, arrays, k, p
         self.ScT = Sc.T if ScT is None else ScT
         self.allowed, self.groups, self.tr = allowed, groups, tr
         self.lut_q = None
-        self._tables = None
-
-    @property
-    def tables(self):
-        """The numba kernels' operands (``_numba.Tables``), laid out once for the whole search, on its threads;
-        None on other kernels."""
-        if self._tables is None and self.p.kernels == "numba":
-            self._tables = dispatch.numba_tables(self._Sc, self.ScT, self.tr.threads)
-        return self._tables
+        self.tables = tables
 
     @property
     def Sc(self) -> torch.Tensor:
@@ -242,9 +252,8 @@ class _Run:
     def exact(self, pids: torch.Tensor) -> torch.Tensor:
         self.tr.exact_scored += int(pids.numel())
         t = self.tables
-        if self.lut_q is None and self.p.kernels != "triton":  # the query's lookup table, once per search
-            # (the numba kernels': padded columns, from a query padded with zero rows)
-            self.lut_q = self.arrays.codec.query_lut(self.q if t is None else t.padded_query(self.q))
+        if self.lut_q is None and t is None and self.p.kernels != "triton":  # the lookup table, once per search
+            self.lut_q = self.arrays.codec.query_lut(self.q)  # (the numba tables compute their own)
         return stages.exact_scores(self.q, self.arrays, pids, None if t is not None else self.Sc,
                                    kernels=self.p.kernels, threads=self.tr.threads, lut_q=self.lut_q,
                                    tables=t)
@@ -260,8 +269,9 @@ class _Run:
         p, arrays, tr = self.p, self.arrays, self.tr
         if p.centroid_score_threshold is None:
             tr.stage2 = "probed"
+            how = {"tables": self.tables} if self.tables is not None else {}
             pids, approx = stages.probed_scores(self.ScT, arrays, p.ncells, self.allowed, unique=p.unique,
-                                                kernels=p.kernels)
+                                                kernels=p.kernels, **how)
         else:
             tr.stage2 = "pruned"
             pids, approx = stages.pruned_candidates(self.Sc, arrays, p.ncells, p.centroid_score_threshold,

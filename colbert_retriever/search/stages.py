@@ -49,8 +49,8 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
     blocks of documents padded to a common length and reduced with ``amax`` (``scoring.padded_positions``, blocks
     of at most ``max_rows`` rows): ~2x faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its
     slow twin. Sc may be float16 (ranking only: see ``Precision.half_interaction``); the sums are float32.
-    kernels "numba": ``_numba.centroid_interaction`` (``threads`` threads; ``tables``: the query's operands as
-    the numba kernels read them, when the caller keeps them, see ``_numba.Tables``)."""
+    kernels "numba": ``numba_drivers.centroid_interaction`` (``threads`` threads; ``tables``: the query's operands
+    as the numba kernels read them, when the caller keeps them, see ``numba_drivers.Tables``)."""
     if kernels == "triton":
         return dispatch.centroid_interaction(Sc, arrays.codes.full(), arrays.doc_offsets, pids)
     if kernels == "numba":
@@ -137,7 +137,7 @@ def probed_scores(ScT: torch.Tensor, arrays: IndexArrays, ncells: int, allowed: 
     token or pruned-centroid pass), so it costs little more than candidate generation.
     ScT: (q_len, num_centroids) query-centroid scores (``Sc.T``, a view is fine: the top cells are read along
     its rows). unique: how the distinct candidates are found (``unique_inverse``). kernels "numba":
-    ``_numba.probed_scores`` (its own top cells, two passes over the lists, no sort of the entries; ``how``: its
+    ``numba_drivers.probed_scores`` (its own top cells, two passes over the lists, no sort of the entries; ``how``: its
     options). Returns (sorted candidate pids int64, scores float32)."""
     q = ScT.shape[0]
     ncells = min(ncells, ScT.shape[1])
@@ -182,11 +182,13 @@ def exact_scores(Q: torch.Tensor, arrays: IndexArrays, pids: torch.Tensor, Sc: O
     """Exact MaxSim of the documents ``pids`` against Q (q_len, dim) over their decompressed embeddings (on CPU
     computed in the compressed domain, see ``ResidualCodec.token_scores``). Sc: centroids @ Q.T and lut_q:
     ``codec.query_lut(Q)``, when the caller already has them (a search scoring twice reuses both). Returns
-    (len(pids),) float32. kernels "numba": ``_numba.exact_scores`` (``threads`` threads; ``tables`` as for
+    (len(pids),) float32. kernels "numba": ``numba_drivers.exact_scores`` (``threads`` threads; ``tables`` as for
     ``centroid_interaction``), "triton": the fused Triton kernel (CUDA)."""
     c = arrays.codec
+    if kernels == "numba" and tables is not None:  # the tables hold (or compute) the scores and lookup table
+        return dispatch.numba_exact_scores(arrays, pids, None, lut_q, threads, tables)
     if kernels != "triton":
-        Sc = Sc if Sc is not None or tables is not None else c.centroid_scores(Q)[0]
+        Sc = Sc if Sc is not None else c.centroid_scores(Q)[0]
         lut_q = lut_q if lut_q is not None else c.query_lut(Q)
     if kernels == "numba":
         return dispatch.numba_exact_scores(arrays, pids, Sc, lut_q, threads, tables)
