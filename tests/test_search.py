@@ -246,7 +246,7 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     from colbert_retriever import SearchConfig
     from colbert_retriever.search import plaid
     from colbert_retriever.search import arrays as arrays_mod
-    from colbert_retriever.codec.residual import ResidualCodec
+    from colbert_retriever.codec.residual import ResidualCodec, code_dtype
     from colbert_retriever.config import CodecConfig
     from colbert_retriever.codec.strided import inverted_file, offsets_from_lengths
 
@@ -260,6 +260,7 @@ def test_plaid_finds_planted_answers_in_clustered_embeddings():
     codec = ResidualCodec.fit(flat[torch.randperm(flat.shape[0], generator=g)[:60000]], CodecConfig(nbits=2),
                               flat.shape[0])
     codes, packed = codec.compress(flat)
+    codes = codes.to(getattr(torch, code_dtype(codec.num_centroids).name))  # as an index stores them
     lengths = torch.full((n_docs,), doclen)
     ivf_p, ivf_o = inverted_file(codes.numpy(), lengths.numpy(), codec.num_centroids)
     arrays = arrays_mod.IndexArrays.single(codec, codes, packed, offsets_from_lengths(lengths),

@@ -219,6 +219,8 @@ def numba_for_search(code: str, q_len: int, threads: int, requested: str):
     compiled here first; otherwise they are queued for the background thread and this search runs the torch
     kernels. A compilation that failed gives
     (None, its error) and one warning per process."""
+    if code not in _CODE_NAMES.values():  # arrays built by hand (an index stores uint8/uint16/int32 codes)
+        return None, f"codes of dtype {code}: the numba kernels take {', '.join(_CODE_NAMES.values())} codes"
     ks = numba_kernel_set()
     key = (code, q_len, threads > 1)
     if key in ks.searchable:  # the common case: everything this search needs was ready before
