@@ -28,6 +28,7 @@ from .hits import Hit, Record
 from .indexing import compaction, embedded, writer
 from .indexing.external import EmbeddingsOnly
 from .indexing.ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
+from .indexing.pooling import check_factor
 from .model.cache import load_model
 from .model.encoder import ColBERT
 from .search import parallel, retrieval
@@ -78,7 +79,7 @@ class Index:
               batch_size: int = 32, chunk_docs: int = 1024, show_progress: bool = True,
               overwrite: Optional[bool] = None, provenance: Optional[dict] = None,
               codec: Optional[ResidualCodec] = None, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-              truncate: str = "chunk", lexical: bool = False) -> "Index":
+              truncate: str = "chunk", lexical: bool = False, pool_factor: Optional[int] = None) -> "Index":
         """Encode, compress and write ``texts`` as an index at ``path``.
 
         ids: unique strings (default "0".."n-1": a re-run over the same texts gives the same ids); metadatas:
@@ -90,7 +91,10 @@ class Index:
         before writing); lexical: also build the BM25 side (SQLite FTS5 in the document store; for
         ``search(mode="bm25"|"hybrid"|"bm25_rerank")``); nbits: residual bits per dimension (1, 2 or 4; default
         ``codec_config.nbits``, else 2). ``codec``: an already trained ``ResidualCodec`` to use instead of
-        training one (shards of one collection share it).
+        training one (shards of one collection share it). pool_factor: merge each document's (each passage's) token
+        embeddings into ceil(n / pool_factor) by hierarchical clustering before compression (``indexing.pooling``;
+        1: none; default ``pooling.DEFAULT_POOL_FACTOR``, see BENCHMARKS.md "Token pooling"), recorded in the
+        index: later adds pool alike; queries are not pooled.
 
         if_exists — what a folder that already holds an index of ours means (the same rule in the CLI and both
         adapters' ``from_documents``): "upsert" (the default: the documents are added, those whose id is already
@@ -115,18 +119,21 @@ class Index:
         device = resolve_device(device) if device is not None else None
         model = load_model(model, device=device)
         check_mode("truncate", truncate, TRUNCATE_MODES)
+        if pool_factor is not None:
+            check_factor(pool_factor)
         if if_exists == "upsert" and storage.holds_our_index(path):
             return cls._upsert_into(path, texts, ids, metadatas if given_metadatas else None, model, codec_config,
-                                    codec, device, lock_timeout, truncate, lexical, batch_size, show_progress)
+                                    codec, device, lock_timeout, truncate, lexical, batch_size, show_progress,
+                                    pool_factor)
         rows = prepare_rows(model, ids, texts, metadatas, truncate)
         writer.build(path, rows, model, codec_config, batch_size=batch_size, chunk_docs=chunk_docs,
                      show_progress=show_progress, overwrite=if_exists == "overwrite", provenance=provenance,
-                     codec=codec, lock_timeout=lock_timeout, lexical=lexical)
+                     codec=codec, lock_timeout=lock_timeout, lexical=lexical, pool_factor=check_factor(pool_factor))
         return cls(path, model, device, lock_timeout=lock_timeout)
 
     @classmethod
     def _upsert_into(cls, path, texts, ids, metadatas, model, codec_config, codec, device, lock_timeout, truncate,
-                     lexical, batch_size, show_progress) -> "Index":
+                     lexical, batch_size, show_progress, pool_factor) -> "Index":
         """``build`` over an existing index with ``if_exists="upsert"``."""
         index = cls.open(path, model=model, device=device, lock_timeout=lock_timeout)
         have = index.metadata["codec"]["config"]["nbits"]
@@ -141,7 +148,8 @@ class Index:
         if others > 0:
             logger.warning("the index at %s already holds %d document(s) this call does not name; they stay "
                            "(if_exists='overwrite' replaces the whole index)", path, others)
-        index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress)
+        index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress,
+                     pool_factor=pool_factor)
         return index
 
     @classmethod
@@ -150,7 +158,7 @@ class Index:
                               model=None, name: Optional[str] = None, nbits: Optional[int] = None,
                               codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
                               show_progress: bool = True, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                              lexical: bool = False) -> "Index":
+                              lexical: bool = False, pool_factor: Optional[int] = None) -> "Index":
         """An index of precomputed multi-vector embeddings: ``embeddings[i]`` is document i's (tokens, dim)
         tensor or numpy array (any float dtype, any dim with dim x nbits a multiple of 8), from any encoder (a
         PyLate model, ColPali page embeddings, fast-plaid's inputs). ``embeddings`` may be any sequence with
@@ -160,18 +168,19 @@ class Index:
         ``ColBERT`` that made the embeddings, if one did (then ``search("text")`` works and the index records it);
         otherwise ``name`` labels the embeddings' origin and queries are embeddings (``search_embeddings``). Each
         document is checked as it is read (shape, dtype, finite values): a bad one stops the build, naming it,
-        and nothing is committed."""
+        and nothing is committed. pool_factor: as in ``build`` (each document's rows pooled)."""
         return embedded.build_from_embeddings(cls, path, embeddings, ids, metadatas, texts, model=model, name=name,
                                               nbits=nbits, codec_config=codec_config, if_exists=if_exists,
                                               show_progress=show_progress, device=device, lock_timeout=lock_timeout,
-                                              lexical=lexical)
+                                              lexical=lexical, pool_factor=pool_factor)
 
     def add_embeddings(self, embeddings: Sequence, ids: Optional[Sequence[str]] = None,
                        metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,
-                       on_conflict: str = "error", show_progress: bool = False, merge: bool = True) -> list[str]:
+                       on_conflict: str = "error", show_progress: bool = False, merge: bool = True,
+                       pool_factor: Optional[int] = None) -> list[str]:
         """``add`` for precomputed embeddings (see ``build_from_embeddings``); their dim must be the index's."""
         return embedded.add_embeddings(self, embeddings, ids, metadatas, texts, on_conflict=on_conflict,
-                                       show_progress=show_progress, merge=merge)
+                                       show_progress=show_progress, merge=merge, pool_factor=pool_factor)
 
     @classmethod
     def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None, *,
@@ -309,7 +318,7 @@ class Index:
     # ================================================================ updates
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
             *, on_conflict: str = "error", truncate: str = "chunk", batch_size: int = 32,
-            show_progress: bool = False, merge: bool = True) -> list[str]:
+            show_progress: bool = False, merge: bool = True, pool_factor: Optional[int] = None) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``writer.MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index.
         Atomic. Returns their ids (uuid4 hex when not given).
@@ -318,7 +327,8 @@ class Index:
         "replace" (an upsert: the old document, all its passages, is replaced in the same commit; a document whose
         text and metadata are unchanged is skipped, nothing re-encoded; without ``metadatas`` a replaced document
         keeps the metadata it had). truncate: as in ``build`` ("chunk" by default). merge: False keeps the new
-        segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything)."""
+        segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything).
+        pool_factor: None (pooled as the index records) or the index's factor; another is refused."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         keep_metadata = metadatas is None
@@ -326,7 +336,8 @@ class Index:
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         rows = prepare_rows(self.model, ids, texts, metadatas, truncate)
         self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"),
-                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata)
+                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata,
+                         pool_factor=None if pool_factor is None else check_factor(pool_factor))
         return ids
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,

@@ -16,6 +16,7 @@ from ..store import layout
 from ..store.docstore import DocStore
 from ..store.layout import Counts
 from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
+from .pooling import pooled
 from .writer import Writer, write_codec
 
 RECLUSTER_RATIO = 0.5
@@ -49,10 +50,11 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
         if recluster and reencode and len(live):  # exact: encode the stored texts (rows) again
             texts = [r[2] for rows in snap.docstore.iter_visible(n, gen) for r in rows]
             times = StageTimes()
+            encoder = pooled(model, meta.pool_factor)  # pooled as the index was built
             with progress_bar(len(texts), show_progress, "re-encoding") as bar:
-                codec, cache, _ = train_codec(model, texts, config, 32, show_progress, times, bar)
+                codec, cache, _ = train_codec(encoder, texts, config, 32, show_progress, times, bar)
                 with SegmentWriter(path, codec) as sw:
-                    encode_and_compress(model, codec, texts, sw, cache, 32, 1024, show_progress, times,
+                    encode_and_compress(encoder, codec, texts, sw, cache, 32, 1024, show_progress, times,
                                         desc="re-encoding + compressing", bar=bar)
                     seg = sw.finish()
         else:

@@ -33,6 +33,7 @@ from ..store.layout import Counts, IndexMeta, SegmentMeta
 from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
 from .external import EmbeddingsOnly
 from .ingest import Rows
+from .pooling import pooled
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,14 @@ def copy_segments(path: Path, loaded: list[Segment], codec: ResidualCodec, chunk
 
 def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_size: int, chunk_docs: int,
           show_progress: bool, overwrite: bool, provenance: Optional[dict], codec: Optional[ResidualCodec],
-          lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None) -> None:
+          lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None,
+          pool_factor: int = 1) -> None:
     """Encode, compress and commit ``rows`` as a new index at ``path`` (see ``Index.build``). A first build that
     fails leaves no folder behind; an existing index stays readable until the new one is committed. encoder and
     sources: what is encoded (default: ``model`` over the rows' texts; ``external.GivenEmbeddings`` over document
-    numbers for precomputed embeddings)."""
-    encoder = model if encoder is None else encoder
+    numbers for precomputed embeddings). pool_factor: each row's token embeddings pooled by this factor
+    (``pooling``; 1: none), recorded in the metadata so that later writes pool alike."""
+    encoder = pooled(model if encoder is None else encoder, pool_factor)
     sources = rows.texts if sources is None else sources
     storage.check_ownership(path)  # before the lock file is created
     created = not path.exists()
@@ -123,7 +126,7 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
             meta = IndexMeta(
                 generation=(old.generation + 1) if old else 1, library_version=__version__,
                 model=model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
-                counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
+                counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings), pool_factor=pool_factor,
                 provenance={"created": now(), "updated": now(), "host": platform.node(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "precision": model.precision.to_dict(),
@@ -157,6 +160,16 @@ def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep
                [stored[rows.ids[i]][1] if keep_metadata and rows.ids[i] in stored else rows.metadatas[i]
                 for i in keep], None if rows.spans is None else [rows.spans[i] for i in keep])
     return out, {k: v for k, v in clash.items() if k not in same}
+
+
+def check_pool_factor(path: Path, meta: IndexMeta, pool_factor: Optional[int]) -> None:
+    """Refuse a write that asks for a pool factor other than the index's. Why not one factor per segment: a
+    document pooled harder has fewer, blurrier vectors and a systematically lower MaxSim, so one index mixing
+    factors would rank documents partly by how they were pooled."""
+    if pool_factor is not None and pool_factor != meta.pool_factor:
+        raise InvalidArgument(f"the index at {path} pools documents with pool_factor={meta.pool_factor}; documents "
+                              f"added to it are pooled the same way (omit pool_factor, or rebuild the index with "
+                              f"if_exists='overwrite' to change it), got pool_factor={pool_factor}")
 
 
 class Writer:
@@ -210,14 +223,16 @@ class Writer:
 
     def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True, *,
             documents: Optional[dict] = None, keep_metadata: bool = False, encoder=None,
-            sources: Optional[Sequence] = None) -> None:
+            sources: Optional[Sequence] = None, pool_factor: Optional[int] = None) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
         (``on_conflict="error"``) or replaced in the same commit ("replace"). documents: id -> (text, metadata) as
         given (before chunking): with "replace", a live document with the same text and metadata is skipped;
         keep_metadata: a replaced document keeps its stored metadata (none was given). merge: merge small tail
-        segments (``MERGE_FACTOR``). encoder and sources: as in ``build``."""
-        encoder = self.model if encoder is None else encoder
+        segments (``MERGE_FACTOR``). encoder and sources: as in ``build``. pool_factor: None (documents pooled
+        as the index records) or that same factor; another is refused (see ``check_pool_factor``)."""
         with self.transaction() as meta:
+            check_pool_factor(self.path, meta, pool_factor)
+            encoder = pooled(self.model if encoder is None else encoder, meta.pool_factor)
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
                 clash = ds.pids_of(list(dict.fromkeys(rows.ids)), n, gen)
