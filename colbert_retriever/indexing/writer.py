@@ -112,7 +112,9 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                 with SegmentWriter(path, codec) as writer:
                     encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs,
                                         show_progress, times, bar=bar)
+                    t0 = time.perf_counter()
                     seg = writer.finish()
+                    times.segment_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             docstore = layout.new_docstore_name()
             with DocStore(path / docstore, create=True) as ds:
