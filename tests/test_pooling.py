@@ -186,3 +186,17 @@ def test_metadata_entry(tmp_path):
         with pytest.raises(IndexFormatError, match="pooling"):
             layout.IndexMeta.from_json(json.dumps(d))
     idx.close()
+
+
+def test_cli_pool_factor(tmp_path, capsys):
+    from colbert_retriever.cli.main import main
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n"
+                            for i, t in enumerate(make_corpus(12, seed=11, min_words=8, max_words=12))))
+    assert main(["index", str(data), str(tmp_path / "i"), "--quiet", "--pool-factor", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    meta = json.loads((tmp_path / "i" / layout.METADATA).read_text())
+    assert meta["pooling"] == {"pool_factor": 2, "method": "ward"} and out["documents"] == 12
+    assert main(["index", str(data), str(tmp_path / "j"), "--quiet", "--pool-factor", "0"]) == 2
+    assert "--pool-factor" in capsys.readouterr().err and not (tmp_path / "j").exists()

@@ -55,7 +55,8 @@ def _cmd_index(args) -> int:
     idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits, device=args.device,
                       codec_config=CodecConfig(nbits=args.nbits), show_progress=not args.quiet, if_exists=if_exists,
                       truncate=args.truncate, lexical=args.lexical,
-                      provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
+                      provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN},
+                      pool_factor=args.pool_factor)
     meta = idx.metadata
     print(json.dumps({"index": str(args.index), "documents": len(idx), "rows": meta["counts"]["live"],
                       "embeddings": meta["counts"]["embeddings"], "num_centroids": meta["codec"]["num_centroids"],
