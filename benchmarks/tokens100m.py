@@ -68,7 +68,7 @@ class Source:
         self.rlen = np.load(fp / "lengths.npy").astype(np.int64)
         self.roff = np.concatenate([[0], np.cumsum(self.rlen)])
         r = len(self.rlen)
-        m = max(0, int(max_tokens / self.rlen.mean() * 1.1) - r)
+        m = max(0, int(max_tokens / self.rlen.mean() * 1.05) + 2000 - r)  # + room for the updates
         rng = np.random.default_rng(SEED)
         self.a, self.b = rng.integers(0, r, m), rng.integers(0, r, m)
         self.lengths = np.concatenate([self.rlen, self.rlen[self.a]])
@@ -297,10 +297,12 @@ def step_updates(size: int, n_agree: int) -> None:
         index.add_embeddings(Docs(src, n, n + m), ids=[f"d{i}" for i in range(n, n + m)])
         return {"docs_added": m, "tokens_added": int(src.cum[n + m - 1] - src.cum[n - 1])}
 
-    upserted = sorted(rng.choice(n, 1000, replace=False).tolist())
+    upserted = sorted(rng.choice(n, min(1000, n // 2), replace=False).tolist())  # 1,000 (fewer in a tiny index)
 
-    def upsert():  # 1,000 live documents get new embeddings (new synthetic documents' rows)
-        index.add_embeddings(Docs(src, n + m, n + m + 1000), ids=[f"d{i}" for i in upserted], on_conflict="replace")
+    def upsert():  # live documents get new embeddings (new synthetic documents' rows)
+        k = len(upserted)
+        index.add_embeddings(Docs(src, n + m, n + m + k), ids=[f"d{i}" for i in upserted], on_conflict="replace")
+        return {"upserted": k}
 
     doomed = [f"d{i}" for i in sorted(rng.choice(n + m, (n + m) // 100, replace=False).tolist())]
 

@@ -403,7 +403,7 @@ class Index:
         texts again (exact: what a fresh build gives) instead of re-training on the decompressed embeddings (no
         encoder pass, but every re-training adds the old codec's error, which compounds when a collection grows
         from a few documents); None (default) re-encodes indexes under ``compaction.REENCODE_MAX_EMBEDDINGS``
-        embeddings."""
+        embeddings whose documents all came as text (documents given as embeddings are never re-encoded)."""
         if recluster is not None:
             _validate.flag(recluster, "recluster")
         if reencode is not None:

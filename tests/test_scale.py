@@ -83,3 +83,44 @@ def test_build_stage_times_cover_the_inverted_file(tmp_path):
                                       codec_config=CodecConfig(nbits=2, num_centroids=16))
     stages = idx.metadata["provenance"]["stages"]
     assert set(stages) >= {"encode_s", "kmeans_s", "compress_s", "write_s", "segment_s"}
+
+
+def _unit(n, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
+
+
+def test_compact_never_reencodes_documents_given_as_embeddings(tmp_path, tiny_model):
+    """Found by the updates benchmark on a small index: compact() re-trains by re-encoding the stored texts below
+    REENCODE_MAX_EMBEDDINGS, but documents given as embeddings have no text that encodes to them (an index built
+    from embeddings without a model failed; with a model, its empty or unrelated texts would have been encoded in
+    their place). Now they are re-trained from their stored embeddings; asking to re-encode them is refused."""
+    from colbert_retriever import CodecConfig, Index, InvalidArgument
+
+    from .test_embedded import clustered, planted_query
+
+    docs = clustered(200, dim=32, seed=1)
+    idx = Index.build_from_embeddings(tmp_path / "e", docs, [f"p{i}" for i in range(200)], name="given",
+                                      show_progress=False, codec_config=CodecConfig(nbits=2, num_centroids=32))
+    more = clustered(200, dim=32, seed=2)
+    idx.add_embeddings(more, ids=[f"m{i}" for i in range(200)])
+    assert idx.needs_recluster
+    with pytest.raises(InvalidArgument, match="reencode=False"):
+        idx.compact(reencode=True)
+    idx.compact()  # re-trained from the stored embeddings
+    assert idx.metadata["codec"]["embeddings_added"] == 0 and len(idx) == 400
+    assert sum(idx.search_embeddings(planted_query(more[i], i)[None], k=1)[0][0].id == f"m{i}"
+               for i in range(0, 200, 20)) >= 9
+
+    from .conftest import make_corpus
+
+    texts = make_corpus(40, seed=4)
+    t = Index.build(tmp_path / "t", texts, model=tiny_model, show_progress=False,
+                    codec_config=CodecConfig(nbits=2, num_centroids=16))
+    given = [_unit(n, 32, n) for n in (5, 9, 30)]
+    t.add_embeddings(given, ids=["g0", "g1", "g2"], texts=["x", "y", "z"])  # texts that do not encode to them
+    with pytest.raises(InvalidArgument, match="given as embeddings"):
+        t.compact(recluster=True, reencode=True)
+    t.compact(recluster=True)
+    lens = t._current().arrays.doc_offsets.diff().tolist()
+    assert lens[-3:] == [5, 9, 30]  # their own rows, not the encodings of "x", "y", "z"

@@ -12,12 +12,13 @@ import torch
 from ..codec.residual import ResidualCodec
 from ..codec.strided import gather_rows
 from ..config import CodecConfig
+from ..errors import InvalidArgument
 from ..store import layout
 from ..store.docstore import DocStore
 from ..store.layout import Counts
 from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
 from .pooling import pooled
-from .writer import Writer, write_codec
+from .writer import Writer, texts_encodable, write_codec
 
 RECLUSTER_RATIO = 0.5
 """``compact`` re-trains the centroids when the embeddings added since they were trained exceed this fraction of
@@ -45,8 +46,12 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
         if recluster is None:
             recluster = needs_recluster(c)
         old_codec = codec = arrays.codec
+        if reencode and not texts_encodable(meta):
+            raise InvalidArgument(f"the index at {path} holds documents given as embeddings: their stored texts are "
+                                  f"not what was encoded, so compact(reencode=True) cannot rebuild them; use "
+                                  f"reencode=False (re-train on the stored embeddings)")
         if reencode is None:
-            reencode = meta.counts.embeddings < REENCODE_MAX_EMBEDDINGS
+            reencode = meta.counts.embeddings < REENCODE_MAX_EMBEDDINGS and texts_encodable(meta)
         if recluster and reencode and len(live):  # exact: encode the stored texts (rows) again
             texts = [r[2] for rows in snap.docstore.iter_visible(n, gen) for r in rows]
             times = StageTimes()

@@ -164,6 +164,16 @@ def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep
     return out, {k: v for k, v in clash.items() if k not in same}
 
 
+EMBEDDINGS_ADDED = "embeddings_added"
+"""Provenance flag: documents were added to this text index as precomputed embeddings (``add_embeddings``)."""
+
+
+def texts_encodable(meta: IndexMeta) -> bool:
+    """Whether encoding the stored texts again gives the index's documents: not when they were given as embeddings
+    (built from embeddings, or some added so): their stored texts, empty or not, are not what was encoded."""
+    return meta.provenance.get("source") != "embeddings" and not meta.provenance.get(EMBEDDINGS_ADDED)
+
+
 def check_pool_factor(path: Path, meta: IndexMeta, pool_factor: Optional[int]) -> None:
     """Refuse a write that asks for a pool factor other than the index's. Why not one factor per segment: a
     document pooled harder has fewer, blurrier vectors and a systematically lower MaxSim, so one index mixing
@@ -234,6 +244,7 @@ class Writer:
         as the index records) or that same factor; another is refused (see ``check_pool_factor``)."""
         with self.transaction() as meta:
             check_pool_factor(self.path, meta, pool_factor)
+            given = encoder is not None  # precomputed embeddings (``add_embeddings``), not the model over texts
             encoder = pooled(self.model if encoder is None else encoder, meta.pool_factor)
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
@@ -258,6 +269,8 @@ class Writer:
                 ds.lexical_advance(n, n + len(rows.texts))  # uncommitted rows reach no reader's BM25 statistics
                 ds.checkpoint()
             c, added = meta.counts, len(rows.texts)
+            if given and meta.provenance.get("source") != "embeddings":  # see ``texts_encodable``
+                meta = dataclasses.replace(meta, provenance={**meta.provenance, EMBEDDINGS_ADDED: True})
             self.commit(dataclasses.replace(
                 meta, generation=gen + 1,
                 segments=self._merge_tail(meta.segments + (seg,), codec) if merge else meta.segments + (seg,),
