@@ -275,43 +275,45 @@ def step_updates(size: int, n_agree: int) -> None:
         if reader.poll() is not None:
             raise SystemExit("the reader process ended before its first search")
         time.sleep(0.2)
-    mem = SelfPeak()
-    out = {"before": {"docs": n, "tokens": index.metadata["counts"]["embeddings"], "agreement@10": agreement(index, Q),
-                      "rss_mb": rss_now()}}
-    m = src.docs_for(size // 100, start=n)
+    try:
+        mem = SelfPeak()
+        out = {"before": {"docs": n, "tokens": index.metadata["counts"]["embeddings"],
+                          "agreement@10": agreement(index, Q), "rss_mb": rss_now()}}
+        m = src.docs_for(size // 100, start=n)
 
-    def op(name, fn):
-        mem.take()
-        g0 = src.generate_s
-        t = time.perf_counter()
-        extra = fn() or {}
-        s = time.perf_counter() - t
-        meta = index.metadata
-        out[name] = {"s": round(s, 2), "generate_s": round(src.generate_s - g0, 2), "peak_rss": mem.take(),
-                     "generation": meta["generation"], "segments": len(meta["segments"]),
-                     "tokens": meta["counts"]["embeddings"], "live": meta["counts"]["live"],
-                     "agreement@10": agreement(index, Q), **extra}
-        print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
+        def op(name, fn):
+            mem.take()
+            g0 = src.generate_s
+            t = time.perf_counter()
+            extra = fn() or {}
+            s = time.perf_counter() - t
+            meta = index.metadata
+            out[name] = {"s": round(s, 2), "generate_s": round(src.generate_s - g0, 2), "peak_rss": mem.take(),
+                         "generation": meta["generation"], "segments": len(meta["segments"]),
+                         "tokens": meta["counts"]["embeddings"], "live": meta["counts"]["live"],
+                         "agreement@10": agreement(index, Q), **extra}
+            print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
 
-    def add():
-        index.add_embeddings(Docs(src, n, n + m), ids=[f"d{i}" for i in range(n, n + m)])
-        return {"docs_added": m, "tokens_added": int(src.cum[n + m - 1] - src.cum[n - 1])}
+        def add():
+            index.add_embeddings(Docs(src, n, n + m), ids=[f"d{i}" for i in range(n, n + m)])
+            return {"docs_added": m, "tokens_added": int(src.cum[n + m - 1] - src.cum[n - 1])}
 
-    upserted = sorted(rng.choice(n, min(1000, n // 2), replace=False).tolist())  # 1,000 (fewer in a tiny index)
+        upserted = sorted(rng.choice(n, min(1000, n // 2), replace=False).tolist())  # 1,000 (fewer in a tiny index)
 
-    def upsert():  # live documents get new embeddings (new synthetic documents' rows)
-        k = len(upserted)
-        index.add_embeddings(Docs(src, n + m, n + m + k), ids=[f"d{i}" for i in upserted], on_conflict="replace")
-        return {"upserted": k}
+        def upsert():  # live documents get new embeddings (new synthetic documents' rows)
+            k = len(upserted)
+            index.add_embeddings(Docs(src, n + m, n + m + k), ids=[f"d{i}" for i in upserted], on_conflict="replace")
+            return {"upserted": k}
 
-    doomed = [f"d{i}" for i in sorted(rng.choice(n + m, (n + m) // 100, replace=False).tolist())]
+        doomed = [f"d{i}" for i in sorted(rng.choice(n + m, (n + m) // 100, replace=False).tolist())]
 
-    op("add_1pct", add)
-    op("upsert_1000", upsert)
-    op("delete_1pct", lambda: {"deleted": index.delete(doomed)})
-    delete_gen = out["delete_1pct"]["generation"]
-    op("compact", lambda: index.compact())
-    stop.touch()
+        op("add_1pct", add)
+        op("upsert_1000", upsert)
+        op("delete_1pct", lambda: {"deleted": index.delete(doomed)})
+        delete_gen = out["delete_1pct"]["generation"]
+        op("compact", lambda: index.compact())
+    finally:  # the reader stops however the updates end
+        stop.touch()
     summary = json.loads(reader.communicate()[0].strip().splitlines()[-1])
     mem.stop()
     doomed_set, wrong, short, lat = set(doomed), 0, 0, []
@@ -377,8 +379,13 @@ def main(argv=None):
     prev = Path(__file__).resolve().parent / "results" / "tokens100m.json"
     out = json.loads(prev.read_text()) if prev.exists() and not args.fresh else {}
     rows = {r["size"]: r for r in out.get("sizes", [])}
-    out.update({"machine": machine_info(), "source": {"generator": "on the fly (see tokens100m.py)", "sigma": SIGMA,
-                                                      "seed": SEED}})
+    src = Source(max(args.sizes))
+    real, syn = src.lengths[: src.real_docs], src.lengths[src.real_docs :]
+    out.update({"machine": machine_info(),
+                "source": {"generator": "on the fly (see tokens100m.py)", "sigma": SIGMA, "seed": SEED,
+                           "real_docs": src.real_docs, "real_tokens": int(real.sum()),
+                           "length_percentiles": {k: [int(v) for v in np.percentile(x, [10, 50, 90])]
+                                                  for k, x in (("real", real), ("synthetic", syn)) if len(x)}}})
     updates_at = args.updates_at if args.updates_at is not None else [max(args.sizes)]
     for size in args.sizes:
         row = {"size": size}

@@ -200,3 +200,28 @@ def test_cli_pool_factor(tmp_path, capsys):
     assert meta["pooling"] == {"pool_factor": 2, "method": "ward"} and out["documents"] == 12
     assert main(["index", str(data), str(tmp_path / "j"), "--quiet", "--pool-factor", "0"]) == 2
     assert "--pool-factor" in capsys.readouterr().err and not (tmp_path / "j").exists()
+
+
+def test_adapters_pass_pool_factor(tmp_path):
+    """The LangChain store and retriever and the LlamaIndex index and retriever build pooled indexes when asked."""
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("llama_index.core")
+    from langchain_core.documents import Document
+    from llama_index.core.schema import TextNode
+
+    from colbert_retriever.integrations.langchain import ColBERTRetriever as LCRetriever
+    from colbert_retriever.integrations.langchain import ColBERTVectorStore
+    from colbert_retriever.integrations.llama_index import ColBERTIndex
+    from colbert_retriever.integrations.llama_index import ColBERTRetriever as LIRetriever
+
+    texts = make_corpus(6, seed=12, min_words=8, max_words=12)
+
+    def factor(folder):
+        return json.loads((folder / layout.METADATA).read_text())["pooling"]["pool_factor"]
+
+    ColBERTVectorStore.from_texts(texts, index_path=tmp_path / "lc", pool_factor=2)
+    LCRetriever.from_documents([Document(page_content=t) for t in texts], tmp_path / "lcr", pool_factor=3)
+    nodes = [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(texts)]
+    ColBERTIndex(tmp_path / "li", nodes=nodes, pool_factor=2)
+    LIRetriever.from_nodes(nodes, tmp_path / "lir", pool_factor=4)
+    assert [factor(tmp_path / n) for n in ("lc", "lcr", "li", "lir")] == [2, 3, 2, 4]
