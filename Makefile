@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-isa test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m clean
+.PHONY: setup demo test test-isa test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m bench-100m bench-pooling bench-encode clean
 
 $(PY):
 	python3 -m venv .venv
@@ -111,6 +111,19 @@ bench-coldstart: setup
 # benchmarks/work)
 bench-10m: setup
 	$(PY) benchmarks/tokens10m.py
+
+# 1M -> 100M token embeddings through the embeddings API, then updates at scale on the 100M index with a reader
+# searching throughout (about an hour on 2 quiet cores; ~9 GB of disk under benchmarks/work at the peak)
+bench-100m: setup
+	$(PY) benchmarks/tokens100m.py
+
+# token pooling at factors 1-4 on scifact, cranfield, cisi (each corpus encoded once, cached)
+bench-pooling: setup
+	$(PY) benchmarks/pooling.py
+
+# document encoding throughput in float32 on this CPU and capped to AVX2 (tokens/s, fraction of the FMA peak)
+bench-encode: setup
+	$(PY) benchmarks/encode.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

@@ -450,6 +450,116 @@ def tokens10m_tables() -> list[str]:
     return out
 
 
+def tokens100m_tables() -> list[str]:
+    """benchmarks/results/tokens100m.json (``make bench-100m``): 1M -> 100M token embeddings, updates at scale."""
+    d = _result("tokens100m.json")
+    if d is None:
+        return []
+    out = ["## 1M -> 100M token embeddings on one box (`make bench-100m`)", "",
+           "Built through the embeddings API from a source generated on the fly (real scifact token embeddings of our "
+           "model, then synthetic documents mixing two real ones with Gaussian noise, sigma 0.02, re-normalised; "
+           "`benchmarks/tokens100m.py` says how; nothing written to disk). Queries: 100 real scifact queries, k=10, "
+           "default knobs, retrieval only (query embeddings given). Agreement: share of the exhaustive top-10 that "
+           "the default search returns (all 100 queries below 10M tokens, the first 25 from 10M on). Each build and "
+           "search in its own process; RSS split into anonymous and file-backed (memory maps; the build's file-"
+           "backed part includes ~280 MB of the source's real embeddings, memory-mapped). Build stages: encode = "
+           "reading the source (of which generating it: gen), k-means, compress (centroid assignment + residuals), "
+           "write (raw segment files, document store), segment (the .npy files and the inverted file).", "",
+           "| tokens | docs | centroids | build s (encode / gen / k-means / compress / write / segment) | build peak "
+           "RSS MB (anon / file) | disk B/token | open s | RSS after open MB (anon / file) | p50 / p95 ms | "
+           "agreement@10 | exhaustive p50 ms | search peak RSS MB (anon / file) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["sizes"]:
+        b, s = r.get("build", {}), r.get("search", {})
+        st, pk, spk = b.get("stages", {}), b.get("peak_rss", {}), s.get("peak_rss", {})
+        stages = " / ".join(str(round(st.get(k, 0))) for k in ("encode_s", "generate_s", "kmeans_s", "compress_s",
+                                                                 "write_s", "segment_s"))
+        ro = s.get("rss_after_open_mb", {})
+        out.append(f"| {b.get('tokens', r['size']):,} | {b.get('docs', '')} | {b.get('num_centroids', '')} | "
+                   f"{b.get('build_s', '')} ({stages}) | {pk.get('total_mb', '')} ({pk.get('anon_mb', '')} / "
+                   f"{pk.get('file_mb', '')}) | {b.get('bytes_per_token', '')} | {s.get('open_s', '')} | "
+                   f"{ro.get('anon', '')} / {ro.get('file', '')} | {s['latency_ms']['p50']} / "
+                   f"{s['latency_ms']['p95']} | {s['agreement@10']:.3f} ({s.get('agreement_queries')} q) | "
+                   f"{s['exhaustive_ms']['p50']} | {spk.get('total_mb', '')} ({spk.get('anon_mb', '')} / "
+                   f"{spk.get('file_mb', '')}) |")
+    if d.get("latency_exponent") is not None:
+        out += ["", f"Latency grows as tokens^{d['latency_exponent']} (least squares on log p50 vs log tokens, "
+                    f"{d['sizes'][0]['size']:,} to {d['sizes'][-1]['size']:,} tokens)."]
+    for r in d["sizes"]:
+        u = r.get("updates")
+        if not u:
+            continue
+        rd = u.get("reader", {})
+        out += ["", f"**Updates at {u['before']['tokens']:,} tokens** ({u['before']['docs']:,} documents; agreement "
+                    f"before: {u['before']['agreement@10']}). A reader process searched throughout: "
+                    f"{rd.get('searches')} searches, {rd.get('errors')} failed, {rd.get('short_results')} with fewer "
+                    f"than 10 hits, {rd.get('searches_returning_deleted')} returning a document deleted in a "
+                    f"generation they could see; its p50 / p95 during the updates "
+                    f"{(rd.get('latency_ms_during_updates') or {}).get('p50')} / "
+                    f"{(rd.get('latency_ms_during_updates') or {}).get('p95')} ms.", "",
+                "| step | s (of which generating the source) | peak RSS MB (anon / file) | tokens after | segments | "
+                "agreement@10 after |", "|---|---|---|---|---|---|"]
+        names = {"add_1pct": "add 1 % more documents", "upsert_1000": "upsert 1,000", "delete_1pct": "delete 1 %",
+                 "compact": "compact()"}
+        for key, name in names.items():
+            x = u.get(key)
+            if x:
+                pk = x["peak_rss"]
+                out.append(f"| {name} | {x['s']} ({x['generate_s']}) | {pk['total_mb']} ({pk['anon_mb']} / "
+                           f"{pk['file_mb']}) | {x['tokens']:,} | {x['segments']} | {x['agreement@10']} |")
+    out += ["", _machine_line(d["machine"]), ""]
+    return out
+
+
+def pooling_tables() -> list[str]:
+    """benchmarks/results/pooling.json (``make bench-pooling``)."""
+    d = _result("pooling.json")
+    if d is None:
+        return []
+    out = ["## Token pooling (`make bench-pooling`)", "",
+           "`pool_factor=f`: each document's (passage's) token embeddings merged into ceil(n / f) by Ward's "
+           "hierarchical clustering, mean, re-normalised, before compression (`indexing/pooling.py`). Each corpus "
+           f"encoded once (default model, documents in {d['machine'].get('documents_dtype')}, long texts as "
+           "passages) and every factor built from those embeddings through the embeddings API; a query's ranking "
+           "keeps each document's best passage. nDCG@10 / Recall@100 with default search; build = the embeddings "
+           "build (pooling, k-means, compression, writing; the encoding, the same for every factor, is listed once); "
+           "p50 / p95: k=10 retrieval, query embeddings given. "
+           f"Rule: {d['rule']} (met: {d.get('rule_met')}).", "",
+           "| set | factor | tokens stored | index MB | nDCG@10 | delta | Recall@100 | build s | p50 / p95 ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in d["sets"].items():
+        for f, x in r["factors"].items():
+            out.append(f"| {name} | {f} | {x['tokens']:,} | {x['index_bytes'] / 2**20:.1f} | {x['ndcg@10']} | "
+                       f"{x.get('ndcg@10_delta', 0):+.4f} | {x['recall@100']} | {x['build_s']} | "
+                       f"{x['latency_ms']['p50']} / {x['latency_ms']['p95']} |")
+    enc = ", ".join(f"{n} {r['encode_s']} s ({r['passages']} passages)" for n, r in d["sets"].items())
+    out += ["", f"Encoding, once per set: {enc}. Latency and build times are from a shared, loaded machine: compare "
+                "them within a set only.", "", _machine_line(d["machine"]), ""]
+    return out
+
+
+def encode_tables() -> list[str]:
+    """benchmarks/results/encode.json (``make bench-encode``)."""
+    d = _result("encode.json")
+    if d is None:
+        return []
+    out = ["## Document encoding throughput, float32 (`make bench-encode`)", "", d.get("how", ""), "",
+           "| CPU kind | path | tokens/s | GFLOP/s | of the FMA peak (GFLOP/s) | of this process's sgemm (GFLOP/s) | "
+           "speed vs eager (same process) |", "|---|---|---|---|---|---|---|"]
+    for kind, r in d["kinds"].items():
+        for path, x in r["paths"].items():
+            peak = "–" if x.get("of_peak") is None else f"{x['of_peak']:.0%} of {r['peak_gflops']}"
+            out.append(f"| {kind} ({r['capability']}) | {path} | {x['tokens_per_s']:,} | {x['gflops']} | {peak} | "
+                       f"{x['of_sgemm']:.0%} ({r['sgemm_gflops']}) | {x.get('ratio_to_eager', 1.0)} |")
+    q = d.get("quality")
+    if q:
+        out += ["", "Quality (documents encoded with the fused path vs eager, float32, queries the same; nDCG@10 with "
+                    "default search): " + "; ".join(f"{n} {v['eager']} -> {v['fused']} ({v['delta']:+.4f})"
+                                                     for n, v in q.items()) + "."]
+    out += ["", _machine_line(d["machine"]), ""]
+    return out
+
+
 def ab_release_tables() -> list[str]:
     d = _result("ab_release.json")
     if d is None:
@@ -589,6 +699,9 @@ def render() -> Path:
     lines += compression_tables()
     lines += peers_tables()
     lines += tokens10m_tables()
+    lines += tokens100m_tables()
+    lines += pooling_tables()
+    lines += encode_tables()
     lines += coldstart_tables()
     lines += ab_release_tables()
     lines += precision_tables()

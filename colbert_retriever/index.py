@@ -29,6 +29,7 @@ from .indexing import compaction, embedded, writer
 from .indexing.external import EmbeddingsOnly
 from .kernels import dispatch
 from .indexing.ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode, if_exists_mode, prepare_rows
+from .indexing.pooling import check_factor
 from .model.cache import load_model
 from .model.encoder import ColBERT
 from .search import parallel, retrieval
@@ -89,7 +90,8 @@ class Index:
               batch_size: int = 32, chunk_docs: int = 1024, show_progress: Optional[bool] = None,
               overwrite: Optional[bool] = None, provenance: Optional[dict] = None,
               codec: Optional[ResidualCodec] = None, device=None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-              truncate: str = "chunk", lexical: bool = False, report: Optional[dict] = None) -> "Index":
+              truncate: str = "chunk", lexical: bool = False, report: Optional[dict] = None,
+              pool_factor: Optional[int] = None) -> "Index":
         """Encode, compress and write ``texts`` as an index at ``path``.
 
         ids: unique strings (default "0".."n-1": a re-run over the same texts gives the same ids); metadatas:
@@ -103,6 +105,10 @@ class Index:
         ``codec_config.nbits``, else 2). ``codec``: an already trained ``ResidualCodec`` to use instead of
         training one (shards of one collection share it). show_progress: None (default) shows a bar only for
         more than 256 texts (passages). report: a dict that receives what the call did (see ``add``).
+        pool_factor: merge each document's (each passage's) token embeddings into ceil(n / pool_factor) by
+        hierarchical clustering before compression (``indexing.pooling``; 1: none; default
+        ``pooling.DEFAULT_POOL_FACTOR``, see BENCHMARKS.md "Token pooling"), recorded in the index: later adds pool
+        alike; queries are not pooled.
 
         if_exists — what a folder that already holds an index of ours means (the same rule in the CLI and both
         adapters' ``from_documents``): "upsert" (the default: the documents are added, those whose id is already
@@ -127,21 +133,23 @@ class Index:
         device = resolve_device(device) if device is not None else None
         model = load_model(model, device=device)
         check_mode("truncate", truncate, TRUNCATE_MODES)
+        if pool_factor is not None:
+            check_factor(pool_factor)
         if if_exists == "upsert" and storage.holds_our_index(path):
             return cls._upsert_into(path, texts, ids, metadatas if given_metadatas else None, model, codec_config,
                                     codec, device, lock_timeout, truncate, lexical, batch_size, show_progress,
-                                    report)
+                                    report, pool_factor)
         rows = prepare_rows(model, ids, texts, metadatas, truncate)
         writer.build(path, rows, model, codec_config, batch_size=batch_size, chunk_docs=chunk_docs,
                      show_progress=show_progress, overwrite=if_exists == "overwrite", provenance=provenance,
-                     codec=codec, lock_timeout=lock_timeout, lexical=lexical)
+                     codec=codec, lock_timeout=lock_timeout, lexical=lexical, pool_factor=check_factor(pool_factor))
         if report is not None:
             report.update(added=list(ids), replaced=[], unchanged=[], rebuilt=True)
         return cls(path, model, device, lock_timeout=lock_timeout)
 
     @classmethod
     def _upsert_into(cls, path, texts, ids, metadatas, model, codec_config, codec, device, lock_timeout, truncate,
-                     lexical, batch_size, show_progress, report) -> "Index":
+                     lexical, batch_size, show_progress, report, pool_factor) -> "Index":
         """``build`` over an existing index with ``if_exists="upsert"``."""
         index = cls.open(path, model=model, device=device, lock_timeout=lock_timeout)
         have = index.metadata["codec"]["config"]["nbits"]
@@ -158,7 +166,7 @@ class Index:
             logger.warning("the index at %s already holds %d document(s) this call does not name; they stay "
                            "(if_exists='overwrite' replaces the whole index)", path, others)
         index.upsert(texts, ids, metadatas, truncate=truncate, batch_size=batch_size, show_progress=show_progress,
-                     report=report)
+                     report=report, pool_factor=pool_factor)
         return index
 
     @classmethod
@@ -168,7 +176,7 @@ class Index:
                               codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
                               show_progress: Optional[bool] = None, device=None,
                               lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                              lexical: bool = False) -> "Index":
+                              lexical: bool = False, pool_factor: Optional[int] = None) -> "Index":
         """An index of precomputed multi-vector embeddings: ``embeddings[i]`` is document i's (tokens, dim)
         tensor or numpy array (any float dtype, any dim with dim x nbits a multiple of 8), from any encoder (a
         PyLate model, ColPali page embeddings, fast-plaid's inputs). ``embeddings`` may be any sequence with
@@ -178,18 +186,19 @@ class Index:
         ``ColBERT`` that made the embeddings, if one did (then ``search("text")`` works and the index records it);
         otherwise ``name`` labels the embeddings' origin and queries are embeddings (``search_embeddings``). Each
         document is checked as it is read (shape, dtype, finite values): a bad one stops the build, naming it,
-        and nothing is committed."""
+        and nothing is committed. pool_factor: as in ``build`` (each document's rows pooled)."""
         return embedded.build_from_embeddings(cls, path, embeddings, ids, metadatas, texts, model=model, name=name,
                                               nbits=nbits, codec_config=codec_config, if_exists=if_exists,
                                               show_progress=show_progress, device=device, lock_timeout=lock_timeout,
-                                              lexical=lexical)
+                                              lexical=lexical, pool_factor=pool_factor)
 
     def add_embeddings(self, embeddings: Sequence, ids: Optional[Sequence[str]] = None,
                        metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,
-                       on_conflict: str = "error", show_progress: bool = False, merge: bool = True) -> list[str]:
+                       on_conflict: str = "error", show_progress: bool = False, merge: bool = True,
+                       pool_factor: Optional[int] = None) -> list[str]:
         """``add`` for precomputed embeddings (see ``build_from_embeddings``); their dim must be the index's."""
         return embedded.add_embeddings(self, embeddings, ids, metadatas, texts, on_conflict=on_conflict,
-                                       show_progress=show_progress, merge=merge)
+                                       show_progress=show_progress, merge=merge, pool_factor=pool_factor)
 
     @classmethod
     def open(cls, path: Union[str, Path], model: Optional[ColBERT] = None, device=None, *,
@@ -328,7 +337,8 @@ class Index:
     # ================================================================ updates
     def add(self, texts: Sequence[str], ids: Optional[Sequence[str]] = None, metadatas: Optional[Sequence[dict]] = None,
             *, on_conflict: str = "error", truncate: str = "chunk", batch_size: int = 32,
-            show_progress: bool = False, merge: bool = True, report: Optional[dict] = None) -> list[str]:
+            show_progress: bool = False, merge: bool = True, report: Optional[dict] = None,
+            pool_factor: Optional[int] = None) -> list[str]:
         """Encode and append documents (existing centroids) as a new segment; small segments are merged
         (``writer.MERGE_FACTOR``), so the cost is about proportional to the new documents, not to the index.
         Atomic. Returns their ids (uuid4 hex when not given).
@@ -338,7 +348,8 @@ class Index:
         text and metadata are unchanged is skipped, nothing re-encoded; without ``metadatas`` a replaced document
         keeps the metadata it had). truncate: as in ``build`` ("chunk" by default). merge: False keeps the new
         segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything). report: a
-        dict that receives the ids this call "added", "replaced" and left "unchanged" (each a list, in order)."""
+        dict that receives the ids this call "added", "replaced" and left "unchanged" (each a list, in order).
+        pool_factor: None (pooled as the index records) or the index's factor; another is refused."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         keep_metadata = metadatas is None
@@ -346,7 +357,8 @@ class Index:
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         rows = prepare_rows(self.model, ids, texts, metadatas, truncate)
         self._writer.add(rows, on_conflict, batch_size, show_progress, _validate.flag(merge, "merge"),
-                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata, report=report)
+                         documents=dict(zip(ids, zip(texts, metadatas))), keep_metadata=keep_metadata, report=report,
+                         pool_factor=None if pool_factor is None else check_factor(pool_factor))
         return ids
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
@@ -413,7 +425,7 @@ class Index:
         texts again (exact: what a fresh build gives) instead of re-training on the decompressed embeddings (no
         encoder pass, but every re-training adds the old codec's error, which compounds when a collection grows
         from a few documents); None (default) re-encodes indexes under ``compaction.REENCODE_MAX_EMBEDDINGS``
-        embeddings."""
+        embeddings whose documents all came as text (documents given as embeddings are never re-encoded)."""
         if recluster is not None:
             _validate.flag(recluster, "recluster")
         if reencode is not None:

@@ -149,7 +149,7 @@ class ColBERTRetriever(BaseRetriever):
                        model: Union[ColBERT, str, None] = None, *, ids: Optional[Sequence[str]] = None,
                        nbits: int = 2, if_exists: str = "upsert", overwrite: Optional[bool] = None,
                        show_progress: Optional[bool] = None, split: bool = True, device=None,
-                       **kwargs) -> "ColBERTRetriever":
+                       pool_factor: Optional[int] = None, **kwargs) -> "ColBERTRetriever":
         """Index LangChain ``Document``s (ids from ``Document.id``, else ``document_id`` of text and metadata)
         and return a retriever over them. if_exists: what an existing index at ``index_path`` means — "upsert"
         (the default: documents added, same ids replaced, unchanged ones skipped: a re-run changes nothing),
@@ -163,7 +163,7 @@ class ColBERTRetriever(BaseRetriever):
         progress = show_progress if show_progress is not None else len(texts) > PROGRESS_MIN_DOCS
         index = Index.build(index_path, texts, ids=doc_ids, metadatas=metas, model=model, nbits=nbits,
                             if_exists=check_if_exists(if_exists), show_progress=progress,
-                            truncate="chunk" if split else "warn", device=device)
+                            truncate="chunk" if split else "warn", device=device, pool_factor=pool_factor)
         return cls(index=index, **kwargs)
 
     @classmethod

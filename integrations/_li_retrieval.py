@@ -159,14 +159,15 @@ class ColBERTRetriever(BaseRetriever):
     def from_nodes(cls, nodes: Sequence[BaseNode], index_path: Union[str, Path],
                    model: Union[ColBERT, str, None] = None, *, nbits: int = 2, if_exists: str = "upsert",
                    overwrite: Optional[bool] = None, show_progress: Optional[bool] = None, device=None,
-                   **kwargs) -> "ColBERTRetriever":
+                   pool_factor: Optional[int] = None, **kwargs) -> "ColBERTRetriever":
         """Index nodes (by their ids) at ``index_path``; ``if_exists`` as in ``Index.build`` (upsert by default)."""
         texts, ids, metas = _nodes_to_rows(nodes)
         if not texts:
             raise InvalidArgument("no nodes to index: every node has empty text")
         progress = show_progress if show_progress is not None else len(texts) > _PROGRESS_MIN_DOCS
         index = Index.build(index_path, texts, ids=ids, metadatas=metas, model=model, nbits=nbits,
-                            if_exists=_if_exists(if_exists, overwrite), show_progress=progress, device=device)
+                            if_exists=_if_exists(if_exists, overwrite), show_progress=progress, device=device,
+                            pool_factor=pool_factor)
         return cls(index, **kwargs)
 
     @classmethod

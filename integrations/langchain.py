@@ -64,12 +64,13 @@ class ColBERTVectorStore(VectorStore):
     lexical: keep the BM25 side too, for ``similarity_search(..., mode="hybrid" | "bm25" | "bm25_rerank")``
     (``search_kwargs={"mode": "hybrid"}`` in a retriever). device: "cpu" (default), "cuda" or "auto". Scores are
     the mode's (MaxSim for ColBERT, higher is better); relevance scores are ``Hit.relevance``, in [0, 1] in every
-    mode (ColBERT: MaxSim / query tokens).
+    mode (ColBERT: MaxSim / query tokens). pool_factor: token pooling when the store creates its index
+    (``Index.build``'s; later adds pool as the index records).
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None, *, nbits: int = 2,
                  long_texts: str = "split", show_progress: Optional[bool] = None, auto_recluster: bool = True,
-                 lexical: bool = False, device=None):
+                 lexical: bool = False, device=None, pool_factor: Optional[int] = None):
         if long_texts not in LONG_TEXTS:
             raise InvalidArgument(f"long_texts must be one of {LONG_TEXTS}, got {long_texts!r}")
         self.path = Path(index_path)
@@ -77,6 +78,7 @@ class ColBERTVectorStore(VectorStore):
         self.model = load_model(model, device=device)
         self.nbits, self.long_texts, self.show_progress = nbits, long_texts, show_progress
         self.auto_recluster, self.lexical = auto_recluster, lexical
+        self.pool_factor = pool_factor  # Index.build's; an existing index pools as it records
         self._index: Optional[Index] = None
         if storage.holds_our_index(self.path):
             self._index = Index.open(self.path, model=self.model, device=device)
@@ -112,7 +114,7 @@ class ColBERTVectorStore(VectorStore):
             store._index = Index.build(store.path, texts, ids=ids, metadatas=metas, model=store.model,
                                        nbits=store.nbits, if_exists="overwrite", truncate=LONG_TEXTS[store.long_texts],
                                        lexical=store.lexical, device=store.device,
-                                       show_progress=store._progress(len(texts)))
+                                       show_progress=store._progress(len(texts)), pool_factor=store.pool_factor)
             return store
         store.add_texts(texts, metadatas, ids=ids)
         return store
@@ -164,7 +166,7 @@ class ColBERTVectorStore(VectorStore):
         if self._index is None:  # the first add creates the index (or, if another store did meanwhile, adds to it)
             self._index = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model, nbits=self.nbits,
                                       show_progress=progress, truncate=truncate, lexical=self.lexical,
-                                      device=self.device)
+                                      device=self.device, pool_factor=self.pool_factor)
         else:
             self._index.add(texts, ids, metas, on_conflict="replace", show_progress=progress, truncate=truncate)
         if self.auto_recluster and self._index.needs_recluster:

@@ -66,18 +66,20 @@ class ColBERTIndex(BaseManagedIndex):
     ``Index.build``: "upsert" by default, "overwrite", "error"). model: a ``ColBERT``, hub id, folder or
     "default"; device: "cpu" (default), "cuda" or "auto". Every write is committed to the folder, the hashes
     ``refresh_ref_docs`` compares included: reopen it in any process with ``ColBERTIndex(index_path)`` or
-    ``ColBERTIndex.load_from_disk(index_path)``.
+    ``ColBERTIndex.load_from_disk(index_path)``. pool_factor: token pooling when it creates its index
+    (``Index.build``'s; later inserts pool as the index records).
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None,
                  nodes: Optional[Sequence[BaseNode]] = None, *, nbits: int = 2, if_exists: str = "upsert",
                  overwrite: Optional[bool] = None, show_progress: Optional[bool] = None,
                  transformations: Optional[list] = None, lexical: bool = False, device=None, callback_manager=None,
-                 hashes: Optional[dict] = None, **kwargs: Any) -> None:
+                 hashes: Optional[dict] = None, pool_factor: Optional[int] = None, **kwargs: Any) -> None:
         self.path = Path(index_path)
         self.device = device
         self.model = load_model(model, device=device)
         self.nbits, self.progress, self.lexical = nbits, show_progress, lexical
+        self.pool_factor = pool_factor  # Index.build's; an existing index pools as it records
         self.if_exists = _if_exists(if_exists, overwrite)
         self._colbert: Optional[Index] = None
         if storage.holds_our_index(self.path):
@@ -156,7 +158,8 @@ class ColBERTIndex(BaseManagedIndex):
         if self._colbert is None or overwrite:
             self._colbert = Index.build(self.path, texts, ids=ids, metadatas=metas, model=self.model,
                                         nbits=self.nbits, if_exists="overwrite" if overwrite else "upsert",
-                                        show_progress=progress, lexical=self.lexical, device=self.device)
+                                        show_progress=progress, lexical=self.lexical, device=self.device,
+                                        pool_factor=self.pool_factor)
         else:
             self._colbert.add(texts, ids=ids, metadatas=metas, on_conflict="replace", show_progress=progress)
         if self._colbert.needs_recluster:

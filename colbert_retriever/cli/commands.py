@@ -72,7 +72,8 @@ def _cmd_index(args) -> int:
     idx = Index.build(args.index, texts, ids=ids, metadatas=metas, model=model, nbits=args.nbits, device=args.device,
                       codec_config=CodecConfig(nbits=args.nbits), show_progress=False if args.quiet else None,
                       if_exists=if_exists, truncate=args.truncate, lexical=args.lexical, report=report,
-                      provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN})
+                      provenance={"data": str(args.data), "layout": layout, "title_join": TITLE_JOIN},
+                      pool_factor=args.pool_factor)
     meta = idx.metadata
     print(json.dumps({"index": str(args.index), **_changes(report, removed), "documents": len(idx),
                       "rows": meta["counts"]["live"], "embeddings": meta["counts"]["embeddings"],

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_truncate(s, "chunk")
     s.add_argument("--quiet", action="store_true", help="no progress bars (shown for more than 256 passages)")
     _add_device(s)
+    s.add_argument("--pool-factor", type=positive_int, default=None,
+                   help="merge each document's token embeddings into 1/N as many (hierarchical clustering; 1: none; "
+                        "recorded in the index, later adds pool alike)")
     s.set_defaults(func=c._cmd_index)
 
     s = sub.add_parser("search", help="search an index", description="Search an index; prints rank, score, id, "

@@ -36,8 +36,8 @@ def num_centroids(num_embeddings_estimate: int, num_sample: int, requested: int 
 
 
 def train_centroids(sample: np.ndarray, k: int, niters: int, seed: int, flat: bool = False) -> np.ndarray:
-    """sample: (n, dim) float32. Returns (k', dim) float32 L2-normalised centroids, k' = min(k, n) (about k when
-    the two-level path rounds the per-cluster shares). flat: never the two-level path."""
+    """sample: (n, dim) float32. Returns (min(k, n), dim) float32 L2-normalised centroids. flat: never the
+    two-level path."""
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     n, dim = sample.shape
     k = max(1, min(k, n))
@@ -74,9 +74,34 @@ def _torch_kmeans(x: torch.Tensor, k: int, niters: int, seed: int) -> torch.Tens
     return cents
 
 
+def split_shares(counts: np.ndarray, k: int) -> np.ndarray:
+    """Centroids per coarse cluster for the two-level k-means: proportional to ``counts`` (largest remainders), at
+    least 1 and at most its count for a non-empty cluster, 0 for an empty one, summing to exactly
+    min(k, counts.sum()) (at least one per non-empty cluster). Rounding each share on its own (as before) gave
+    "about k": 8,195 for 8,192, and a request for 65,536 could come out above it, making the codes int32 (4 bytes a
+    token instead of 2)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    k = max(int((counts > 0).sum()), min(int(k), n))
+    raw = counts * (k / max(n, 1))
+    shares = np.where(counts > 0, np.clip(np.floor(raw), 1, counts), 0).astype(np.int64)
+    gap = k - int(shares.sum())
+    while gap:
+        if gap > 0:  # give one more to the clusters furthest below their proportional share (that have room)
+            room = np.flatnonzero(shares < counts)
+            pick = room[np.argsort(-(raw[room] - shares[room]), kind="stable")[:gap]]
+            shares[pick] += 1
+        else:  # take one from those furthest above it (keeping at least 1)
+            room = np.flatnonzero(shares > 1)
+            pick = room[np.argsort(-(shares[room] - raw[room]), kind="stable")[:-gap]]
+            shares[pick] -= 1
+        gap = k - int(shares.sum())
+    return shares
+
+
 def _two_level_kmeans(faiss, sample: np.ndarray, k: int, niters: int, seed: int) -> np.ndarray:
-    """About k centroids: round(sqrt(k)) coarse clusters, then a k-means inside each with a share of k proportional
-    to its size (at least 1, at most its point count). faiss.contrib's version crashes on a share of 0."""
+    """k centroids: round(sqrt(k)) coarse clusters, then a k-means inside each with a share of k proportional to its
+    size (``split_shares``). faiss.contrib's version crashes on a share of 0."""
     n, dim = sample.shape
     k1 = max(1, int(round(math.sqrt(k))))
     opts = dict(seed=seed, spherical=True, min_points_per_centroid=1, verbose=False)
@@ -84,7 +109,7 @@ def _two_level_kmeans(faiss, sample: np.ndarray, k: int, niters: int, seed: int)
     coarse.train(sample)
     assign = coarse.index.search(sample, 1)[1][:, 0]
     counts = np.bincount(assign, minlength=k1)
-    shares = np.clip(np.rint(counts * k / n), 1, counts).astype(int)
+    shares = split_shares(counts, k)
     order = np.argsort(assign, kind="stable")
     out, start = [], 0
     for c in range(k1):

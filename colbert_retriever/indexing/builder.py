@@ -29,6 +29,7 @@ class StageTimes:
     kmeans_s: float = 0.0
     compress_s: float = 0.0
     write_s: float = 0.0
+    segment_s: float = 0.0  # ``SegmentWriter.finish``: the raw files copied into .npy files, the inverted file
 
     def as_dict(self):
         return {k: round(v, 3) for k, v in self.__dict__.items()}

@@ -12,11 +12,13 @@ import torch
 from ..codec.residual import ResidualCodec
 from ..codec.strided import gather_rows
 from ..config import CodecConfig
+from ..errors import InvalidArgument
 from ..store import layout
 from ..store.docstore import DocStore
 from ..store.layout import Counts
 from .builder import SegmentWriter, StageTimes, encode_and_compress, progress_bar, train_codec, write_segment
-from .writer import Writer, write_codec
+from .pooling import pooled
+from .writer import Writer, texts_encodable, write_codec
 
 RECLUSTER_RATIO = 0.5
 """``compact`` re-trains the centroids when the embeddings added since they were trained exceed this fraction of
@@ -44,15 +46,20 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
         if recluster is None:
             recluster = needs_recluster(c)
         old_codec = codec = arrays.codec
+        if reencode and not texts_encodable(meta):
+            raise InvalidArgument(f"the index at {path} holds documents given as embeddings: their stored texts are "
+                                  f"not what was encoded, so compact(reencode=True) cannot rebuild them; use "
+                                  f"reencode=False (re-train on the stored embeddings)")
         if reencode is None:
-            reencode = meta.counts.embeddings < REENCODE_MAX_EMBEDDINGS
+            reencode = meta.counts.embeddings < REENCODE_MAX_EMBEDDINGS and texts_encodable(meta)
         if recluster and reencode and len(live):  # exact: encode the stored texts (rows) again
             texts = [r[2] for rows in snap.docstore.iter_visible(n, gen) for r in rows]
             times = StageTimes()
+            encoder = pooled(model, meta.pool_factor)  # pooled as the index was built
             with progress_bar(len(texts), show_progress, "re-encoding") as bar:
-                codec, cache, _ = train_codec(model, texts, config, 32, show_progress, times, bar)
+                codec, cache, _ = train_codec(encoder, texts, config, 32, show_progress, times, bar)
                 with SegmentWriter(path, codec) as sw:
-                    encode_and_compress(model, codec, texts, sw, cache, 32, 1024, show_progress, times,
+                    encode_and_compress(encoder, codec, texts, sw, cache, 32, 1024, show_progress, times,
                                         desc="re-encoding + compressing", bar=bar)
                     seg = sw.finish()
         else:

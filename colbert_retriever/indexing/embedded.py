@@ -18,6 +18,7 @@ from ..store import storage
 from . import writer
 from .external import EXTERNAL, EmbeddingsOnly, GivenEmbeddings, check_collection
 from .ingest import ON_CONFLICT, Rows, check_mode, if_exists_mode
+from .pooling import check_factor
 
 
 def _texts(texts: Optional[Sequence[str]], n: int) -> list[str]:
@@ -45,7 +46,8 @@ def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids
                           *, model=None, name: Optional[str] = None, nbits: Optional[int] = None,
                           codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
                           show_progress: bool = True, device=None, lock_timeout: float = 60.0,
-                          lexical: bool = False, chunk_docs: int = 1024, provenance: Optional[dict] = None):
+                          lexical: bool = False, chunk_docs: int = 1024, provenance: Optional[dict] = None,
+                          pool_factor: Optional[int] = None):
     """See ``Index.build_from_embeddings``."""
     path = _validate.path_arg(path)
     if_exists = if_exists_mode(if_exists)
@@ -63,21 +65,25 @@ def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids
         raise InvalidArgument(f"dim={dim} x nbits={codec_config.nbits} must be a multiple of 8 bits (the residuals "
                               f"are packed in bytes)")
     lock_timeout = _validate.lock_timeout(lock_timeout)
+    if pool_factor is not None:
+        check_factor(pool_factor)
     model = _model_for(model, name, dim, device)
     if if_exists == "upsert" and storage.holds_our_index(path):
         index = cls.open(path, model=model if not isinstance(model, EmbeddingsOnly) else None, device=device,
                          lock_timeout=lock_timeout)
-        index.add_embeddings(embeddings, ids, metadatas, texts, on_conflict="replace", show_progress=show_progress)
+        index.add_embeddings(embeddings, ids, metadatas, texts, on_conflict="replace", show_progress=show_progress,
+                             pool_factor=pool_factor)
         return index
     writer.build(path, Rows(ids, stored, metadatas), model, codec_config, batch_size=256, chunk_docs=chunk_docs,
                  show_progress=show_progress, overwrite=if_exists == "overwrite",
                  provenance={"source": "embeddings", **(provenance or {})}, codec=None, lock_timeout=lock_timeout,
-                 lexical=lexical, encoder=GivenEmbeddings(embeddings, dim), sources=range(n))
+                 lexical=lexical, encoder=GivenEmbeddings(embeddings, dim), sources=range(n),
+                 pool_factor=check_factor(pool_factor))
     return cls(path, model, device, lock_timeout=lock_timeout)
 
 
 def add_embeddings(index, embeddings: Sequence, ids=None, metadatas=None, texts=None, *, on_conflict: str = "error",
-                   show_progress: bool = False, merge: bool = True) -> list[str]:
+                   show_progress: bool = False, merge: bool = True, pool_factor: Optional[int] = None) -> list[str]:
     """See ``Index.add_embeddings``."""
     import uuid
 
@@ -89,5 +95,6 @@ def add_embeddings(index, embeddings: Sequence, ids=None, metadatas=None, texts=
     check_mode("on_conflict", on_conflict, ON_CONFLICT)
     rows = Rows(ids, _texts(texts, n), metadatas)
     index._writer.add(rows, on_conflict, 256, show_progress, _validate.flag(merge, "merge"),
-                      keep_metadata=keep_metadata, encoder=GivenEmbeddings(embeddings, dim), sources=range(n))
+                      keep_metadata=keep_metadata, encoder=GivenEmbeddings(embeddings, dim), sources=range(n),
+                      pool_factor=None if pool_factor is None else check_factor(pool_factor))
     return ids

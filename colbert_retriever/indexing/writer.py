@@ -35,6 +35,7 @@ from .builder import (SegmentWriter, StageTimes, encode_and_compress, progress_b
                       write_segment)
 from .external import EmbeddingsOnly
 from .ingest import Rows
+from .pooling import pooled
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,15 @@ def copy_segments(path: Path, loaded: list[Segment], codec: ResidualCodec, chunk
 
 def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_size: int, chunk_docs: int,
           show_progress: Optional[bool], overwrite: bool, provenance: Optional[dict], codec: Optional[ResidualCodec],
-          lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None) -> None:
+          lock_timeout: float, lexical: bool, encoder=None, sources: Optional[Sequence] = None,
+          pool_factor: int = 1) -> None:
     """Encode, compress and commit ``rows`` as a new index at ``path`` (see ``Index.build``). A first build that
     fails leaves no folder behind; an existing index stays readable until the new one is committed, and a failed
     rebuild leaves none of its files. encoder and sources: what is encoded (default: ``model`` over the rows'
     texts; ``external.GivenEmbeddings`` over document numbers for precomputed embeddings). show_progress: None
-    shows a bar only for more than ``builder.PROGRESS_MIN_ROWS`` rows."""
-    encoder = model if encoder is None else encoder
+    shows a bar only for more than ``builder.PROGRESS_MIN_ROWS`` rows. pool_factor: each row's token embeddings
+    pooled by this factor (``pooling``; 1: none), recorded in the metadata so that later writes pool alike."""
+    encoder = pooled(model if encoder is None else encoder, pool_factor)
     sources = rows.texts if sources is None else sources
     if provenance is not None and len(json.dumps(provenance, default=str)) > layout.METADATA_MAX_BYTES // 2:
         raise InvalidArgument(f"provenance is larger than {layout.METADATA_MAX_BYTES // 2} bytes as JSON; "
@@ -96,7 +99,7 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
                 storage.write_errors(path, lock):
             try:
                 _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_progress, overwrite,
-                              provenance, codec, lexical, encoder, sources, lock, t_start)
+                              provenance, codec, lexical, encoder, sources, lock, t_start, pool_factor)
             except BaseException:
                 if not created and lock.held():
                     _remove_uncommitted(path)
@@ -119,7 +122,7 @@ def _remove_uncommitted(path: Path) -> None:
 
 
 def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_progress, overwrite, provenance,
-                  codec, lexical, encoder, sources, lock, t_start) -> None:
+                  codec, lexical, encoder, sources, lock, t_start, pool_factor) -> None:
     storage.check_ownership(path)
     old = None
     if storage.holds_our_index(path):
@@ -141,7 +144,9 @@ def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_
         with SegmentWriter(path, codec) as writer:
             encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs, show_progress,
                                 times, bar=bar)
+            t0 = time.perf_counter()
             seg = writer.finish()
+            times.segment_s += time.perf_counter() - t0
     t0 = time.perf_counter()
     docstore = layout.new_docstore_name()
     with DocStore(path / docstore, create=True) as ds:
@@ -155,7 +160,7 @@ def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_
     meta = IndexMeta(
         generation=(old.generation + 1) if old else 1, library_version=__version__,
         model=model_meta(model), codec=codec_meta, segments=(seg,), docstore=docstore,
-        counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings),
+        counts=Counts(len(rows.texts), 0, len(rows.texts), seg.num_embeddings), pool_factor=pool_factor,
         provenance={"created": now(), "updated": now(), "host": platform.node(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "precision": model.precision.to_dict(),
@@ -164,6 +169,26 @@ def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_
     lock.check()
     storage.write_metadata(path, meta)
     storage.collect_garbage(path, meta.referenced_files())
+
+
+EMBEDDINGS_ADDED = "embeddings_added"
+"""Provenance flag: documents were added to this text index as precomputed embeddings (``add_embeddings``)."""
+
+
+def texts_encodable(meta: IndexMeta) -> bool:
+    """Whether encoding the stored texts again gives the index's documents: not when they were given as embeddings
+    (built from embeddings, or some added so): their stored texts, empty or not, are not what was encoded."""
+    return meta.provenance.get("source") != "embeddings" and not meta.provenance.get(EMBEDDINGS_ADDED)
+
+
+def check_pool_factor(path: Path, meta: IndexMeta, pool_factor: Optional[int]) -> None:
+    """Refuse a write that asks for a pool factor other than the index's. Why not one factor per segment: a
+    document pooled harder has fewer, blurrier vectors and a systematically lower MaxSim, so one index mixing
+    factors would rank documents partly by how they were pooled."""
+    if pool_factor is not None and pool_factor != meta.pool_factor:
+        raise InvalidArgument(f"the index at {path} pools documents with pool_factor={meta.pool_factor}; documents "
+                              f"added to it are pooled the same way (omit pool_factor, or rebuild the index with "
+                              f"if_exists='overwrite' to change it), got pool_factor={pool_factor}")
 
 
 def _skip_unchanged(rows: Rows, clash: dict, stored: dict, documents: dict, keep_metadata: bool):
@@ -250,15 +275,20 @@ class Writer:
 
     def add(self, rows: Rows, on_conflict: str, batch_size: int, show_progress: bool, merge: bool = True, *,
             documents: Optional[dict] = None, keep_metadata: bool = False, encoder=None,
-            sources: Optional[Sequence] = None, report: Optional[dict] = None) -> None:
+            sources: Optional[Sequence] = None, report: Optional[dict] = None,
+            pool_factor: Optional[int] = None) -> None:
         """Encode and append ``rows`` as a new segment (existing centroids); ids already live are refused
         (``on_conflict="error"``) or replaced in the same commit ("replace"). documents: id -> (text, metadata) as
         given (before chunking): with "replace", a live document with the same text and metadata is skipped;
         keep_metadata: a replaced document keeps its stored metadata (none was given). merge: merge small tail
         segments (``MERGE_FACTOR``). encoder and sources: as in ``build``. report: receives the ids "added",
-        "replaced" and "unchanged" once the write is committed (or found to have nothing to write)."""
-        encoder = self.model if encoder is None else encoder
+        "replaced" and "unchanged" once the write is committed (or found to have nothing to write). pool_factor:
+        None (documents pooled as the index records) or that same factor; another is refused
+        (``check_pool_factor``)."""
         with self.transaction() as meta:
+            check_pool_factor(self.path, meta, pool_factor)
+            embedded = encoder is not None  # precomputed embeddings (``add_embeddings``), not the model over texts
+            encoder = pooled(self.model if encoder is None else encoder, meta.pool_factor)
             n, gen = meta.counts.documents, meta.generation
             with DocStore(self.path / meta.docstore) as ds:
                 given = list(dict.fromkeys(rows.ids))
@@ -289,6 +319,8 @@ class Writer:
                 ds.lexical_advance(n, n + len(rows.texts))  # uncommitted rows reach no reader's BM25 statistics
                 ds.checkpoint()
             c, added = meta.counts, len(rows.texts)
+            if embedded and meta.provenance.get("source") != "embeddings":  # see ``texts_encodable``
+                meta = dataclasses.replace(meta, provenance={**meta.provenance, EMBEDDINGS_ADDED: True})
             self.commit(dataclasses.replace(
                 meta, generation=gen + 1,
                 segments=self._merge_tail(meta.segments + (seg,), codec) if merge else meta.segments + (seg,),

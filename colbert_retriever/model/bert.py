@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import halfgemm
+from . import cpugemm
 
-SUPPORTED_ACT = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+SUPPORTED_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
+"""transformers' ``hidden_act`` names -> ``cpugemm.linear``'s activations."""
 
 
 def supports(config: dict) -> bool:
@@ -97,16 +98,17 @@ class _Layer(nn.Module):
         def heads(t):
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        # the linears go through _halfgemm: inside packed_linears() (query encoding on CPU) they multiply by
-        # packed float16 weights, query/key/value as one product; elsewhere they are the plain layers
-        q, k, v = halfgemm.fused((sa.query, sa.key, sa.value), x)
+        # the linears go through cpugemm: inside halfgemm.packed_linears() (query encoding on CPU) they multiply by
+        # packed float16 weights, inside cpugemm.onednn_documents() (documents, float32 on CPU) by oneDNN-packed
+        # ones with bias and GELU fused, query/key/value as one product; elsewhere they are the plain layers
+        q, k, v = cpugemm.fused((sa.query, sa.key, sa.value), x)
         ctx = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask,
                                              scale=1.0 / math.sqrt(d // self.heads))
         ctx = ctx.transpose(1, 2).reshape(b, n, d)
         out = self.attention.output
-        x = out.LayerNorm(halfgemm.linear(out.dense, ctx) + x)
-        h = self.act(halfgemm.linear(self.intermediate.dense, x))
-        return self.output.LayerNorm(halfgemm.linear(self.output.dense, h) + x)
+        x = out.LayerNorm(cpugemm.linear(out.dense, ctx, add=x))
+        h = cpugemm.linear(self.intermediate.dense, x, self.act)
+        return self.output.LayerNorm(cpugemm.linear(self.output.dense, h, add=x))
 
 
 class _Encoder(nn.Module):

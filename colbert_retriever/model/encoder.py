@@ -19,7 +19,7 @@ from ..device import Precision, dtype_name, parse_dtype, resolve_device, resolve
 from ..errors import CheckpointError, InvalidArgument
 from ..hits import Hit
 from ..kernels.scoring import maxsim_packed
-from . import halfgemm, loading
+from . import cpugemm, halfgemm, loading
 from .checkpoints import read_checkpoint, write_colbert_ai
 from .loading import DEFAULT_HEAD, DEFAULT_MODEL_NAME  # noqa: F401 (re-exported)
 from .tokenization import ColBERTTokenizer
@@ -185,7 +185,7 @@ class ColBERT(nn.Module):
     # ------------------------------------------------------------------ forward
     def _embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        x = halfgemm.linear(self.linear, out.last_hidden_state).float()
+        x = cpugemm.linear(self.linear, out.last_hidden_state).float()
         return torch.nn.functional.normalize(x, p=2, dim=-1)
 
     def forward_queries(self, texts: Sequence[str]) -> torch.Tensor:
@@ -233,10 +233,13 @@ class ColBERT(nn.Module):
 
     def _document_precision(self):
         """The context documents are encoded in: autocast to ``precision.documents`` on CPU when it is not
-        float32 (the weights stay float32)."""
+        float32 (the weights stay float32); in float32 on CPU, the linears on oneDNN with bias, GELU and residual
+        fused (``cpugemm``: same weights, summation order only; BENCHMARKS.md "Document encoding throughput")."""
         d = self._precision.documents
         if self.device.type == "cpu" and d != torch.float32:
             return torch.autocast("cpu", dtype=d)
+        if self.device.type == "cpu":
+            return cpugemm.documents()
         return contextlib.nullcontext()
 
     def encode_documents_packed(self, documents: Sequence[str], batch_size: int = 32, show_progress: bool = False,

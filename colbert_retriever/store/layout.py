@@ -216,6 +216,7 @@ class IndexMeta:
     provenance: dict
     format_version: int = FORMAT_VERSION
     legacy_ivf: Optional[dict] = None  # v1 only: {"pids": name, "offsets": name}
+    pool_factor: int = 1  # documents' token embeddings pooled by this factor before compression (1: none)
 
     @property
     def is_legacy(self) -> bool:
@@ -247,6 +248,7 @@ class IndexMeta:
              "counts": self.counts.to_dict(), "provenance": self.provenance}
         if self.legacy_ivf:
             d["ivf"] = dict(self.legacy_ivf)
+        d["pooling"] = pooling_entry(self.pool_factor)
         return json.loads(json.dumps(d))  # a deep copy
 
     def to_json(self) -> bytes:
@@ -307,13 +309,29 @@ class IndexMeta:
             library_version=str(d.get("library_version", "unknown")),
             model=model, codec=CodecMeta.parse(d.get("codec"), version), segments=segments, docstore=docstore,
             counts=counts, provenance=prov if isinstance(prov, dict) else {}, format_version=version,
-            legacy_ivf=legacy_ivf,
+            legacy_ivf=legacy_ivf, pool_factor=parse_pooling(d.get("pooling"), where),
         )
 
     def upgraded(self, segments: tuple, codec_checksums: dict) -> "IndexMeta":
         """The v2 form of a v1 generation once its segments were rewritten with all v2 files."""
         return replace(self, segments=segments, codec=replace(self.codec, checksums=codec_checksums),
                        format_version=FORMAT_VERSION, legacy_ivf=None)
+
+
+# ---------------------------------------------------------------- token pooling (indexing/pooling.py)
+def pooling_entry(pool_factor: int) -> dict:
+    """metadata.json's ``pooling``: the factor, and the method when documents are pooled."""
+    return {"pool_factor": pool_factor, "method": "ward"} if pool_factor > 1 else {"pool_factor": 1}
+
+
+def parse_pooling(d: Any, where: str) -> int:
+    """The pool factor an index records (absent, as in indexes written before pooling existed: 1)."""
+    if d is None:
+        return 1
+    factor = _need(d, "pool_factor", int, "pooling")
+    if factor < 1 or (factor > 1 and d.get("method") != "ward"):
+        raise IndexFormatError(f"{where}: pooling is {d!r}; expected pool_factor >= 1 (method 'ward' when > 1)")
+    return factor
 
 
 _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
