@@ -444,7 +444,9 @@ def test_read_only_folder_opens_and_searches(built_index, tiny_model, colbert_ai
         assert res.returncode == 0, res.stderr[-3000:]
         out = json.loads(res.stdout.strip().splitlines()[-1])
         assert not out["writable"]
-        assert [[tuple(h) for h in a] for a in out["answers"]] == expected
+        assert len(out["answers"]) == len(expected)
+        for got, want in zip(out["answers"], expected):  # the child's first searches may run the torch twins
+            assert_ranked_alike([tuple(h) for h in got], want, 2e-4)
         assert len(out["filtered"]) == 3
         assert "read-only" in out["write_error"]
         assert files_in(idx_dir) == before
