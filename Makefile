@@ -9,7 +9,7 @@ PY := .venv/bin/python
 STAMP := .venv/.colbert-retriever-installed
 endif
 TORCH := torch==2.13.0
-EXTRAS := default-model,langchain,llama-index,triton,bench,distributed,dev
+EXTRAS := default-model,langchain,llama-index,triton,bench,distributed,serve,dev
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
