@@ -51,6 +51,12 @@ class ShardServer:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this shard runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def _snap(self):
         if self._index is None:
             if storage.holds_our_index(self.path):  # created by another process since
