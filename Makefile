@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m clean
+.PHONY: setup demo test test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m bench-distributed bench-serve clean
 
 $(PY):
 	python3 -m venv .venv
@@ -87,6 +87,14 @@ bench-coldstart: setup
 # benchmarks/work)
 bench-10m: setup
 	$(PY) benchmarks/tokens10m.py
+
+# a sharded index on local Ray (2 shards, builds with 1 and 2 workers) against one index with the same codec
+bench-distributed: setup
+	$(PY) benchmarks/distributed.py
+
+# the HTTP server on 127.0.0.1: QPS and p50/p99 at 1, 4, 16, 64 clients, batched vs unbatched (bounded runs)
+bench-serve: setup
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

@@ -25,8 +25,9 @@ import numpy as np
 
 from ..codec.residual import ResidualCodec
 from ..config import CodecConfig, EncoderConfig
-from ..errors import IndexFormatError, IndexNotFoundError, InvalidArgument
+from ..errors import IncompatibleModelError, IndexFormatError, IndexNotFoundError, InvalidArgument
 from ..indexing.external import EmbeddingsOnly
+from ..model.cache import load_model
 from ..store import storage
 from .routing import ROUTING, shard_name
 
@@ -203,3 +204,24 @@ class RecordedModel:
         """What ``writer.build`` records for this model (an ``EmbeddingsOnly`` when no model made the
         embeddings)."""
         return self if self.identity != "external" else EmbeddingsOnly(self.config.dim, self.name)
+
+
+def driver_model(root: Path, entry: dict, model):
+    """The driver's query encoder: the manifest's model through ``load_model`` (or the one given, which must be
+    the same weights); an embeddings-only stand-in when no model made the embeddings."""
+    config = EncoderConfig.from_dict(entry["encoder_config"])
+    if model is None and entry.get("kind") == "embeddings":
+        stub = EmbeddingsOnly(config.dim, entry["name"], entry["identity"])
+        stub.config = config
+        return stub
+    recorded = (entry.get("precision") or {}).get("documents", "auto")
+    try:
+        loaded = load_model(entry["name"] if model is None else model, dtype=recorded)
+    except Exception as e:
+        raise IncompatibleModelError(f"the sharded index at {root} was built with model {entry['name']!r}, which "
+                                     f"cannot be loaded here ({e}); pass model=<the checkpoint folder>") from None
+    if loaded.identity != entry["identity"]:
+        raise IncompatibleModelError(f"the sharded index at {root} was built with model {entry['name']!r} (weights "
+                                     f"{entry['identity']}); the model given is {loaded.name!r} (weights "
+                                     f"{loaded.identity})")
+    return loaded if loaded.config == config else loaded.with_config(config)

@@ -74,10 +74,10 @@ def _lexical(call: Call, names, queries, statistics, limit: int, req: Request) -
 def colbert(call: Call, names, Q: list, req: Request, trace: Optional[list]) -> list[list[Hit]]:
     per_shard = call([(n, "colbert_hits", (Q, req, trace is not None)) for n in names])
     if trace is not None:
-        trace.extend(t for _, traces in per_shard for t in traces)
+        trace.extend(t for _, traces, _ in per_shard for t in traces)
     out = []
     for qi in range(len(Q)):
-        merged = [(s, h) for s, (hits, _) in enumerate(per_shard) for h in hits[qi]]
+        merged = [(s, h) for s, (hits, _, _) in enumerate(per_shard) for h in hits[qi]]
         merged.sort(key=lambda x: (-x[1].score, x[0], x[1].rank))
         out.append([Hit(h.id, h.score, r + 1, h.text, h.metadata, h.passage, h.relevance)
                     for r, (_, h) in enumerate(merged[: req.k])])

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .. import _validate
-from ..config import EncoderConfig, SearchConfig
-from ..errors import IncompatibleModelError, IndexClosedError, InvalidArgument, InvalidType
+from ..config import SearchConfig
+from ..errors import IndexClosedError, InvalidArgument, InvalidType
 from ..hits import Hit, Record
-from ..indexing.external import EmbeddingsOnly, as_matrix, check_collection
+from ..indexing.external import as_matrix, check_collection
 from ..indexing.ingest import ON_CONFLICT, TRUNCATE_MODES, check_mode
-from ..model.cache import load_model
 from ..search.fusion import DEFAULT_FUSION
 from ..search.retrieval import Request, query_rows
 from ..store import storage
@@ -40,6 +39,12 @@ from .shard import ShardServer
 
 logger = logging.getLogger(__name__)
 _ATTEMPTS = 4
+
+
+def _failure(e: BaseException, what: str) -> BaseException:
+    import ray
+
+    return translate(e, what) if isinstance(e, ray.exceptions.RayError) else e
 
 
 class _Moved(Exception):
@@ -80,7 +85,7 @@ class ShardedIndex:
         call waits for a shard before failing with ``ShardError``."""
         root = _validate.path_arg(path)
         m = mf.read(root)
-        return cls(root, _driver_model(root, m.model, model), threads_per_shard=threads_per_shard,
+        return cls(root, mf.driver_model(root, m.model, model), threads_per_shard=threads_per_shard,
                    num_cpus_per_shard=num_cpus_per_shard, max_restarts=max_restarts, timeout_s=timeout_s,
                    lock_timeout=lock_timeout)
 
@@ -183,11 +188,20 @@ class ShardedIndex:
 
     def _write(self, requests: list, **changes) -> list:
         """Run write requests [(shard, method, args)] (each answers (generation, live documents, result)) and
-        commit the next manifest generation; the results in order."""
+        commit the next manifest generation with every shard that committed; the results in order, or the first
+        failure (raised once the others are recorded)."""
         with self._writing() as m:
-            out = self._call(requests, raw=True) if requests else []
-            self._commit(m, {n: (g, d) for (n, _, _), (g, d, _) in zip(requests, out)}, **changes)
-        return [r for _, _, r in out]
+            futures = [getattr(self._actor(n), method).remote(*args) for n, method, args in requests]
+            out, failure = [], None
+            for (name, _, _), fut in zip(requests, futures):
+                try:
+                    out.append((name, ray_module().get(fut, timeout=self._timeout)))
+                except Exception as e:  # noqa: BLE001 - raised below, after the others are recorded
+                    failure = failure or _failure(e, f"shard {name} of {self.path}")
+            self._commit(m, {n: (g, d) for n, (g, d, _) in out}, **changes)
+        if failure is not None:
+            raise failure
+        return [r for _, (_, _, r) in out]
 
     @property
     def generation(self) -> int:
@@ -300,16 +314,20 @@ class ShardedIndex:
         groups = routing.split(ids, len(names))
         with self._writing():
             if on_conflict == "error":
-                present = self._call([(names[s], "present", ([ids[p] for p in pos],)) for s, pos in groups.items()])
-                clash = sorted(i for part in present for i in part)
-                if clash:
-                    raise InvalidArgument(f"ids already in the index: {clash[:10]} (pass on_conflict='replace' or "
-                                          f"use upsert to replace them)")
+                self._refuse_present(names, groups, ids)
             self._write([(names[s], "add", ([texts[p] for p in pos], [ids[p] for p in pos],
                                             None if keep_metadata else [metadatas[p] for p in pos], truncate,
                                             batch_size, _validate.flag(merge, "merge")))
                          for s, pos in groups.items()])
         return ids
+
+    def _refuse_present(self, names: list, groups: dict, ids: list) -> None:
+        """``on_conflict="error"``: refuse the whole call when an id is live in its shard (nothing written)."""
+        present = self._call([(names[s], "present", ([ids[p] for p in pos],)) for s, pos in groups.items()])
+        clash = sorted(i for part in present for i in part)
+        if clash:
+            raise InvalidArgument(f"ids already in the index: {clash[:10]} (pass on_conflict='replace' or use upsert "
+                                  f"to replace them)")
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
                **kwargs) -> list[str]:
@@ -336,11 +354,7 @@ class ShardedIndex:
         groups = routing.split(ids, len(names))
         with self._writing():
             if on_conflict == "error":
-                present = self._call([(names[s], "present", ([ids[p] for p in pos],)) for s, pos in groups.items()])
-                clash = sorted(i for part in present for i in part)
-                if clash:
-                    raise InvalidArgument(f"ids already in the index: {clash[:10]} (pass on_conflict='replace' or "
-                                          f"use upsert to replace them)")
+                self._refuse_present(names, groups, ids)
             self._write([(names[s], "add_embeddings", ([mats[p] for p in pos], [ids[p] for p in pos],
                                                        None if metas is None else [metas[p] for p in pos],
                                                        None if texts is None else [texts[p] for p in pos]))
@@ -398,24 +412,3 @@ def _cpu():
     import torch
 
     return torch.device("cpu")
-
-
-def _driver_model(root: Path, entry: dict, model):
-    """The driver's query encoder: the manifest's model through ``load_model`` (or the one given, which must be
-    the same weights); an embeddings-only stand-in when no model made the embeddings."""
-    config = EncoderConfig.from_dict(entry["encoder_config"])
-    if model is None and entry.get("kind") == "embeddings":
-        stub = EmbeddingsOnly(config.dim, entry["name"], entry["identity"])
-        stub.config = config
-        return stub
-    recorded = (entry.get("precision") or {}).get("documents", "auto")
-    try:
-        loaded = load_model(entry["name"] if model is None else model, dtype=recorded)
-    except Exception as e:
-        raise IncompatibleModelError(f"the sharded index at {root} was built with model {entry['name']!r}, which "
-                                     f"cannot be loaded here ({e}); pass model=<the checkpoint folder>") from None
-    if loaded.identity != entry["identity"]:
-        raise IncompatibleModelError(f"the sharded index at {root} was built with model {entry['name']!r} (weights "
-                                     f"{entry['identity']}); the model given is {loaded.name!r} (weights "
-                                     f"{loaded.identity})")
-    return loaded if loaded.config == config else loaded.with_config(config)
