@@ -6,9 +6,9 @@ documents (``chunks``), and the driver routes them in bounded chunks to one writ
 ``ShardServer``), which compresses them with the shared codec and commits them to its index folder.
 
 - The codec is trained once, by the driver, on a sample drawn at random from the dataset (``sample_documents``,
-  encoded by the driver's model as the pool encodes), and written beside the shards before any shard is; every
-  shard compresses with it, so scores from different shards are comparable (and equal one index's with that
-  codec).
+  encoded by the driver's model as the pool encodes; those documents are written as they are, not encoded
+  again), and written beside the shards before any shard is; every shard compresses with it, so scores from
+  different shards are comparable (and equal one index's with that codec).
 - A document goes to the shard its id hashes to (``routing``); a later write of the same id finds it there.
 - Fault tolerance: Ray Data restarts a dead encoder and re-runs its block; a dead writer is restarted by Ray and
   its chunk retried (writes are idempotent: a document already stored as given is skipped).
@@ -20,6 +20,7 @@ documents (``chunks``), and the driver routes them in bounded chunks to one writ
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -85,15 +86,16 @@ def _drop_present(batch: dict, writers: dict) -> dict:
 
 
 def _sample(drawn, driver, embeddings_column: Optional[str], num_shards: int, truncate: str, batch_size: int,
-            config: CodecConfig, dim: int) -> tuple[torch.Tensor, float]:
+            config: CodecConfig, dim: int) -> tuple[torch.Tensor, float, list]:
     """The k-means sample (at most ``kmeans_sample_tokens`` token embeddings, float32) from the documents drawn,
-    encoded by the driver's model as the encoders encode (``chunks.encode``), and their mean tokens per
-    document."""
-    parts, docs = [], 0
+    encoded by the driver's model as the encoders encode (``chunks.encode``); their mean tokens per document; and
+    their encoded batches (written to the shards as they are: no document is encoded twice)."""
+    parts, docs, batches = [], 0, []
     for batch in drawn.iter_batches(batch_size=1024, batch_format="numpy"):
         if embeddings_column is None:
             batch = chunks.encode(driver, list(batch["id"]), list(batch["text"]), list(batch["metadata"]),
                                   num_shards, truncate, min(batch_size, 64))
+        batches.append(batch)
         decoded, normalize = chunks.decode(batch, dim)
         _, embs = chunks.to_rows(decoded)
         docs += len(decoded)
@@ -101,22 +103,33 @@ def _sample(drawn, driver, embeddings_column: Optional[str], num_shards: int, tr
     if not parts:
         raise InvalidArgument("the data holds no documents")
     sample = torch.cat(parts)
+    del parts
     per_doc = sample.shape[0] / max(1, docs)
     if sample.shape[0] > config.kmeans_sample_tokens:
         g = torch.Generator().manual_seed(config.seed)
         sample = sample[torch.randperm(sample.shape[0], generator=g)[: config.kmeans_sample_tokens]]
-    return sample, per_doc
+    return sample, per_doc, batches
 
 
-def _train(root: Path, ds, n: int, sample_documents: int, config: CodecConfig, **how) -> dict:
-    """The codec, trained once on ``sample_documents`` documents drawn from the dataset, written into ``root``."""
+def _train(root: Path, ds, n: int, sample_documents: int, config: CodecConfig, **how) -> tuple[dict, list]:
+    """The codec, trained once on ``sample_documents`` documents drawn from the dataset and written into
+    ``root``; and the drawn documents, encoded."""
     frac = min(1.0, sample_documents / max(1, n))
     drawn = ds if frac >= 1.0 else ds.random_sample(frac, seed=config.seed)
-    sample, per_doc = _sample(drawn, config=config, **how)
+    sample, per_doc, batches = _sample(drawn, config=config, **how)
     codec = ResidualCodec.fit(sample, config, int(per_doc * n))
+    del sample
     # compress against exactly what is stored (fp16 centroids), as a single index does
     codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual)
-    return mf.save_codec(root, codec, config)
+    return mf.save_codec(root, codec, config), batches
+
+
+def _drop_ids(batch: dict, ids: frozenset) -> dict:
+    """Leave out the documents with these ids (the codec's sample: the driver encoded them already)."""
+    import numpy as np
+
+    keep = np.array([str(i) not in ids for i in batch["id"]], dtype=bool)
+    return {k: v[keep] for k, v in batch.items()}
 
 
 def _model(model: Any, dtype: str, embeddings_column: Optional[str], name: Optional[str], dim: Optional[int]):
@@ -204,14 +217,16 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
                    for n in names]
         try:
             ds = raw.map_batches(source.Normalize(kind, num_shards, embeddings_column, dim), batch_format="pyarrow")
-            total = None
+            total, sampled = None, []
             if codec_entry is None:
                 total = len(data) if kind == "memory" else ds.count()
                 if total == 0:
                     raise InvalidArgument("the data holds no documents")
-                codec_entry = _train(root, ds, total, sample_documents, config, driver=driver,
-                                     embeddings_column=embeddings_column, num_shards=num_shards, truncate=truncate,
-                                     batch_size=batch_size, dim=dim)
+                codec_entry, sampled = _train(root, ds, total, sample_documents, config, driver=driver,
+                                              embeddings_column=embeddings_column, num_shards=num_shards,
+                                              truncate=truncate, batch_size=batch_size, dim=dim)
+                drawn = frozenset(str(i) for b in sampled for i in b["id"])
+                ds = ds.map_batches(_drop_ids, batch_format="numpy", fn_kwargs={"ids": drawn})
                 state = {"format": mf.FORMAT + "-build", "num_shards": num_shards, "model": entry,
                          "codec": codec_entry, "lexical": lexical, "started": time.time()}
                 storage.atomic_write_bytes(root / mf.BUILD_STATE, json.dumps(state, indent=1).encode())
@@ -227,7 +242,8 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
                                         "truncate": truncate, "threads": threads_per_worker,
                                         "batch_size": min(batch_size, 64),
                                         "device": "cuda" if gpus_per_worker else None})
-            written = _stream(ray, ds, writers, names, chunk_docs, total, show_progress)
+            batches = itertools.chain(sampled, ds.iter_batches(batch_size=None, batch_format="numpy"))
+            written = _stream(ray, batches, writers, names, chunk_docs, total, show_progress)
             counts = ray.get([w.count.remote() for w in writers])
             base = existing if existing is not None else mf.Manifest(0, entry, codec_entry,
                                                                      tuple(mf.Shard(n) for n in names), lexical)
@@ -248,7 +264,7 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
     return root
 
 
-def _stream(ray, encoded, writers: list, names: list, chunk_docs: int, total: Optional[int],
+def _stream(ray, batches, writers: list, names: list, chunk_docs: int, total: Optional[int],
             show_progress: bool) -> int:
     """Route encoded documents to their shards' writers in chunks of ``chunk_docs`` (a few in flight per
     writer); the documents written."""
@@ -277,7 +293,7 @@ def _stream(ray, encoded, writers: list, names: list, chunk_docs: int, total: Op
         in_flight[writers[shard].append_encoded.remote(chunk)] = (shard, len(docs))
         settle(False)
 
-    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+    for batch in batches:
         for i in range(len(batch["id"])):
             shard = int(batch["shard"][i])
             buffers.setdefault(shard, []).append({c: batch[c][i] for c in chunks.COLUMNS})

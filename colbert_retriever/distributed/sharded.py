@@ -7,21 +7,22 @@ every shard's answer carries the generation it read, and an answer from another 
 restarted by Ray and its call retried (``max_restarts``); one that cannot answer fails the call with a
 ``ShardError`` naming it, never a silently smaller answer.
 
-Writes: routed by the hash of the id (``routing``): an id lives in one shard only, so ``add`` never stores it
-twice and ``get``/``delete`` ask one shard. A write holds the folder's lock, writes the shards (each atomically),
-then replaces the manifest with the next generation (the commit point). A writer killed between its shards'
-commits leaves shards ahead of the manifest; the next reader that sees it (or the next write) records them
-(their documents are whole: each shard's commit is atomic).
+Writes: routed by the hash of the id (``routing``): an id lives in one shard only. A write holds the folder's lock,
+writes the shards (each atomically), then the manifest's next generation (the commit point). Shards a killed
+writer left ahead of the manifest are recorded by the next reader that meets them (each commit is whole).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import uuid
 from pathlib import Path
 from typing import Optional, Sequence, Union
+
+import torch
 
 from .. import _validate
 from ..config import SearchConfig
@@ -39,12 +40,6 @@ from .shard import ShardServer
 
 logger = logging.getLogger(__name__)
 _ATTEMPTS = 4
-
-
-def _failure(e: BaseException, what: str) -> BaseException:
-    import ray
-
-    return translate(e, what) if isinstance(e, ray.exceptions.RayError) else e
 
 
 class _Moved(Exception):
@@ -105,17 +100,25 @@ class ShardedIndex:
                 self.lock_timeout)
         return self._actors[name]
 
-    def _call(self, requests: list, expect: Optional[dict] = None, raw: bool = False) -> list:
-        """Run [(shard, method, args)] at once; their payloads in order (``raw``: the whole answers). ``expect``:
-        shard -> the generation each answer must come from (else ``_Moved``)."""
+    def _gather(self, requests: list) -> list:
+        """Run [(shard, method, args)] at once; each answer, or the error its failure is (``translate``)."""
         ray = ray_module()
         futures = [getattr(self._actor(n), method).remote(*args) for n, method, args in requests]
         out = []
-        for (name, method, _), fut in zip(requests, futures):
+        for (name, _, _), fut in zip(requests, futures):
             try:
-                answer = ray.get(fut, timeout=self._timeout)
+                out.append(ray.get(fut, timeout=self._timeout))
             except ray.exceptions.RayError as e:
-                raise translate(e, f"shard {name} of {self.path}") from None
+                out.append(translate(e, f"shard {name} of {self.path}"))
+        return out
+
+    def _call(self, requests: list, expect: Optional[dict] = None, raw: bool = False) -> list:
+        """``_gather``'s payloads (``raw``: the whole answers), raising the first failure. ``expect``: shard -> the
+        generation each answer must come from (else ``_Moved``)."""
+        out = []
+        for (name, _, _), answer in zip(requests, self._gather(requests)):
+            if isinstance(answer, BaseException):
+                raise answer
             if expect is not None and answer[0] != expect[name]:
                 if answer[0] < expect[name]:
                     raise ShardError(f"shard {name} of {self.path} is at generation {answer[0]}, behind the "
@@ -191,17 +194,13 @@ class ShardedIndex:
         commit the next manifest generation with every shard that committed; the results in order, or the first
         failure (raised once the others are recorded)."""
         with self._writing() as m:
-            futures = [getattr(self._actor(n), method).remote(*args) for n, method, args in requests]
-            out, failure = [], None
-            for (name, _, _), fut in zip(requests, futures):
-                try:
-                    out.append((name, ray_module().get(fut, timeout=self._timeout)))
-                except Exception as e:  # noqa: BLE001 - raised below, after the others are recorded
-                    failure = failure or _failure(e, f"shard {name} of {self.path}")
-            self._commit(m, {n: (g, d) for n, (g, d, _) in out}, **changes)
-        if failure is not None:
-            raise failure
-        return [r for _, (_, _, r) in out]
+            answers = self._gather(requests)
+            self._commit(m, {n: a[:2] for (n, _, _), a in zip(requests, answers) if not isinstance(a, BaseException)},
+                         **changes)
+        for a in answers:
+            if isinstance(a, BaseException):
+                raise a
+        return [a[2] for a in answers]
 
     @property
     def generation(self) -> int:
@@ -210,8 +209,7 @@ class ShardedIndex:
 
     @property
     def metadata(self) -> dict:
-        import json
-
+        """A copy of the manifest (``shards.json``) of the generation last seen."""
         return json.loads(self._current().to_json())
 
     @property
@@ -229,7 +227,7 @@ class ShardedIndex:
 
     # ---------------------------------------------------------------- search
     def _encode(self, queries: list[str]) -> list:
-        return query_rows(self.model.encode_queries(queries), self.model.config.dim, _cpu())
+        return query_rows(self.model.encode_queries(queries), self.model.config.dim, torch.device("cpu"))
 
     def search(self, queries: Union[str, Sequence[str]], k: int = 10, *, filter: Optional[dict] = None,
                ids: Optional[Sequence[str]] = None, ncells: Optional[int] = None,
@@ -258,14 +256,14 @@ class ShardedIndex:
         config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
         req = Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
                            alpha=alpha)
-        rows = None if mode == "bm25" else query_rows(Q, self.model.config.dim, _cpu())
+        rows = None if mode == "bm25" else query_rows(Q, self.model.config.dim, torch.device("cpu"))
         return self._read(lambda call, names: modes.run(call, names, list(queries), rows, req, trace))
 
     def search_embeddings(self, Q, k: int, *, filter: Optional[dict] = None, ids: Optional[Sequence[str]] = None,
                           config: SearchConfig = SearchConfig(), trace: Optional[list] = None) -> list[list[Hit]]:
         """``Index.search_embeddings`` over every shard: Q (n, q_len, dim) or a list of (q_len_i, dim)."""
         req = Request.make(k, config=config, filter=filter, ids=ids)
-        rows = query_rows(Q, self.model.config.dim, _cpu())
+        rows = query_rows(Q, self.model.config.dim, torch.device("cpu"))
         return self._read(lambda call, names: modes.colbert(call, names, rows, req, trace))
 
     # ---------------------------------------------------------------- reads by id
@@ -310,24 +308,25 @@ class ShardedIndex:
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         check_mode("truncate", truncate, TRUNCATE_MODES)
         batch_size = _validate.positive_int(batch_size, "batch_size")
+        merge = _validate.flag(merge, "merge")
+        self._routed("add", ids, on_conflict, lambda pos: (
+            [texts[p] for p in pos], [ids[p] for p in pos], None if keep_metadata else [metadatas[p] for p in pos],
+            truncate, batch_size, merge))
+        return ids
+
+    def _routed(self, method: str, ids: list, on_conflict: str, args_of) -> None:
+        """Write each shard its part (``args_of(positions in ids)``); with ``on_conflict="error"`` the whole call
+        is refused first, nothing written, when an id is already live in its shard."""
         names = [s.name for s in self._current().shards]
         groups = routing.split(ids, len(names))
         with self._writing():
             if on_conflict == "error":
-                self._refuse_present(names, groups, ids)
-            self._write([(names[s], "add", ([texts[p] for p in pos], [ids[p] for p in pos],
-                                            None if keep_metadata else [metadatas[p] for p in pos], truncate,
-                                            batch_size, _validate.flag(merge, "merge")))
-                         for s, pos in groups.items()])
-        return ids
-
-    def _refuse_present(self, names: list, groups: dict, ids: list) -> None:
-        """``on_conflict="error"``: refuse the whole call when an id is live in its shard (nothing written)."""
-        present = self._call([(names[s], "present", ([ids[p] for p in pos],)) for s, pos in groups.items()])
-        clash = sorted(i for part in present for i in part)
-        if clash:
-            raise InvalidArgument(f"ids already in the index: {clash[:10]} (pass on_conflict='replace' or use upsert "
-                                  f"to replace them)")
+                present = self._call([(names[s], "present", ([ids[p] for p in pos],)) for s, pos in groups.items()])
+                clash = sorted(i for part in present for i in part)
+                if clash:
+                    raise InvalidArgument(f"ids already in the index: {clash[:10]} (pass on_conflict='replace' or "
+                                          f"use upsert to replace them)")
+            self._write([(names[s], method, args_of(pos)) for s, pos in groups.items()])
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Optional[Sequence[dict]] = None,
                **kwargs) -> list[str]:
@@ -350,15 +349,9 @@ class ShardedIndex:
             raise InvalidArgument(f"texts has {len(texts)} entries but there are {n} documents' embeddings")
         check_mode("on_conflict", on_conflict, ON_CONFLICT)
         mats = [as_matrix(embeddings[i], i, dim).numpy() for i in range(n)]
-        names = [s.name for s in self._current().shards]
-        groups = routing.split(ids, len(names))
-        with self._writing():
-            if on_conflict == "error":
-                self._refuse_present(names, groups, ids)
-            self._write([(names[s], "add_embeddings", ([mats[p] for p in pos], [ids[p] for p in pos],
-                                                       None if metas is None else [metas[p] for p in pos],
-                                                       None if texts is None else [texts[p] for p in pos]))
-                         for s, pos in groups.items()])
+        self._routed("add_embeddings", ids, on_conflict, lambda pos: (
+            [mats[p] for p in pos], [ids[p] for p in pos], None if metas is None else [metas[p] for p in pos],
+            None if texts is None else [texts[p] for p in pos]))
         return ids
 
     def delete(self, ids: Union[str, Sequence[str], None] = None, *, filter: Optional[dict] = None) -> int:
@@ -406,9 +399,3 @@ class ShardedIndex:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _cpu():
-    import torch
-
-    return torch.device("cpu")

@@ -84,7 +84,7 @@ def built(ray_cluster, tmp_path_factory, jsonl, collection, colbert_ai_ckpt):
 
     root = tmp_path_factory.mktemp("sharded")
     common = dict(model=str(colbert_ai_ckpt), dtype="float32", codec_config=CodecConfig(num_centroids=32),
-                  lexical=True, num_workers=1, show_progress=False, chunk_docs=64, batch_size=64)
+                  lexical=True, num_workers=1, show_progress=False, chunk_docs=64, batch_size=64, sample_documents=64)
     two = build_sharded(root / "two", jsonl, num_shards=2, **common)
     ds = ray.data.from_items([{"id": r["_id"], **{k: v for k, v in r.items() if k != "_id"}} for r in collection])
     four = build_sharded(root / "four", ds, num_shards=4, **common)

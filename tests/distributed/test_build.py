@@ -169,7 +169,8 @@ def test_dead_workers_are_retried(ray_cluster, tmp_path, colbert_ai_ckpt, _tiny_
     texts = make_corpus(50, seed=8)
     arm(ray_cluster.die_once, "replace", "encode")
     try:
-        root = build_sharded(tmp_path / "idx", texts, num_shards=2, chunk_docs=10, **_opts(colbert_ai_ckpt))
+        root = build_sharded(tmp_path / "idx", texts, num_shards=2, chunk_docs=10, sample_documents=10,
+                             **_opts(colbert_ai_ckpt))
     finally:
         died = disarm(ray_cluster.die_once, "replace", "encode")
     assert died == ["replace", "encode"], f"only {died} died: the test did not test everything"

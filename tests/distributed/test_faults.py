@@ -76,6 +76,7 @@ def test_shard_actors_killed_during_searches(sharded):
     assert _answers(sharded, "bm25_rerank") and len(sharded) == len(sharded.ids())
 
 
+@pytest.mark.slow
 def test_a_node_lost_with_its_shards(sharded, ray_cluster):
     import ray
 

@@ -14,6 +14,7 @@ from ._ranking import assert_same_ranking
 pytest.importorskip("ray.serve")
 
 
+@pytest.mark.slow  # the default run serves an index over HTTP (tests/serve) and shards through the backend
 def test_serve_a_sharded_index(built, _tiny_model, tmp_path):
     from colbert_retriever.serve import start, stop
 

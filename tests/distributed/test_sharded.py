@@ -153,7 +153,8 @@ def test_writes_are_routed_and_never_duplicate(writable, collection):
     assert len(sh.ids()) == len(set(sh.ids())) == N_DOCS + 2
     assert sh.delete(["new-1", "d1", "missing"]) >= 2  # rows, as Index.delete counts them (passages each)
     assert sh.get(["new-1", "d1"]) == [] and len(sh) == N_DOCS
-    assert sh.delete(filter={"g": 2}) == sum(1 for r in collection[2:] if r["g"] == 2)
+    assert sh.delete(filter={"g": 2}) >= sum(1 for r in collection[2:] if r["g"] == 2)  # rows, passages each
+    assert sh.ids(filter={"g": 2}) == []
     left = len(sh)
     assert all(h.metadata.get("g") != 2 for h in sh.search(QUERIES[0], k=50, mode="hybrid"))
     g = sh.generation
@@ -169,7 +170,7 @@ def test_add_embeddings_routes_by_id(writable, _tiny_model):
     sh.add_embeddings(embs, ids=["e1", "e2"], texts=["embedded alpha beta", "embedded gamma"])
     assert len(sh) == N_DOCS + 2
     top = sh.search_embeddings([embs[0]], 3, config=SearchConfig(exhaustive=True))[0]
-    assert top[0].id == "e1" and top[0].score == pytest.approx(embs[0].shape[0], rel=1e-3)
+    assert top[0].id == "e1" and top[0].score == pytest.approx(embs[0].shape[0], rel=0.05)  # 2-bit residuals
     assert sh.get("e2")[0].text == "embedded gamma"
     with pytest.raises(InvalidArgument, match="already in the index"):
         sh.add_embeddings(embs[:1], ids=["e1"])
@@ -197,6 +198,24 @@ def test_a_lost_shard_is_named(writable):
     mf.write(sh.path, m.advanced({name: (m.generations()[name] + 5, 0)}))  # the manifest names a newer generation
     with pytest.raises(ShardError, match=f"shard {name} .* behind the manifest"):
         sh.search("python", k=3)
+
+
+def test_the_server_backend_over_shards(pairs):
+    """What a server replica does with a sharded index (one forward pass, one fan-out per group of requests)."""
+    from colbert_retriever.serve.backend import Backend
+
+    sh, _ = pairs[2]
+    backend = Backend(sh, "sharded")
+    requests = [([QUERIES[0]], {"k": 5}), ([QUERIES[1], QUERIES[2]], {"k": 5}),
+                ([QUERIES[3]], {"k": 5, "mode": "bm25"}),
+                ([QUERIES[4]], {"k": 5, "mode": "hybrid", "filter": {"g": 0}}), ([QUERIES[5]], {"k": -1})]
+    out = backend.search_many(requests)
+    for (queries, params), got in zip(requests[:4], out[:4]):
+        for a, b in zip(got, sh.search(queries, **params)):
+            _compare(a, b, str(params), tol=1e-4)
+    assert isinstance(out[4], InvalidArgument)
+    health = backend.health()
+    assert health["kind"] == "sharded" and health["batches"] == 1 and health["documents"] == len(sh)
 
 
 def test_closed(built, _tiny_model):
