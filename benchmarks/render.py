@@ -556,8 +556,9 @@ def beyond_one_machine() -> list[str]:
         a, e = d["answers_default_plaid"], d["answers_exhaustive"]
         lines += [f"{d['passages']} WordNet glosses streamed from a JSONL file into {d['shards']} shards on local Ray "
                   f"(2 CPUs), default model. Build: 1 encoder worker {d['build_s_1_workers']} s, 2 workers "
-                  f"{d['build_s_2_workers']} s (each worker 2 // workers threads; the driver encodes the codec's "
-                  f"sample and trains it first); one index in process, with the sharded index's codec, "
+                  f"{d['build_s_2_workers']} s (each worker 2 // workers threads; the driver first encodes the codec's "
+                  f"sample of {d.get('sample_documents')} documents and trains it); one index in process, with the "
+                  f"sharded index's codec, "
                   f"{d['build_s_single_index_in_process_same_codec']} s.", "",
                   f"Search, k=10, {s['searches']} searches of the same query embeddings, sharded and single "
                   f"alternating (ms):", "", "| | p50 | p95 | p99 |", "|---|---:|---:|---:|",

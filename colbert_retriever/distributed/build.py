@@ -124,6 +124,15 @@ def _train(root: Path, ds, n: int, sample_documents: int, config: CodecConfig, *
     return mf.save_codec(root, codec, config), batches
 
 
+def _encoder_cpus(ray, given: Optional[float], threads: Optional[int], workers: int) -> float:
+    """Ray CPUs each encoder reserves: ``given``, else its threads, less what leaves the readers room on a small
+    cluster (encoders reserving every CPU would leave none for the tasks that read their input)."""
+    if given is not None:
+        return given
+    room = (float(ray.cluster_resources().get("CPU", 1.0)) - 2 * source.LIGHT_CPUS) / workers
+    return max(source.LIGHT_CPUS, min(float(threads or 1), room))
+
+
 def _drop_ids(batch: dict, ids: frozenset) -> dict:
     """Leave out the documents with these ids (the codec's sample: the driver encoded them already)."""
     import numpy as np
@@ -161,9 +170,10 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
     ``metadatas``, as ``Index.build``). model: a name or folder every worker can load (``load_model``; None: the
     default model); dtype: its documents' precision, resolved once by the driver and recorded. num_shards:
     default 2 (an existing index keeps its own). num_workers: encoders in the pool, each with
-    ``threads_per_worker`` threads, ``cpus_per_worker`` and ``gpus_per_worker`` reserved from Ray (a GPU worker
-    encodes on CUDA). batch_size: documents per encoder call; chunk_docs: documents per shard commit;
-    sample_documents: documents drawn for the codec (encoded by the driver, which trains it). nbits,
+    ``threads_per_worker`` threads, ``cpus_per_worker`` (default: its threads, less room for the readers on a
+    small cluster) and ``gpus_per_worker`` reserved from Ray (a GPU worker encodes on CUDA). batch_size: documents
+    per encoder call; chunk_docs: documents per shard commit; sample_documents: documents drawn for the codec
+    (encoded by the driver, which trains it). nbits,
     codec_config, lexical, truncate: as ``Index.build``. embeddings_column: precomputed embeddings (one
     (tokens, dim) array per document) in this column instead of encoding (then ``model`` names the encoder that
     made them, or None with ``name``). if_exists: "upsert" (default: documents added, same ids replaced,
@@ -216,7 +226,9 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
         writers = [Writer.remote(str(root / n), str(root), entry, codec_entry, lexical, 1, lock_timeout)
                    for n in names]
         try:
-            ds = raw.map_batches(source.Normalize(kind, num_shards, embeddings_column, dim), batch_format="pyarrow")
+            light = {"num_cpus": source.LIGHT_CPUS}
+            ds = raw.map_batches(source.Normalize(kind, num_shards, embeddings_column, dim), batch_format="pyarrow",
+                                 **light)
             total, sampled = None, []
             if codec_entry is None:
                 total = len(data) if kind == "memory" else ds.count()
@@ -226,16 +238,15 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
                                               embeddings_column=embeddings_column, num_shards=num_shards,
                                               truncate=truncate, batch_size=batch_size, dim=dim)
                 drawn = frozenset(str(i) for b in sampled for i in b["id"])
-                ds = ds.map_batches(_drop_ids, batch_format="numpy", fn_kwargs={"ids": drawn})
+                ds = ds.map_batches(_drop_ids, batch_format="numpy", fn_kwargs={"ids": drawn}, **light)
                 state = {"format": mf.FORMAT + "-build", "num_shards": num_shards, "model": entry,
                          "codec": codec_entry, "lexical": lexical, "started": time.time()}
                 storage.atomic_write_bytes(root / mf.BUILD_STATE, json.dumps(state, indent=1).encode())
             if resuming:  # documents the shards committed before the build stopped are not encoded again
-                ds = ds.map_batches(_drop_present, batch_format="numpy", fn_kwargs={"writers": writers})
+                ds = ds.map_batches(_drop_present, batch_format="numpy", fn_kwargs={"writers": writers}, **light)
             if embeddings_column is None:
                 ds = ds.map_batches(Encoder, batch_size=batch_size, batch_format="numpy", concurrency=num_workers,
-                                    num_cpus=cpus_per_worker if cpus_per_worker is not None else (threads_per_worker
-                                                                                                  or 1),
+                                    num_cpus=_encoder_cpus(ray, cpus_per_worker, threads_per_worker, num_workers),
                                     num_gpus=gpus_per_worker or None, fn_constructor_kwargs={
                                         "model": entry["name"], "dtype": entry["precision"]["documents"],
                                         "encoder_config": entry["encoder_config"], "num_shards": num_shards,
@@ -249,7 +260,8 @@ def build_sharded(path: Union[str, Path], data: Any, ids: Optional[Sequence[str]
                                                                      tuple(mf.Shard(n) for n in names), lexical)
             provenance = {**base.provenance, "build_seconds": round(time.perf_counter() - t0, 2),
                           "workers": num_workers, "documents_written": written, "dataset": _describe(data)}
-            mf.write(root, base.advanced(dict(zip(names, counts)), lexical=lexical, provenance=provenance))
+            if existing is None or written or lexical != existing.lexical:  # a re-run that changed nothing: no commit
+                mf.write(root, base.advanced(dict(zip(names, counts)), lexical=lexical, provenance=provenance))
             (root / mf.BUILD_STATE).unlink(missing_ok=True)
         except Exception as e:
             cause = user_error(e)

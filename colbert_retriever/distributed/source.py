@@ -24,6 +24,9 @@ from . import chunks
 from .routing import shard_of
 
 ID_FIELDS = ("_id", "id")
+LIGHT_CPUS = 0.25
+"""Ray CPUs a reading or routing task asks for: light work, which must find room beside the encoders even when
+they reserve nearly every CPU of a small cluster."""
 
 
 def _paths(data: Any) -> Optional[list[Path]]:
@@ -73,9 +76,9 @@ def dataset(ray, data: Any, ids: Optional[Sequence[str]], metadatas: Optional[Se
             raise InvalidArgument("with files, ids and metadata are their fields (_id or id, text, other fields)")
         kind, files = _files(paths)
         if kind == "parquet":
-            return ray.data.read_parquet(files), "row"
+            return ray.data.read_parquet(files, num_cpus=LIGHT_CPUS), "row"
         gz = {"compression": "gzip"} if all(f.endswith(".gz") for f in files) else None
-        return ray.data.read_text(files, arrow_open_stream_args=gz), "json"
+        return ray.data.read_text(files, arrow_open_stream_args=gz, num_cpus=LIGHT_CPUS), "json"
     if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):  # texts in memory
         texts = _validate.texts_list(list(data), "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [str(i) for i in range(len(texts))]

@@ -161,6 +161,9 @@ def test_killed_build_resumes_keeping_committed_documents(ray_cluster, tmp_path,
         ids = sh.ids()
         assert len(sh) == len(collection) and sorted(ids) == sorted(r["_id"] for r in collection)
         assert len(ids) == len(set(ids))
+    build_sharded(root, jsonl, **_opts(colbert_ai_ckpt, codec_config=None))  # the same data again: an upsert
+    again = mf.read(root)
+    assert again.generation == m.generation and again.generations() == m.generations()  # nothing written
 
 
 def test_dead_workers_are_retried(ray_cluster, tmp_path, colbert_ai_ckpt, _tiny_model):
