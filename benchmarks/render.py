@@ -568,8 +568,19 @@ def beyond_one_machine() -> list[str]:
                   f"The same answers as one index with the same codec and documents: default PLAID "
                   f"{a['same_top10_set']}/{a['queries']} queries with the same top-10 set ({a['same_top10_order']} in "
                   f"the same order), exhaustive {e['same_top10_set']}/{e['queries']} ({e['same_top10_order']}); largest "
-                  f"score difference {e['max_score_difference']:.2g}. Machine: {_machine(d['machine'])}. {d.get('note', '')}",
-                  ""]
+                  f"score difference {e['max_score_difference']:.2g} (documents encoded in {d.get('dtype')} on both "
+                  f"sides; PLAID's candidates are each shard's own, hence the default-knob differences). Machine: "
+                  f"{_machine(d['machine'])}. {d.get('note', '')}", ""]
+        bf = RESULTS / "distributed_bfloat16.json"
+        if bf.exists():
+            b = json.loads(bf.read_text())
+            x = b["answers_exhaustive"]
+            lines += [f"With the bf16-CPU default instead ({b['dtype']}), one index built in process and the shards' "
+                      f"encoders batch the documents differently, and bfloat16 encodings change with the batch's "
+                      f"shape: exhaustive top-10 sets agreed on {x['same_top10_set']}/{x['queries']} queries, largest "
+                      f"score difference {x['max_score_difference']:.2g} (the encodings differ, not the merge). Build "
+                      f"{b['build_s_1_workers']} s with 1 worker, {b['build_s_2_workers']} s with 2; fan-out overhead "
+                      f"p50 {b['search_k10']['fan_out_overhead_ms']['p50']} ms.", ""]
     if srv.exists():
         v = json.loads(srv.read_text())
         lines += [f"HTTP server on 127.0.0.1 (one replica, Ray Serve), {v['passages']} WordNet glosses, k={v['k']}: "
