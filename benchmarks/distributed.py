@@ -97,7 +97,7 @@ def main(argv=None):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=400 * 2**20)
     out = {"machine": machine_info(), "passages": args.passages, "queries": args.queries, "shards": 2,
            "sample_documents": args.sample_documents, "dtype": args.dtype,
-           "note": "one box shared with other engineers' jobs while measured; the lead reruns on a quiet box"}
+           "note": "One box shared with other engineers' jobs while measured; the lead reruns on a quiet box."}
     for workers in (1, 2):
         path = WORK / f"sharded-{workers}w"
         shutil.rmtree(path, ignore_errors=True)

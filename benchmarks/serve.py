@@ -92,15 +92,18 @@ def main(argv=None):
         serve.run(application(path, max_batch_size=size, batch_wait_ms=5.0), name=name, route_prefix=f"/{name}")
     out = {"machine": machine_info(), "passages": args.passages, "k": 10, "max_batch_size": apps,
            "batch_wait_ms": 5.0, "replicas": 1, "bound": {"requests": args.requests, "seconds": args.seconds},
-           "note": "client threads, proxy and replicas share the box's 2 cores; the box was shared with other "
-                   "engineers' jobs while measured; the lead reruns on a quiet box", "runs": []}
+           "note": "Client threads, proxy and replicas share the box's 2 cores; the box was shared with other "
+                   "engineers' jobs while measured; the lead reruns on a quiet box.", "runs": []}
     for name in apps:  # warm-up: the first searches compile numba's kernels in each replica
         load(f"{base}/{name}", queries, 4, 40, 60)
     for r in range(args.rounds):
         for clients in LEVELS:
             for name in (apps if r % 2 == 0 else reversed(list(apps))):  # alternate which goes first
+                before = RemoteIndex(f"{base}/{name}").health()
                 res = load(f"{base}/{name}", queries, clients, args.requests, args.seconds)
-                res.update(deployment=name, round=r)
+                after = RemoteIndex(f"{base}/{name}").health()
+                res.update(deployment=name, round=r, queries_per_forward_pass=round(
+                    (after["queries"] - before["queries"]) / max(1, after["batches"] - before["batches"]), 2))
                 out["runs"].append(res)
                 print(res, flush=True)
     summary = {}
@@ -109,6 +112,8 @@ def main(argv=None):
         for name in apps:
             runs = [x for x in out["runs"] if x["deployment"] == name and x["clients"] == clients]
             row[name] = {"qps": round(float(np.median([x["qps"] for x in runs])), 1),
+                         "queries_per_forward_pass": round(float(np.median([x["queries_per_forward_pass"]
+                                                                            for x in runs])), 2),
                          "p50_ms": round(float(np.median([x["p50_ms"] for x in runs])), 1),
                          "p99_ms": round(float(np.median([x["p99_ms"] for x in runs])), 1)}
         row["qps_ratio_batched_over_unbatched"] = round(row["batched"]["qps"] / row["unbatched"]["qps"], 2)
