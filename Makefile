@@ -9,12 +9,12 @@ PY := .venv/bin/python
 STAMP := .venv/.colbert-retriever-installed
 endif
 TORCH := torch==2.13.0
-EXTRAS := default-model,langchain,llama-index,triton,bench,distributed,dev
+EXTRAS := default-model,langchain,llama-index,triton,bench,distributed,serve,dev
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-isa test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m bench-100m bench-pooling bench-encode clean
+.PHONY: setup demo test test-isa test-all notebooks bench bench-scale bench-updates bench-single-adds bench-hybrid bench-contention bench-query-path bench-peers bench-fastplaid bench-colbert-ai bench-precision bench-coldstart bench-10m bench-100m bench-pooling bench-encode bench-distributed bench-serve clean
 
 $(PY):
 	python3 -m venv .venv
@@ -124,6 +124,14 @@ bench-pooling: setup
 # document encoding throughput in float32 on this CPU and capped to AVX2 (tokens/s, fraction of the FMA peak)
 bench-encode: setup
 	$(PY) benchmarks/encode.py
+
+# a sharded index on local Ray (2 shards, builds with 1 and 2 workers) against one index with the same codec
+bench-distributed: setup
+	$(PY) benchmarks/distributed.py
+
+# the HTTP server on 127.0.0.1: QPS and p50/p99 at 1, 4, 16, 64 clients, batched vs unbatched (bounded runs)
+bench-serve: setup
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf .demo_index build *.egg-info

@@ -649,6 +649,69 @@ def query_path_tables() -> list[str]:
     return out
 
 
+def _machine(m: dict) -> str:
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}, {m.get('date', '?')}"
+
+
+def beyond_one_machine() -> list[str]:
+    """The sharded index on local Ray and the HTTP server (distributed.json, serve.json)."""
+    dist, srv = RESULTS / "distributed.json", RESULTS / "serve.json"
+    if not dist.exists() and not srv.exists():
+        return []
+    lines = ["## Beyond one machine (`make bench-distributed`, `make bench-serve`)", ""]
+    if dist.exists():
+        d = json.loads(dist.read_text())
+        s = d["search_k10"]
+        row = lambda name, x: f"| {name} | {x['p50']} | {x['p95']} | {x['p99']} |"  # noqa: E731
+        a, e = d["answers_default_plaid"], d["answers_exhaustive"]
+        lines += [f"{d['passages']} WordNet glosses streamed from a JSONL file into {d['shards']} shards on local Ray "
+                  f"(2 CPUs), default model. Build: 1 encoder worker {d['build_s_1_workers']} s, 2 workers "
+                  f"{d['build_s_2_workers']} s (each worker 2 // workers threads; the driver first encodes the codec's "
+                  f"sample of {d.get('sample_documents')} documents and trains it); one index in process, with the "
+                  f"sharded index's codec, "
+                  f"{d['build_s_single_index_in_process_same_codec']} s.", "",
+                  f"Search, k=10, {s['searches']} searches of the same query embeddings, sharded and single "
+                  f"alternating (ms):", "", "| | p50 | p95 | p99 |", "|---|---:|---:|---:|",
+                  row("one index (in process)", s["single_index_ms"]), row("2 shards: the driver's time", s["sharded_ms"]),
+                  row("2 shards: the slowest shard's own time", s["slowest_shard_ms"]),
+                  row("fan-out overhead (driver's time less the slowest shard's)", s["fan_out_overhead_ms"]), "",
+                  f"The same answers as one index with the same codec and documents: default PLAID "
+                  f"{a['same_top10_set']}/{a['queries']} queries with the same top-10 set ({a['same_top10_order']} in "
+                  f"the same order), exhaustive {e['same_top10_set']}/{e['queries']} ({e['same_top10_order']}); largest "
+                  f"score difference {e['max_score_difference']:.2g} (documents encoded in {d.get('dtype')} on both "
+                  f"sides; PLAID's candidates are each shard's own, hence the default-knob differences). Goal (issue "
+                  f"#40): fan-out overhead at most 2 ms over the slowest shard; here p50 "
+                  f"{s['fan_out_overhead_ms']['p50']} ms. Machine: {_machine(d['machine'])}. {d.get('note', '')}", ""]
+        bf = RESULTS / "distributed_bfloat16.json"
+        if bf.exists():
+            b = json.loads(bf.read_text())
+            x = b["answers_exhaustive"]
+            lines += [f"With the bf16-CPU default instead ({b['dtype']}), one index built in process and the shards' "
+                      f"encoders batch the documents differently, and bfloat16 encodings change with the batch's "
+                      f"shape: exhaustive top-10 sets agreed on {x['same_top10_set']}/{x['queries']} queries, largest "
+                      f"score difference {x['max_score_difference']:.2g} (the encodings differ, not the merge). Build "
+                      f"{b['build_s_1_workers']} s with 1 worker, {b['build_s_2_workers']} s with 2; fan-out overhead "
+                      f"p50 {b['search_k10']['fan_out_overhead_ms']['p50']} ms.", ""]
+    if srv.exists():
+        v = json.loads(srv.read_text())
+        lines += [f"HTTP server on 127.0.0.1 (one replica, Ray Serve), {v['passages']} WordNet glosses, k={v['k']}: "
+                  f"batched (up to {v['max_batch_size']['batched']} searches per forward pass, {v['batch_wait_ms']} ms "
+                  f"wait) against unbatched, side by side behind one proxy, alternating; each run bounded to "
+                  f"{v['bound']['requests']} searches or {v['bound']['seconds']} s; medians of the rounds. Searches per "
+                  f"forward pass over all the batched runs (1 to 64 clients): {v['batched_queries_per_forward_pass']}. "
+                  f"Goal (issue #40): at 16 clients, at least 2x the unbatched QPS with p99 at most 100 ms; here "
+                  f"{v['summary']['16']['qps_ratio_batched_over_unbatched']}x, p99 "
+                  f"{v['summary']['16']['batched']['p99_ms']} ms.", "",
+                  "| clients | batched QPS | p50 ms | p99 ms | unbatched QPS | p50 ms | p99 ms | QPS ratio |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for clients, r in v["summary"].items():
+            b, u = r["batched"], r["unbatched"]
+            lines.append(f"| {clients} | {b['qps']} | {b['p50_ms']} | {b['p99_ms']} | {u['qps']} | {u['p50_ms']} | "
+                         f"{u['p99_ms']} | {r['qps_ratio_batched_over_unbatched']} |")
+        lines += ["", f"Machine: {_machine(v['machine'])}. {v.get('note', '')}", ""]
+    return lines
+
+
 def render() -> Path:
     lines = ["# Benchmarks", "",
              "Generated by `make bench` (benchmarks/run.py) and `make bench-scale` (benchmarks/scale.py); raw numbers in "
@@ -722,17 +785,7 @@ def render() -> Path:
                   f"{a.get('top10_overlap_with_float_exact', {}).get('grown')}, one-shot "
                   f"{a.get('top10_overlap_with_float_exact', {}).get('bulk')}; PLAID vs exhaustive on the grown store "
                   f"{a['top10_agreement_plaid_vs_exhaustive']}.", ""]
-    dist = RESULTS / "distributed.json"
-    if dist.exists():
-        d = json.loads(dist.read_text())
-        lines += ["## Distributed build and sharded search (local Ray, 2 CPUs)", "",
-                  f"{d['passages']} WordNet glosses, 2 shards. Build: 1 worker {d['build_s_1_workers']} s, 2 workers "
-                  f"{d['build_s_2_workers']} s (each worker 2 // workers torch threads; the driver trains the codec "
-                  f"first); single in-process index {d['build_s_single_index_in_process']} s. Search k=10 incl. "
-                  f"encoding: single index p50/p95 {d['search_ms_incl_encoding_single']['p50']}/"
-                  f"{d['search_ms_incl_encoding_single']['p95']} ms, 2 shards {d['search_ms_incl_encoding_2_shards']['p50']}/"
-                  f"{d['search_ms_incl_encoding_2_shards']['p95']} ms; top-10 overlap sharded vs single "
-                  f"{d['top10_overlap_sharded_vs_single']} (different centroids: the single index trains its own).", ""]
+    lines += beyond_one_machine()
     lines += gpu_tables()
     plan = ROOT / "benchmarks" / "PLAN_100M.md"
     if plan.exists():

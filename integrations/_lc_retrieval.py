@@ -15,6 +15,7 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, model_validator
 
 from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, InvalidType, load_model
+from colbert_retriever.serve.client import is_index, open_index
 
 from ._lc_common import (PROGRESS_MIN_DOCS, check_if_exists, check_search_kwargs, document_id, query_text,
                          search_index)
@@ -138,8 +139,8 @@ class ColBERTRetriever(BaseRetriever):
             if index is None:
                 if path is None:
                     raise InvalidArgument("ColBERTRetriever needs index_path=<folder> (or index=<an open Index>)")
-                index = Index.open(path, model=values.get("model"), device=values.get("device"))
-            elif not isinstance(index, Index):
+                index = open_index(path, model=values.get("model"), device=values.get("device"))
+            elif not is_index(index):
                 raise InvalidType(f"index must be a colbert_retriever.Index, got {type(index).__name__}")
             values["index"], values["index_path"] = index, str(index.path)
         return values

@@ -19,6 +19,7 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from colbert_retriever import ColBERT, Index, InvalidArgument, InvalidType, load_model
+from colbert_retriever.serve.client import is_index, open_index
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,12 @@ class ColBERTRetriever(BaseRetriever):
                  similarity_top_k: int = 4, filters: Union[MetadataFilters, dict, None] = None,
                  search_kwargs: Optional[dict] = None, callback_manager=None, verbose: bool = False, *,
                  index_path: Union[str, Path, None] = None, normalize_scores: bool = False, device=None):
-        if index is not None and not isinstance(index, Index):
+        if index is not None and not is_index(index):
             index_path, index = index, None  # a folder given positionally (the older spelling)
         if index is None:
             if index_path is None:
                 raise InvalidArgument("ColBERTRetriever needs index_path=<folder> (or an open Index)")
-            index = Index.open(index_path, model=model, device=device)
+            index = open_index(index_path, model=model, device=device)
         self.index = index
         self.similarity_top_k = similarity_top_k
         self.filters = filters

@@ -43,6 +43,7 @@ except ImportError as e:  # pragma: no cover
     ) from e
 
 from colbert_retriever import ColBERT, Hit, Index, InvalidArgument, load_model
+from colbert_retriever.serve.client import is_url, open_index
 from colbert_retriever.store import storage
 
 from ._lc_common import (LONG_TEXTS, PROGRESS_MIN_DOCS, SEARCH_KEYS, check_if_exists, check_search_kwargs,
@@ -73,15 +74,15 @@ class ColBERTVectorStore(VectorStore):
                  lexical: bool = False, device=None, pool_factor: Optional[int] = None):
         if long_texts not in LONG_TEXTS:
             raise InvalidArgument(f"long_texts must be one of {LONG_TEXTS}, got {long_texts!r}")
-        self.path = Path(index_path)
+        self.path = index_path if is_url(index_path) else Path(index_path)
         self.device = device
-        self.model = load_model(model, device=device)
+        self.model = None if is_url(index_path) else load_model(model, device=device)
         self.nbits, self.long_texts, self.show_progress = nbits, long_texts, show_progress
         self.auto_recluster, self.lexical = auto_recluster, lexical
         self.pool_factor = pool_factor  # Index.build's; an existing index pools as it records
         self._index: Optional[Index] = None
-        if storage.holds_our_index(self.path):
-            self._index = Index.open(self.path, model=self.model, device=device)
+        if is_url(index_path) or storage.holds_our_index(self.path):
+            self._index = open_index(self.path, model=self.model, device=device)
             self.model = self._index.model
             if lexical and not self._index.has_lexical:
                 self._index.add_lexical()

@@ -17,6 +17,9 @@ from . import isa
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray's nodes and workers (tests/distributed, tests/serve) talk over loopback only: with this set before ray is
+# imported, ray's node address is 127.0.0.1 instead of the machine's network address (child processes inherit it)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

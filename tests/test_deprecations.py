@@ -15,8 +15,8 @@ DEPRECATED_KEYWORDS = {"build": {"overwrite"}, "from_documents": {"overwrite"}, 
                        "ColBERTIndex": {"overwrite"}}
 """Public calls and their deprecated keywords (``writer.build``'s ``overwrite`` is internal, not deprecated)."""
 
-NOT_YET_FIXED = {("colbert_retriever/distributed/sharded.py", "build", "overwrite")}
-"""Known sites owned by another change (the Ray rewrite); remove the entry when that change lands."""
+NOT_YET_FIXED: set = set()
+"""Known sites owned by another change still in flight (none now)."""
 
 
 def _deprecations() -> list[tuple[str, str]]:

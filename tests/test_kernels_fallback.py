@@ -181,7 +181,8 @@ def _run_child(code: str, cache: Optional[Path]) -> tuple[str, float]:
 def test_first_searches_run_torch_while_the_kernels_compile(saved, tmp_path):
     """A new process with an EMPTY numba cache: ``Index.open`` starts the compilation in the background, the first
     searches run the torch kernels meanwhile (trace: "compiling") and none waits for the compiler (it still runs
-    after them; how long a first query takes is measured by ``make bench-coldstart``, not asserted here); the process then exits while the daemon thread compiles, promptly and cleanly."""
+    after them; how long a first query takes is measured by ``make bench-coldstart``, not asserted here); the
+    process then exits while the daemon thread compiles, promptly and cleanly."""
     code = CHILD.format(root=str(ROOT), folder=str(saved)) + textwrap.dedent("""
         assert all(t.kernels == "torch" and "compiling" in t.fallback for t in tr), tr
         assert dispatch.numba_kernel_set().compiling()  # three searches answered and the compiler still runs

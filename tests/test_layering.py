@@ -34,8 +34,9 @@ FLOORS = [
     {"cli", "distributed", "serve"},
 ]
 FLOOR = {room: i for i, floor in enumerate(FLOORS) for room in floor}
-DOORS = {("kernels", "triton_kernels")}
-"""Imports allowed across the floors: the kernels package is the only door to ``triton_kernels`` (lazily)."""
+DOORS = {("kernels", "triton_kernels"), ("serve", "distributed"), ("cli", "serve")}
+"""Imports allowed across the floors: the kernels package is the only door to ``triton_kernels`` (lazily); on
+floor 9 the server serves a sharded index through ``distributed``, and the CLI's ``serve`` command starts it."""
 
 
 def module_name(path: Path) -> str:

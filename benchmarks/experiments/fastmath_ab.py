@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import SHARED, WORK, machine_info, write_json  # noqa: E402
 
-from colbert_retriever import Index, SearchConfig  # noqa: E402
+from colbert_retriever import Index  # noqa: E402
 from colbert_retriever.evaluation import load_qrels, load_queries  # noqa: E402
 from colbert_retriever.kernels import dispatch, numba_drivers  # noqa: E402
 from colbert_retriever.kernels.numba_kernels import KernelSet  # noqa: E402

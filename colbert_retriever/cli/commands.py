@@ -238,6 +238,15 @@ def _cmd_lexical(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from ..serve.server import run_forever
+
+    run_forever(args.index, host=args.host, port=args.port, replicas=args.replicas,
+                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, threads=args.threads,
+                model=args.model)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     import runpy
 

@@ -25,6 +25,7 @@ examples:
   colbert-retriever lexical my_index                      # give an index its BM25 side (--mode bm25|hybrid)
   colbert-retriever info my_index --check
   colbert-retriever eval beir/scifact my_index --json     # nDCG@10, MRR@10, recall, latency
+  colbert-retriever serve my_index --port 8000            # HTTP JSON API (Ray Serve; see /openapi.json)
 """
 
 
@@ -205,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bm25_rerank work; later writes keep it in step. Idempotent.")
     s.add_argument("index", help="the index folder")
     s.set_defaults(func=c._cmd_lexical)
+
+    s = sub.add_parser("serve", help="serve an index (or a sharded index) over HTTP with Ray Serve",
+                       description="Serve INDEX (an index folder, or a sharded index's) over HTTP: search, add, "
+                                   "upsert, delete, get, health; the OpenAPI description at /openapi.json. "
+                                   "Concurrent searches are encoded in one forward pass (--max-batch-size). Needs "
+                                   "the [serve] extra. Runs until interrupted (Ctrl-C).")
+    s.add_argument("index", help="the index folder (or sharded index folder)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    s.add_argument("--replicas", type=positive_int, default=1, help="replicas of the index (default 1)")
+    s.add_argument("--max-batch-size", type=positive_int, default=32,
+                   help="searches encoded in one forward pass (default 32; 1 = no batching)")
+    s.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    s.add_argument("--threads", type=positive_int, default=None, help="search threads per replica")
+    s.add_argument("--model", default=None, help="query encoder (default: the index's model)")
+    s.set_defaults(func=c._cmd_serve)
 
     s = sub.add_parser("bench", help="run benchmarks/run.py (source checkout)")
     s.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
