@@ -12,7 +12,7 @@ import pytest
 from colbert_retriever.distributed import ShardedIndex, ShardError
 from colbert_retriever.distributed.routing import shard_name
 
-from ..conftest import make_corpus
+from ..conftest import assert_ranked_alike, make_corpus
 
 QUERIES = make_corpus(12, seed=77, min_words=2, max_words=6)
 
@@ -30,6 +30,22 @@ def _answers(sh, mode):
     return [[(h.id, h.score, h.text) for h in hits] for hits in sh.search(QUERIES, k=10, mode=mode, depth=50)]
 
 
+def _alike(got, want) -> bool:
+    """The same answers up to float rounding: a restarted shard's first searches run the torch twins while its
+    numba kernels compile (scores equal up to last bits), so ties may swap; a missing or extra hit, a wrong text or
+    a score off by more than 1e-3 is a difference."""
+    if len(got) != len(want):
+        return False
+    try:
+        for g, w in zip(got, want):
+            assert_ranked_alike([(i, sc) for i, sc, _ in g], [(i, sc) for i, sc, _ in w], 1e-3)
+            texts = {i: t for i, _, t in w}
+            assert all(texts.get(i, t) == t for i, _, t in g)
+    except AssertionError:
+        return False
+    return True
+
+
 def _stream(sh, reference, rounds, stop, failures, done):
     """Search every query in every mode, round after round, comparing each answer with the reference."""
     n = 0
@@ -40,7 +56,7 @@ def _stream(sh, reference, rounds, stop, failures, done):
             except Exception as e:  # noqa: BLE001 - reported below
                 failures.append(repr(e))
                 return
-            if got != want:
+            if not _alike(got, want):
                 failures.append(f"{mode}: an incomplete or different answer")
         n += 1
         done.append(n)
@@ -88,7 +104,7 @@ def test_a_node_lost_with_its_shards(sharded, ray_cluster):
         pytest.fail(f"no shard actor on a worker node: {nodes}")
     ray_cluster.cluster.remove_node(workers[lost])
     try:
-        assert _answers(sharded, "colbert") == reference  # its shards restarted on the nodes left
+        assert _alike(_answers(sharded, "colbert"), reference)  # its shards restarted on the nodes left
         moved = {n: ray.get(a.node.remote()) for n, a in sharded._actors.items()}
         assert lost not in moved.values()
     finally:
