@@ -20,6 +20,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray's nodes and workers (tests/distributed, tests/serve) talk over loopback only: with this set before ray is
 # imported, ray's node address is 127.0.0.1 instead of the machine's network address (child processes inherit it)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# One kernel family per test process: by default Index.open compiles the numba kernels in the background and the
+# first searches run the torch twins (equal up to float rounding), so a child process's first answers could differ
+# in the 4th decimal from the parent's. Tests compare exact answers across processes (generations, crashes, read-only
+# folders); with this set a search loads or compiles the kernels it needs first. The default (background) path is
+# tested in child processes by tests/test_kernels_fallback.py, which removes this variable.
+os.environ.setdefault("COLBERT_RETRIEVER_WARM_KERNELS", "0")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

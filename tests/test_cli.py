@@ -84,7 +84,7 @@ def test_version_and_help(capsys):
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {"index", "search", "eval", "add", "delete", "info", "train", "bench", "compact",
-                                "lexical"}
+                                "lexical", "serve"}
     for cmd, parser in sub.choices.items():  # every subcommand, argument and flag has a help text
         assert any(c.dest == cmd and c.help for c in sub._choices_actions), cmd
         for action in parser._actions:

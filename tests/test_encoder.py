@@ -188,7 +188,9 @@ def test_fp16_query_weights(default_model):
     with torch.inference_mode():
         bd, _, _ = m.tokenizer.documents(["a document about JSON parsing"])
         ref = m._embed(bd.input_ids, bd.attention_mask)[0][bd.keep[0]]
-    assert torch.equal(doc, ref)  # documents: float32 weights
+    # documents: float32 weights (on oneDNN's packed float32 product where torch has it, tests/test_encode_speed.py:
+    # last bits only, where float16 weights move embeddings by ~1e-4)
+    assert (doc - ref).abs().max() < 1e-5
     layer = m.linear
     x = torch.randn(3, layer.in_features)
     with halfgemm.packed_linears():

@@ -310,11 +310,14 @@ def test_stage_threads_do_not_change_results_or_leak(built_index, corpus_200):
         seen.append(torch.get_num_threads())
 
     threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    finally:  # torch.set_num_threads in a thread also sets the count every later new thread starts with
+        torch.set_num_threads(before)
 
 
 def test_centroid_interaction_equals_its_scatter_twin():

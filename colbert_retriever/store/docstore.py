@@ -52,6 +52,16 @@ class StaleSnapshot(IndexFormatError):
     """The generation a reader holds was superseded while it read (retry on a fresh snapshot)."""
 
 
+def _nearly_full(path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no room left: SQLite reports a write into a full disk
+    as a plain I/O error when the write that failed was its shared-memory or journal file."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
+
+
 class DocStore:
     """One SQLite file. Writers hold the index's writer lock; any number of readers (threads share one
     connection, serialised by a lock). ``read_only``: open without ever writing (a read-only folder or mount);
@@ -131,7 +141,8 @@ class DocStore:
         """The library's error for a failed write: the disk full (SQLite's SQLITE_FULL), an I/O error, or else a
         store that cannot be written."""
         code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
-        if code == _SQLITE_FULL or "database or disk is full" in str(e):
+        if code == _SQLITE_FULL or "database or disk is full" in str(e) or (code == _SQLITE_IOERR
+                                                                           and _nearly_full(self.path)):
             return DiskFullError(f"the disk is full: writing the document store {self.path} failed ({e}); the index "
                                  f"keeps its last committed generation (free some space and retry)", self.path)
         if code == _SQLITE_IOERR:
