@@ -21,8 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # imported, ray's node address is 127.0.0.1 instead of the machine's network address (child processes inherit it)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 def pytest_addoption(parser):
     parser.addoption("--kernels", default="auto", choices=("auto", "torch", "numba"),

@@ -25,7 +25,6 @@ from ..errors import InvalidArgument
 from .foreground import FOREGROUND
 
 _state = threading.local()
-BACKENDS = KERNELS
 
 
 @contextlib.contextmanager
@@ -33,8 +32,8 @@ def kernel_backend(name: str):
     """Force the kernel backend inside a ``with`` block (thread-local): "auto", "torch", "numba" or "triton". The
     codec's compress/decompress follow it ("numba" leaves them on torch); a search's ``kernels="auto"`` resolves
     to it. A search's explicit ``kernels=`` wins."""
-    if name not in BACKENDS:
-        raise InvalidArgument(f"kernel backend {name!r} is unknown; use one of {BACKENDS}")
+    if name not in KERNELS:
+        raise InvalidArgument(f"kernel backend {name!r} is unknown; use one of {KERNELS}")
     old = getattr(_state, "backend", "auto")
     _state.backend = name
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -112,7 +113,15 @@ class ColBERT(nn.Module):
 
     def with_precision(self, **changes) -> "ColBERT":
         """This model with another precision policy (fields of ``Precision``, e.g. ``fp16_query_weights=False``
-        or ``documents=torch.float32``): a new ``ColBERT`` object sharing these weights (no copy)."""
+        or ``documents=torch.float32``): a new ``ColBERT`` object sharing these weights (no copy). The queries'
+        dtype is not a field: float32 on CPU, the weights' dtype on CUDA."""
+        known = {f.name for f in dataclasses.fields(Precision)}
+        if "queries" in changes:
+            raise InvalidArgument("with_precision(queries=...) is gone: queries run in float32 on CPU and in the "
+                                  "weights' dtype on CUDA (load the model with dtype= to change that)")
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown precision fields {unknown}; known: {sorted(known)}")
         if "documents" in changes:
             d = parse_dtype(changes["documents"]) or self._precision.documents
             if self.device.type == "cuda" and d != self._precision.documents:

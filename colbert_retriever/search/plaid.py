@@ -50,8 +50,7 @@ class SearchPlan:
     ncells: int
     centroid_score_threshold: Optional[float]
     stage2_docs: int
-    stage3_docs: int  # = exact_docs
-    exact_docs: int
+    exact_docs: int  # kept by stage 3 (full centroid interaction) and scored exactly
     exhaustive: bool = False
     half_interaction: bool = True
     half_centroid_scores: bool = True
@@ -135,9 +134,9 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
                threads=config.threads)
     if config.ndocs is not None:
         exact = max(config.ndocs // 4, k)
-        return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, exact, config.exhaustive, **how)
+        return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, config.exhaustive, **how)
     exact = max(nd // 4, k, budget_docs)
-    return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive, **how)
+    return SearchPlan(ncells, threshold, max(nd, exact), exact, config.exhaustive, **how)
 
 
 def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(), *,
@@ -173,7 +172,7 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         tr.fallback = dispatch.numba_import_failure()
     rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
     if rows > p.exact_docs:
-        p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
+        p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), exact_docs=rows)
     if groups is not None and not isinstance(groups, Groups):
         groups = Groups.of(groups)
     with parallel.search_threads(p.threads) as n:  # many small steps: see parallel
@@ -284,14 +283,14 @@ class _Run:
             pids = self._best(pids, approx, p.stage2_docs)
         tr.stage2_kept = int(pids.numel())
         pool = pids
-        if pids.numel() > p.stage3_docs:
+        if pids.numel() > p.exact_docs:
             # on CPU the ranking-only interaction may gather float16 scores: half the bytes moved
             half = p.half_interaction and p.kernels == "torch" and self.ScT.device.type == "cpu"
             Sci = None if self.tables is not None else self.Sc.to(torch.float16) if half else self.Sc
             tr.interaction_dtype = torch.float32 if Sci is None else Sci.dtype
             ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads,
                                              tables=self.tables)
-            pids = self._best(pids, ci, p.stage3_docs)
+            pids = self._best(pids, ci, p.exact_docs)
         exact = self.exact(pids)
         out = self.top(pids, exact)
         if self.groups is None or out[0].numel() >= self.k:
