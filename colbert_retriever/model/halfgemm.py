@@ -2,9 +2,8 @@
 builds: the weights are rounded to float16 and packed once; inputs, accumulation and outputs stay float32).
 
 Why: for a few rows (one query's tokens) a float32 product is bound by reading the weights; fp16 weights are half
-the bytes and fbgemm's packing is done once instead of per call. Measured on this project's 2-core AVX2 VM
-(BENCHMARKS.md "Query path"): MiniLM's 36 linears for a 22-token query 7.3 vs 11.0 ms; the query-centroid product
-(16k x 128 centroids) 0.70 vs 1.7 ms. Where the weights are already float16 values (an index's centroids, stored
+the bytes and fbgemm's packing is done once instead of per call (measured: BENCHMARKS.md "Query path"). Where the
+weights are already float16 values (an index's centroids, stored
 as float16) the result equals the float32 product up to summation order. Where fbgemm is missing (ARM, other
 builds) nothing here is used: ``available()`` is False and callers keep their float32 path.
 

@@ -104,21 +104,18 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     the candidates are scored from the cells probed for each query token (``stages.probed_scores``), which
     measured both faster and closer to exhaustive search (BENCHMARKS.md). Unset knobs start from colbert-ai's
     table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4, max(4k, 4096)), changed where measured
-    latency-vs-agreement curves said so:
+    latency-vs-agreement curves said so (the numbers: benchmarks/NOTES.md, "Moved from docstrings"):
 
     - probed scoring looks at 8 / 16 / 32 cells per query token (k <= 10 / <= 100 / more), with a threshold 2 / 4
       / 8; a short query probes more cells per token (at least ``PROBED_CELLS_PER_QUERY`` in all, with a
       threshold ``CELLS_PER_QUERY``);
-    - the full centroid-interaction stage stays: skipping it for k <= 10 (pruned interaction picking the exact
-      stage's documents directly) was ~1/3 faster and agreed 0.9915 with exhaustive top-10 on scifact with the
-      default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
+    - the full centroid-interaction stage stays: skipping it for k <= 10 was faster but agreed markedly less with
+      exhaustive search on a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
     - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
-      never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,
-      where centroid scores tie a lot) get many more documents scored exactly for the same work. The k <= 10
-      budget (2^18 scores, ~3,200 glosses of ~20 tokens for a 4-token query) was 3 x 2^17 until measured
-      (interleaved, 200 queries, p50 ms / agreement, old -> new): 100k glosses 13.2 / 0.9945 -> 10.3 / 0.9945,
-      30k 13.1 / 0.9985 -> 10.0 / 0.9945, 10k 9.0 / 0.9990 -> 8.3 / 0.9955; scifact-like queries and documents
-      stay at the table's 128 documents.
+      never fewer than the table's: short documents and short queries (WordNet glosses, 1-3-word queries, where
+      centroid scores tie a lot) get many more documents scored exactly for the same work (k <= 10: 2^18 scores,
+      ~3,200 glosses of ~20 tokens for a 4-token query); scifact-like queries and documents stay at the table's
+      128 documents.
     """
     nc, thr, nd, pairs, probe = _defaults(k)
     per_doc = max(1.0, avg_doclen * max(1, q_len))
