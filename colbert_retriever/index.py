@@ -243,6 +243,12 @@ class Index:
         """The newest committed generation (reloaded if a writer committed since the last call)."""
         return self._reader.current()
 
+    def snapshot(self) -> Snapshot:
+        """The generation this handle reads, read-only (``meta``; ``arrays``: the codec and inverted lists;
+        ``docstore``), for benchmarks and tools that drive ``search.retrieval`` / the codec themselves. Refreshed
+        when a writer committed since the last call; never modify it."""
+        return self._current()
+
     @property
     def metadata(self) -> dict:
         """A copy of metadata.json of the generation last seen."""

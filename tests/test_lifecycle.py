@@ -157,11 +157,11 @@ def test_chunk_into_an_index_from_before_passages(_built_index, tmp_path, tiny_m
         CREATE INDEX docs_id ON docs(id);""")
     conn.close()
     idx = Index.open(path, model=tiny_model)
-    assert not idx._current().docstore.has_spans()
+    assert not idx.snapshot().docstore.has_spans()
     assert len(idx.search(corpus_200[3], k=5)) == 5 and idx.get("d3")[0].text == corpus_200[3]
     long = " ".join(corpus_200[:15])
     idx.add([long], ids=["long"], truncate="chunk")
-    assert idx._current().docstore.has_spans()
+    assert idx.snapshot().docstore.has_spans()
     assert len(idx) == 201 and idx.get("long")[0].text == long and idx.metadata["counts"]["live"] > 202
     hits = idx.search(corpus_200[3], k=300, exhaustive=True)
     assert [h.id for h in hits].count("long") == 1 and next(h for h in hits if h.id == "long").passage is not None

@@ -187,7 +187,7 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
     texts = make_corpus(400, seed=5, min_words=8, max_words=20)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
-    arrays = idx._current().arrays
+    arrays = idx.snapshot().arrays
     Q = idx.model.encode_queries(make_corpus(6, seed=6, min_words=3, max_words=9))
     allowed = torch.rand(arrays.num_docs, generator=torch.Generator().manual_seed(0)) < 0.5
     checked = 0
