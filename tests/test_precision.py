@@ -133,6 +133,22 @@ def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
     assert private.config.doc_maxlen == 12
 
 
+@pytest.mark.parametrize("move", [lambda m: m.to(torch.float64), lambda m: m.to("cpu"), lambda m: m.half(),
+                                  lambda m: m.cpu(), lambda m: m.double(), lambda m: m.to(dtype=torch.bfloat16)])
+def test_views_cannot_move_the_model_they_share(colbert_ai_ckpt, move):
+    shared = load_model(str(colbert_ai_ckpt))
+    views = [shared.with_precision(fp16_query_weights=False), shared.with_config(shared.config.replace(doc_maxlen=9)),
+             shared.with_config(shared.config.replace(doc_maxlen=9)).with_precision(fp16_query_weights=False)]
+    before = {n: (p.dtype, p.device) for n, p in shared.named_parameters()}
+    for view in views:
+        with pytest.raises(InvalidArgument, match="move the model, then take the view"):
+            move(view)
+    assert {n: (p.dtype, p.device) for n, p in shared.named_parameters()} == before
+    assert all(p.dtype == torch.float32 for p in shared.parameters())  # nothing was cast, not even partly
+    private = ColBERT.from_pretrained(colbert_ai_ckpt)
+    assert next(move(private).parameters()) is not None  # a model of its own moves as any nn.Module
+
+
 def test_device_auto_everywhere(tmp_path, tiny_model, colbert_ai_ckpt):
     from colbert_retriever.cli.main import main
 
