@@ -66,8 +66,8 @@ class SearchTrace:
     stage 2 and scored exactly, whether every allowed document was scored (``exhaustive``) and why, the kernels,
     threads and stage-3 score dtype used, and (documents stored as passages) how many rows of the documents
     returned the stages had not kept and were scored to complete them (``completed``). ``fallback``: why a search
-    that would have run the numba kernels ran the torch ones ("" when it did not: still compiling in the
-    background, failed to compile, failed to import)."""
+    that would have run the numba kernels (CPU) or the Triton kernels (CUDA) ran the torch ones ("" when it did
+    not: numba still compiling in the background, failed to compile, failed to import; Triton failed to import)."""
 
     stage2: Optional[str] = None
     candidates: int = 0
@@ -165,8 +165,7 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
                               precision=precision, kernels=dispatch.resolve(config.kernels, dev))
-    if p.kernels == "torch" and config.kernels == "auto" and dev.type == "cpu":
-        tr.fallback = dispatch.numba_import_failure()
+    tr.fallback = dispatch.auto_fallback(config.kernels, p.kernels, dev)
     rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
     if rows > p.exact_docs:
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), exact_docs=rows)
