@@ -525,3 +525,11 @@ def test_filter_operators_dotted_keys_and_missing_fields(tmp_path, tiny_model):
         for exhaustive in (False, True):
             assert sorted(h.id for h in idx.search("alpha", k=10, filter=f, exhaustive=exhaustive)) == list(want), f
         assert idx.ids(filter=f) == list(want), f
+
+
+def test_documents_stored_as_passages_size_the_stages_rounding_up():
+    from colbert_retriever.search.plaid import group_rows
+
+    assert group_rows(10, 1.25, 1000) == 13 + 10  # 12.5 rows: rounded up, not truncated
+    assert group_rows(10, 1.0, 1000) == 20 and group_rows(10, 3.01, 1000) == 31 + 10
+    assert group_rows(10, 4.0, 25) == 25  # never more than the allowed rows

@@ -15,6 +15,7 @@ live in ``stages.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -136,6 +137,12 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     return SearchPlan(ncells, threshold, max(nd, exact), exact, config.exhaustive, **how)
 
 
+def group_rows(k: int, rows_per_group: float, n_allowed: int) -> int:
+    """Rows the stages keep to return ``k`` documents of ``rows_per_group`` rows on average: the rows of k average
+    documents, rounded up, plus k of slack; at most the allowed rows."""
+    return min(n_allowed, math.ceil(k * rows_per_group) + k)
+
+
 def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(), *,
            allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
            groups: Optional[torch.Tensor | Groups] = None, rows_per_group: float = 1.0,
@@ -166,7 +173,7 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
                               precision=precision, kernels=dispatch.resolve(config.kernels, dev))
     tr.fallback = dispatch.auto_fallback(config.kernels, p.kernels, dev)
-    rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
+    rows = k if groups is None else group_rows(k, rows_per_group, n_allowed)
     if rows > p.exact_docs:
         p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), exact_docs=rows)
     if groups is not None and not isinstance(groups, Groups):
