@@ -44,7 +44,7 @@ def fan_out(sh: ShardedIndex, single: Index, Q, rounds: int) -> dict:
     import ray
 
     req = Request.make(10)
-    names = [s.name for s in sh._current().shards]
+    names = [s["name"] for s in sh.metadata["shards"]]
     wall, slowest, single_ms, overhead = [], [], [], []
     for r in range(rounds):
         for q in Q:

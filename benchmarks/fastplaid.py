@@ -200,7 +200,7 @@ def main(argv=None):
     index = Index.open(ours_path)
     from colbert_retriever.search import retrieval
 
-    snap = index._current()
+    snap = index.snapshot()
     K_fp = info["num_partitions"] or 1 << 16
     out["sizes"] = {**sizes(ours_path, FP / "fast-plaid", out["tokens"]),
                     "ours_centroids": index.metadata["codec"]["num_centroids"], "fast_plaid_centroids": K_fp}

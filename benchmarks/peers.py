@@ -183,7 +183,7 @@ def measure(args) -> dict:
     searcher = colbert_searcher()
     model = ColBERT.from_pretrained(CKPT, dtype="float32")
     index = Index.open(OURS, model=model)
-    snap = index._current()
+    snap = index.snapshot()
     out: dict = {"queries": len(qids), "documents": len(texts)}
 
     def colbert_top(snap, rows, k, cfg):

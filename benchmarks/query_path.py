@@ -35,7 +35,7 @@ def measure(index: Index, queries: list[str], k: int = 10) -> dict:
     with both off (a view of the model with another ``Precision``: nothing is switched in place)."""
     handles = {"float16": index, "float32": Index.open(index.path, model=index.model.with_precision(
         fp16_query_weights=False, half_centroid_scores=False))}
-    codec = {s: h._current().arrays.codec for s, h in handles.items()}
+    codec = {s: h.snapshot().arrays.codec for s, h in handles.items()}
     off = handles["float32"]
     Q32 = [off.model.encode_queries([q]) for q in queries]
     ref = [[h.id for h in off.search_embeddings(Q, k, config=SearchConfig(exhaustive=True))[0]] for Q in Q32]

@@ -195,8 +195,8 @@ def reconstruction(index: Index, enc, sample: int = 20000) -> float:
     if not enc._cache:
         return float("nan")
     embs = torch.cat(list(enc._cache.values())[:2000]).float()[:sample]
-    codes, packed = index._current().arrays.codec.compress(embs)
-    dec = index._current().arrays.codec.decompress(codes, packed)
+    codes, packed = index.snapshot().arrays.codec.compress(embs)
+    dec = index.snapshot().arrays.codec.decompress(codes, packed)
     return round(float((dec * torch.nn.functional.normalize(embs, dim=-1)).sum(-1).mean()), 4)
 
 

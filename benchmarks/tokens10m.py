@@ -189,7 +189,7 @@ def step_search(size: int, n_queries: int) -> None:
         ex_lat.append((time.perf_counter() - t) * 1000)
         agree.append(len(ref & g) / max(1, len(ref)))
     # statistics of real vs synthetic tokens under this index's codec: cosine to the nearest centroid
-    codec = index._current().arrays.codec
+    codec = index.snapshot().arrays.codec
     src = RawDocs(docs_for(size))
     real_tokens = json.loads((DIR / "source.json").read_text())["real_tokens"]
     rng = np.random.default_rng(1)

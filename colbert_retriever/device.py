@@ -89,16 +89,16 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
 @dataclass(frozen=True)
 class Precision:
     """The numeric policy. documents: the encoder's compute dtype for documents (float32 weights under autocast
-    when bf16 on CPU); queries: for queries (float32 on every CPU: queries are never compressed, so their error
-    reaches every score); fp16_query_weights: on CPU, query encoding multiplies by the linear layers' weights
-    rounded to float16 (fbgemm, float32 activations and sums) where torch has it; assignment: centroid
-    assignment and the k-means sample (float32 everywhere: the same index from the same text on any machine);
+    when bf16 on CPU; on CUDA the weights' dtype, which queries take too; on CPU queries always run in float32:
+    they are never compressed, so their error reaches every score); fp16_query_weights: on CPU, query encoding
+    multiplies by the linear layers' weights rounded to float16 (fbgemm, float32 activations and sums) where
+    torch has it; assignment: centroid assignment and the k-means sample (float32 everywhere: the same index from
+    the same text on any machine);
     half_centroid_scores: on CPU the query-centroid product runs on packed float16 centroids (stored as float16,
     so the same values); half_interaction: on CPU full centroid interaction (a ranking-only stage) gathers
     float16 scores. Exact scores are always float32."""
 
     documents: torch.dtype = torch.float32
-    queries: torch.dtype = torch.float32
     fp16_query_weights: bool = True
     assignment: torch.dtype = torch.float32
     half_centroid_scores: bool = True
@@ -111,6 +111,7 @@ class Precision:
     @classmethod
     def from_dict(cls, d: dict) -> "Precision":
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "queries"}  # recorded by 0.2 indexes, never a knob (see the docstring)
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise InvalidArgument(f"unknown precision keys {unknown}; known: {sorted(fields)}")
@@ -133,7 +134,7 @@ def resolve_precision(device: torch.device, dtype: Union[str, torch.dtype, None]
     explicit = parse_dtype(dtype)
     if device.type == "cuda":
         d = explicit or torch.float16
-        return Precision(documents=d, queries=d, fp16_query_weights=False, half_centroid_scores=False,
+        return Precision(documents=d, fp16_query_weights=False, half_centroid_scores=False,
                          half_interaction=False)
     if explicit is None:
         explicit = torch.bfloat16 if (BF16_DOCUMENTS_ON_BF16_CPUS and cpu_supports_bf16()) else torch.float32

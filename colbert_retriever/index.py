@@ -152,16 +152,17 @@ class Index:
                      lexical, batch_size, show_progress, report, pool_factor) -> "Index":
         """``build`` over an existing index with ``if_exists="upsert"``."""
         index = cls.open(path, model=model, device=device, lock_timeout=lock_timeout)
-        have = index.metadata["codec"]["config"]["nbits"]
-        if have != codec_config.nbits or codec is not None:
-            why = f"nbits={have}" if codec is None else "its own codec"
-            raise InvalidArgument(f"the index at {path} already exists with {why}; pass if_exists='overwrite' to "
-                                  f"rebuild it, or add to it with the settings it has")
-        if lexical and not index.has_lexical:
-            index.add_lexical()
-        with index._reader.hold() as snap:
+        with index._reader.hold() as snap:  # one snapshot for every check (the writer takes its own)
+            have = snap.meta.codec.config["nbits"]
+            if have != codec_config.nbits or codec is not None:
+                why = f"nbits={have}" if codec is None else "its own codec"
+                raise InvalidArgument(f"the index at {path} already exists with {why}; pass if_exists='overwrite' "
+                                      f"to rebuild it, or add to it with the settings it has")
+            add_lexical = lexical and not snap.docstore.has_lexical()
             others = snap.live_docs - len(snap.docstore.pids_of(ids, snap.meta.counts.documents,
                                                                 snap.meta.generation))
+        if add_lexical:
+            index.add_lexical()
         if others > 0:
             logger.warning("the index at %s already holds %d document(s) this call does not name; they stay "
                            "(if_exists='overwrite' replaces the whole index)", path, others)
@@ -242,6 +243,12 @@ class Index:
     def _current(self) -> Snapshot:
         """The newest committed generation (reloaded if a writer committed since the last call)."""
         return self._reader.current()
+
+    def snapshot(self) -> Snapshot:
+        """The generation this handle reads, read-only (``meta``; ``arrays``: the codec and inverted lists;
+        ``docstore``), for benchmarks and tools that drive ``search.retrieval`` / the codec themselves. Refreshed
+        when a writer committed since the last call; never modify it."""
+        return self._current()
 
     @property
     def metadata(self) -> dict:

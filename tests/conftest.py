@@ -27,8 +27,6 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # tested in child processes by tests/test_kernels_fallback.py, which removes this variable.
 os.environ.setdefault("COLBERT_RETRIEVER_WARM_KERNELS", "0")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
 
 def pytest_addoption(parser):
     parser.addoption("--kernels", default="auto", choices=("auto", "torch", "numba"),

@@ -85,7 +85,7 @@ def test_our_index_with_foreign_files_keeps_them_through_every_write(tmp_path, t
         assert (folder / name).read_bytes() == data
     own = [n for n in files_in(folder) if n not in foreign]
     assert all(layout.is_own_file(n) for n in own)
-    meta = idx._current().meta
+    meta = idx.snapshot().meta
     side = {f"{meta.docstore}-wal", f"{meta.docstore}-shm"}  # SQLite's, while a connection is open
     assert meta.referenced_files() | {"metadata.json", ".lock"} <= set(own)
     assert set(own) <= meta.referenced_files() | {"metadata.json", ".lock"} | side
@@ -167,11 +167,14 @@ def _mapped_files() -> dict[str, list[tuple[int, int]]]:
 
 
 def test_segments_stay_memory_mapped_and_adds_touch_only_new_data(built_index, tiny_model):
-    base = built_index._current().meta.segments[0].name
+    first = built_index.snapshot()  # the public read-only view benchmarks use
+    assert first.meta.generation == built_index.generation
+    base = first.meta.segments[0].name
     new = make_corpus(40, seed=3)
     for i, t in enumerate(new):
         built_index.add([t], ids=[f"n{i}"])
-    meta = built_index._current().meta
+    meta = built_index.snapshot().meta
+    assert meta.generation == built_index.generation > first.meta.generation  # refreshed after the commits
     assert meta.segments[0].name == base  # the build's segment was never rewritten
     added = sum(s.num_embeddings for s in meta.segments[1:])
     # geometric sizes: O(log n) segments
@@ -179,7 +182,7 @@ def test_segments_stay_memory_mapped_and_adds_touch_only_new_data(built_index, t
     sizes = [s.num_embeddings for s in meta.segments[1:]]
     assert all(b * MERGE_FACTOR < a for a, b in zip(sizes, sizes[1:]))
     # every residual part is a view into its own segment file, not a copy in RAM
-    arrays = built_index._current().arrays
+    arrays = built_index.snapshot().arrays
     maps = _mapped_files()
     assert len(arrays.residuals.parts) == len(meta.segments)
     for seg, part in zip(meta.segments, arrays.residuals.parts):
@@ -188,7 +191,7 @@ def test_segments_stay_memory_mapped_and_adds_touch_only_new_data(built_index, t
     # stored inverse norms: reopening computes none (they are views into their files too)
     reopened = Index.open(built_index.path, model=tiny_model)
     maps = _mapped_files()
-    for seg, part in zip(meta.segments, reopened._current().arrays.inv_norms.parts):
+    for seg, part in zip(meta.segments, reopened.snapshot().arrays.inv_norms.parts):
         ranges = maps.get(str(built_index.path / f"{seg.name}.invnorms.npy"), [])
         assert any(lo <= part.data_ptr() < hi for lo, hi in ranges), seg.name
     assert answers(reopened) == answers(built_index)
@@ -215,14 +218,14 @@ def test_search_over_many_segments_equals_one_segment(built_index, tiny_model):
 def test_stale_handle_writes_from_the_committed_codec(built_index, tiny_model, grow_first):
     a = built_index
     b = Index.open(a.path, model=tiny_model)
-    k_before = a._current().arrays.codec.num_centroids
+    k_before = a.snapshot().arrays.codec.num_centroids
     if grow_first:
         b.add(make_corpus(300, seed=8), ids=[f"g{i}" for i in range(300)])
     b.delete([f"d{i}" for i in range(5)])
     b.compact(recluster=True)
     a.add(["zebra xylophone quartz"], ids=["late"])  # a's last view had the old codec
     fresh = Index.open(a.path, model=tiny_model)
-    assert fresh._current().arrays.codec.num_centroids == fresh.metadata["codec"]["num_centroids"]
+    assert fresh.snapshot().arrays.codec.num_centroids == fresh.metadata["codec"]["num_centroids"]
     fresh.add(["zebra xylophone quartz"], ids=["late2"])  # compressed with the committed codec for sure
     q = "zebra xylophone quartz"
     s1, s2 = (fresh.search(q, k=1, ids=[i], exhaustive=True)[0].score for i in ("late", "late2"))
@@ -403,7 +406,7 @@ def test_closed_index_raises_clearly(built_index):
 
 def test_device_argument_is_honoured(built_index, tiny_model):
     idx = Index.open(built_index.path, model=tiny_model, device="cpu")
-    assert idx.device == torch.device("cpu") and idx._current().arrays.doc_offsets.device.type == "cpu"
+    assert idx.device == torch.device("cpu") and idx.snapshot().arrays.doc_offsets.device.type == "cpu"
 
 
 # ============================================================================ read-only folder

@@ -248,3 +248,48 @@ def test_a_child_forked_while_the_kernels_compile_searches_on_torch(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "child 0" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("broken", ["kernels", "triton"])
+def test_triton_that_fails_to_import_is_loud_on_cuda(tmp_path, broken):
+    """A child where the Triton kernels cannot import (``broken="kernels"``: triton imports, ``triton.language``
+    raises, as for a triton release the kernels no longer match; ``"triton"``: triton itself raises): "auto" on a
+    CUDA device resolves to torch, the search's fallback reason names the ImportError, one RuntimeWarning; CPU
+    searches never ask; naming triton is a clear error. No GPU needed: only the device's type is read."""
+    fake = tmp_path / "triton"
+    fake.mkdir()
+    if broken == "kernels":
+        (fake / "__init__.py").write_text("")
+        (fake / "language.py").write_text('raise ImportError("libcuda.so.1: cannot open shared object file")\n')
+    else:
+        (fake / "__init__.py").write_text('raise ImportError("libcuda.so.1: cannot open shared object file")\n')
+    code = textwrap.dedent(f"""
+        import sys, warnings
+        sys.path.insert(0, {str(tmp_path)!r}); sys.path.insert(1, {str(ROOT)!r})
+        import torch
+        from colbert_retriever.errors import InvalidArgument
+        from colbert_retriever.kernels import dispatch
+        cuda, cpu = torch.device("cuda"), torch.device("cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert dispatch.auto_fallback("auto", dispatch.resolve("auto", cpu), cpu) == ""  # CPU: numba's question
+            assert not [w for w in caught if "riton" in str(w.message)], "a CPU search asked about triton"
+            kernels = [dispatch.resolve("auto", cuda) for _ in range(3)]
+            reasons = [dispatch.auto_fallback("auto", k, cuda) for k in kernels]  # what plaid.search traces
+            assert kernels == ["torch"] * 3, kernels
+            assert all("(ImportError: libcuda.so.1: cannot open shared object file)" in r for r in reasons), reasons
+            assert dispatch.auto_fallback("torch", "torch", cuda) == ""  # torch asked for by name: no reason
+            with dispatch.kernel_backend("torch"):
+                assert dispatch.auto_fallback("auto", dispatch.resolve("auto", cuda), cuda) == ""
+        loud = [w for w in caught if "riton" in str(w.message)]
+        assert len(loud) == 1 and loud[0].category is RuntimeWarning, [str(w.message) for w in caught]
+        print("warned:", loud[0].message)
+        try:
+            dispatch.resolve("triton", cuda)
+        except InvalidArgument as e:
+            print("refused:", e)
+        """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "torch kernels" in r.stdout and "refused: kernels='triton' was asked for but" in r.stdout, r.stdout
+    assert ("the Triton kernels failed to import" if broken == "kernels" else "triton is not installed") in r.stdout

@@ -157,11 +157,11 @@ def test_chunk_into_an_index_from_before_passages(_built_index, tmp_path, tiny_m
         CREATE INDEX docs_id ON docs(id);""")
     conn.close()
     idx = Index.open(path, model=tiny_model)
-    assert not idx._current().docstore.has_spans()
+    assert not idx.snapshot().docstore.has_spans()
     assert len(idx.search(corpus_200[3], k=5)) == 5 and idx.get("d3")[0].text == corpus_200[3]
     long = " ".join(corpus_200[:15])
     idx.add([long], ids=["long"], truncate="chunk")
-    assert idx._current().docstore.has_spans()
+    assert idx.snapshot().docstore.has_spans()
     assert len(idx) == 201 and idx.get("long")[0].text == long and idx.metadata["counts"]["live"] > 202
     hits = idx.search(corpus_200[3], k=300, exhaustive=True)
     assert [h.id for h in hits].count("long") == 1 and next(h for h in hits if h.id == "long").passage is not None
@@ -186,3 +186,18 @@ def test_reencoding_recluster_equals_a_fresh_build(tmp_path, tiny_model, corpus_
     assert idx.generation == gen + 1 and len(idx) == 40
     with pytest.raises(InvalidType, match="reencode"):
         idx.compact(reencode="yes")
+
+
+def test_build_over_an_existing_index_upserts(tmp_path, tiny_model, caplog):
+    """``Index.build`` on an existing folder (``if_exists="upsert"``): checked against one snapshot, then upserted;
+    documents the call does not name stay (with a warning); lexical=True gives the index its BM25 side first."""
+    texts = ["alpha beta gamma", "delta epsilon", "zeta eta theta", "iota kappa"]
+    Index.build(tmp_path / "i", texts[:3], ids=["a", "b", "c"], model=tiny_model, show_progress=False).close()
+    with pytest.raises(InvalidArgument, match="already exists with nbits="):
+        Index.build(tmp_path / "i", texts, model=tiny_model, nbits=4, show_progress=False)
+    with caplog.at_level(logging.WARNING, logger="colbert_retriever"):
+        idx = Index.build(tmp_path / "i", ["alpha beta changed", "iota kappa"], ids=["a", "d"], model=tiny_model,
+                          lexical=True, show_progress=False)
+    assert "already holds 2 document(s) this call does not name" in caplog.text
+    assert sorted(idx.ids()) == ["a", "b", "c", "d"] and idx.get(["a"])[0].text == "alpha beta changed"
+    assert idx.has_lexical and idx.search("kappa", k=1, mode="bm25")[0].id == "d"

@@ -25,7 +25,7 @@ def unit_rows(n, dim=32, seed=0):
 
 
 def doclens(index) -> list[int]:
-    off = index._current().arrays.doc_offsets
+    off = index.snapshot().arrays.doc_offsets
     return (off[1:] - off[:-1]).tolist()
 
 
@@ -167,7 +167,7 @@ def test_factor_one_builds_what_no_factor_builds(tmp_path, tiny_model):
     a = Index.build(tmp_path / "a", texts, model=tiny_model, codec_config=cfg, show_progress=False)
     b = Index.build(tmp_path / "b", texts, model=tiny_model, codec_config=cfg, show_progress=False, pool_factor=1)
     assert a.metadata["pooling"] == b.metadata["pooling"] == {"pool_factor": 1}
-    sa, sb = a._current().arrays, b._current().arrays
+    sa, sb = a.snapshot().arrays, b.snapshot().arrays
     assert torch.equal(sa.doc_offsets, sb.doc_offsets)
     assert torch.equal(sa.codes.full(), sb.codes.full()) and torch.equal(sa.residuals.full(), sb.residuals.full())
 

@@ -32,12 +32,14 @@ def test_policy_per_cpu_kind(monkeypatch, flag):
     auto = resolve_precision(cpu, "auto")
     bf16_docs = flag == "1" and BF16_DOCUMENTS_ON_BF16_CPUS
     assert auto.documents == (torch.bfloat16 if bf16_docs else torch.float32)
-    assert auto.queries == torch.float32 and auto.assignment == torch.float32  # on every CPU
+    assert auto.assignment == torch.float32  # on every CPU
     assert resolve_precision(cpu, None) == auto
     assert resolve_precision(cpu, "float32").documents == torch.float32
     explicit = resolve_precision(cpu, "bfloat16")
-    assert explicit.documents == torch.bfloat16 and explicit.queries == torch.float32
+    assert explicit.documents == torch.bfloat16
     assert Precision.from_dict(json.loads(json.dumps(auto.to_dict()))) == auto
+    # indexes built by 0.2 recorded a "queries" dtype that was never a knob: still read, ignored
+    assert Precision.from_dict({**auto.to_dict(), "queries": "float32"}) == auto
 
 
 def test_bad_dtype_and_device_are_named():
@@ -117,6 +119,10 @@ def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
     shared = load_model(str(colbert_ai_ckpt))
     assert load_model(str(colbert_ai_ckpt)) is shared
     view = shared.with_precision(fp16_query_weights=False)
+    with pytest.raises(InvalidArgument, match="queries"):
+        shared.with_precision(queries=torch.float16)  # not a knob: named, never silently ignored
+    with pytest.raises(InvalidArgument, match="unknown precision fields"):
+        shared.with_precision(bogus=True)
     assert view is not shared and view.backbone is shared.backbone and shared.fp16_query_weights
     cfg = shared.config.replace(doc_maxlen=12)
     assert shared.with_config(cfg).config.doc_maxlen == 12 and shared.config.doc_maxlen != 12
@@ -125,6 +131,22 @@ def test_shared_model_is_never_changed_in_place(colbert_ai_ckpt):
     private = ColBERT.from_pretrained(colbert_ai_ckpt)
     private.set_config(cfg)  # a private copy may change
     assert private.config.doc_maxlen == 12
+
+
+@pytest.mark.parametrize("move", [lambda m: m.to(torch.float64), lambda m: m.to("cpu"), lambda m: m.half(),
+                                  lambda m: m.cpu(), lambda m: m.double(), lambda m: m.to(dtype=torch.bfloat16)])
+def test_views_cannot_move_the_model_they_share(colbert_ai_ckpt, move):
+    shared = load_model(str(colbert_ai_ckpt))
+    views = [shared.with_precision(fp16_query_weights=False), shared.with_config(shared.config.replace(doc_maxlen=9)),
+             shared.with_config(shared.config.replace(doc_maxlen=9)).with_precision(fp16_query_weights=False)]
+    before = {n: (p.dtype, p.device) for n, p in shared.named_parameters()}
+    for view in views:
+        with pytest.raises(InvalidArgument, match="move the model, then take the view"):
+            move(view)
+    assert {n: (p.dtype, p.device) for n, p in shared.named_parameters()} == before
+    assert all(p.dtype == torch.float32 for p in shared.parameters())  # nothing was cast, not even partly
+    private = ColBERT.from_pretrained(colbert_ai_ckpt)
+    assert next(move(private).parameters()) is not None  # a model of its own moves as any nn.Module
 
 
 def test_device_auto_everywhere(tmp_path, tiny_model, colbert_ai_ckpt):

@@ -122,5 +122,5 @@ def test_compact_never_reencodes_documents_given_as_embeddings(tmp_path, tiny_mo
     with pytest.raises(InvalidArgument, match="given as embeddings"):
         t.compact(recluster=True, reencode=True)
     t.compact(recluster=True)
-    lens = t._current().arrays.doc_offsets.diff().tolist()
+    lens = t.snapshot().arrays.doc_offsets.diff().tolist()
     assert lens[-3:] == [5, 9, 30]  # their own rows, not the encodings of "x", "y", "z"

@@ -159,12 +159,12 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     from colbert_retriever.search.plaid import CELLS_PER_QUERY, PROBED_CELLS_PER_QUERY, plan
 
     explicit = plan(SearchConfig(ncells=1, centroid_score_threshold=0.5, ndocs=64), 10, q_len=3, avg_doclen=20)
-    assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs, explicit.stage3_docs,
-            explicit.exact_docs) == (1, 0.5, 64, 16, 16)
+    assert (explicit.ncells, explicit.centroid_score_threshold, explicit.stage2_docs,
+            explicit.exact_docs) == (1, 0.5, 64, 16)
     assert plan(SearchConfig(ndocs=8), 10).exact_docs == 10  # never fewer than k
     long_q = plan(SearchConfig(), 10, q_len=32, avg_doclen=200)  # scifact-like
     short_q = plan(SearchConfig(), 10, q_len=4, avg_doclen=20)  # WordNet-like: 1-3 words against glosses
-    assert long_q.ncells == 8 and long_q.stage2_docs == 512 and long_q.stage3_docs == long_q.exact_docs == 128
+    assert long_q.ncells == 8 and long_q.stage2_docs == 512 and long_q.exact_docs == 128
     assert long_q.centroid_score_threshold is None  # default stage 2: probed scoring
     pruned = plan(SearchConfig(centroid_score_threshold=0.45), 10, q_len=32, avg_doclen=200)  # PLAID's stage 2
     assert (pruned.ncells, pruned.centroid_score_threshold, pruned.stage2_docs) == (2, 0.45, 512)
@@ -175,7 +175,7 @@ def test_search_plan_defaults_adapt_and_explicit_knobs_keep_plaid_meaning():
     # the exact stage's work (document tokens x query tokens) stays within the same budget
     assert short_q.exact_docs * 20 * 4 <= 1 << 18
     k100 = plan(SearchConfig(), 100, q_len=32, avg_doclen=200)
-    assert k100.stage3_docs == k100.exact_docs >= 512 and k100.stage2_docs == 2048
+    assert k100.exact_docs >= 512 and k100.stage2_docs == 2048
     big_k = plan(SearchConfig(), 1000, q_len=32, avg_doclen=200)
     assert big_k.exact_docs >= 1000 and big_k.stage2_docs >= 8000
 
@@ -187,7 +187,7 @@ def test_fast_candidate_stage_equals_its_slow_twin(tmp_path, tiny_model):
 
     texts = make_corpus(400, seed=5, min_words=8, max_words=20)
     idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)
-    arrays = idx._current().arrays
+    arrays = idx.snapshot().arrays
     Q = idx.model.encode_queries(make_corpus(6, seed=6, min_words=3, max_words=9))
     allowed = torch.rand(arrays.num_docs, generator=torch.Generator().manual_seed(0)) < 0.5
     checked = 0
@@ -528,3 +528,11 @@ def test_filter_operators_dotted_keys_and_missing_fields(tmp_path, tiny_model):
         for exhaustive in (False, True):
             assert sorted(h.id for h in idx.search("alpha", k=10, filter=f, exhaustive=exhaustive)) == list(want), f
         assert idx.ids(filter=f) == list(want), f
+
+
+def test_documents_stored_as_passages_size_the_stages_rounding_up():
+    from colbert_retriever.search.plaid import group_rows
+
+    assert group_rows(10, 1.25, 1000) == 13 + 10  # 12.5 rows: rounded up, not truncated
+    assert group_rows(10, 1.0, 1000) == 20 and group_rows(10, 3.01, 1000) == 31 + 10
+    assert group_rows(10, 4.0, 25) == 25  # never more than the allowed rows

@@ -134,7 +134,7 @@ def main(argv=None):
         index = Index.build_from_embeddings(path, PackedDocs(embs, lengths.numpy()), ids=ids, name="scifact-float",
                                             codec_config=cfg, show_progress=False)
         build_s = time.perf_counter() - t
-        snap = index._current()
+        snap = index.snapshot()
         req = retrieval.Request.make(10, config=SearchConfig(exhaustive=True))
         runs = [r[0] for r in retrieval.colbert(snap, Q, 10, req, None, None)]
         codec = snap.arrays.codec

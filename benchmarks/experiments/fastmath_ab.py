@@ -66,7 +66,7 @@ def main(argv=None):
     texts = [queries_all[q] for q in queries_all if q in qrels][: args.queries]
     Q = index.model.encode_queries(texts)
     rows = [q[q.abs().sum(1) > 0].contiguous() for q in Q]
-    arrays = index._current().arrays
+    arrays = index.snapshot().arrays
     code = dispatch.numba_code_name(arrays.codes.parts[0])
     shipped, fast = dispatch.numba_kernel_set(), KernelSet(jit=fast_jit)
     widths = sorted({numba_drivers.kernel_width(numba_drivers.padded_width(len(r))) for r in rows},

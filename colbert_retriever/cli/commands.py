@@ -200,7 +200,7 @@ def _cmd_info(args) -> int:
         print(f"size         {size / 2**20:.1f} MiB; lexical (BM25) side: {'yes' if info['lexical'] else 'no'}")
         pr = info["precision"]
         if pr:
-            print(f"precision    documents {pr['documents']}, queries {pr['queries']}"
+            print(f"precision    documents {pr['documents']}"
                   f"{' (float16 weights)' if pr.get('fp16_query_weights') else ''}, centroid assignment "
                   f"{pr['assignment']}")
         else:

@@ -8,6 +8,7 @@ Layout of a packed row: ``dim * nbits / 8`` bytes; byte j holds dimensions ``j*p
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +24,7 @@ from .strided import offsets_from_lengths
 
 DECODE_CHUNK = 4096
 """Rows decoded at a time on CPU: big enough to amortise per-call overhead, small enough to stay in cache."""
+_CACHE_LOCK = threading.Lock()  # codecs are shared by every search of an index: their lazy caches fill under it
 COARSE_ASSIGN_MIN_K = 4096
 """From this many centroids on, CPU assignment is coarse-to-fine."""
 
@@ -103,6 +105,23 @@ class ResidualCodec:
         return cls(cents, torch.tensor(qs, dtype=torch.float32), torch.tensor(ws, dtype=torch.float32),
                    config.nbits, float(res.abs().mean()))
 
+    # -------------------------------------------------------------- caches (built once, under a lock)
+    def _coarse_assigner(self) -> "_CoarseAssigner":
+        with _CACHE_LOCK:
+            if self._coarse is None:
+                self._coarse = _CoarseAssigner(self.centroids.cpu())
+            return self._coarse
+
+    def _packed_centroids(self):
+        """The packed float16 centroids ``centroid_scores`` multiplies by, or False where they do not apply (not
+        CPU, no fbgemm, or centroids that are not float16 values)."""
+        with _CACHE_LOCK:
+            if self._half is None:
+                C = self.centroids
+                self._half = (C.device.type == "cpu" and halfgemm.available()
+                              and bool(torch.equal(C.to(torch.float16).float(), C)) and halfgemm.PackedWeights(C))
+            return self._half
+
     # -------------------------------------------------------------- compress / decompress
     def assign(self, embs: torch.Tensor, batch: int = 4096, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Nearest centroid (max inner product) of each row: (n,) int64. Scores in ``dtype``: float32 (the
@@ -111,9 +130,8 @@ class ResidualCodec:
         indexes from the same text. With many centroids the search is coarse-to-fine (``_CoarseAssigner``,
         float32)."""
         if self.num_centroids >= COARSE_ASSIGN_MIN_K and embs.device.type == "cpu":
-            if self._coarse is None:
-                self._coarse = _CoarseAssigner(self.centroids.cpu())
-            return torch.cat([self._coarse.assign(x) for x in torch.split(embs, 1 << 16)])
+            coarse = self._coarse_assigner()
+            return torch.cat([coarse.assign(x) for x in torch.split(embs, 1 << 16)])
         C = self.centroids.to(embs.device, dtype)
         out = torch.empty(embs.shape[0], dtype=torch.long, device=embs.device)
         for s in range(0, embs.shape[0], batch):
@@ -173,17 +191,14 @@ class ResidualCodec:
         (q_len, K) contiguous when that came for free (else None). On CPU, when the centroids are float16 values
         (always for an index read from disk: they are stored as float16), fbgemm is there and ``half`` is true
         (``Precision.half_centroid_scores``), the product runs on the packed float16 centroids (``_halfgemm``): the
-        same scores up to summation order, 0.7 + 0.3 ms (product + transposed copy) instead of 1.7 ms for 16k
-        centroids and a 22-token query on 2 cores. ``keep_sc=False``: a caller that only reads the transpose gets
+        same scores up to summation order, in less time (benchmarks/NOTES.md, "Moved from docstrings").
+        ``keep_sc=False``: a caller that only reads the transpose gets
         (None, transpose) whenever the transpose came for free, without the transposed copy. (The numba kernels
         compute their own scores, in a fixed order: ``kernels.numba_drivers.Tables``.)"""
         Q = Q.to(self.centroids.device, torch.float32)
-        if half and self._half is None:
-            C = self.centroids
-            self._half = (C.device.type == "cpu" and halfgemm.available()
-                          and bool(torch.equal(C.to(torch.float16).float(), C)) and halfgemm.PackedWeights(C))
-        if half and self._half:
-            ScT = self._half(Q)
+        packed = self._packed_centroids() if half else None
+        if packed:
+            ScT = packed(Q)
             if not keep_sc:
                 return None, ScT
             return transposed(ScT), ScT

@@ -64,7 +64,7 @@ class ShardServer:
                 self._index = Index.open(self.path, model=self.recorded.reader(), lock_timeout=self.lock_timeout)
             else:
                 return None
-        return self._index._current()
+        return self._index.snapshot()
 
     def _gen(self) -> int:
         snap = self._snap()
@@ -221,7 +221,7 @@ class ShardServer:
         metas = metadatas or [{} for _ in ids]
         rows = Rows(list(ids), list(texts) if texts is not None else [""] * len(ids), metas)
         if self._snap() is not None and metadatas is None:  # a replaced document keeps its metadata
-            s = self._index._current()
+            s = self._index.snapshot()
             stored = s.docstore.rows_of(list(ids), s.meta.counts.documents, s.meta.generation)
             rows.metadatas = [stored[i][1] if i in stored else {} for i in ids]
         self._write_rows(rows, GivenEmbeddings(embeddings, dim, normalize=True))

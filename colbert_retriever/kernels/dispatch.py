@@ -25,7 +25,6 @@ from ..errors import InvalidArgument
 from .foreground import FOREGROUND
 
 _state = threading.local()
-BACKENDS = KERNELS
 
 
 @contextlib.contextmanager
@@ -33,8 +32,8 @@ def kernel_backend(name: str):
     """Force the kernel backend inside a ``with`` block (thread-local): "auto", "torch", "numba" or "triton". The
     codec's compress/decompress follow it ("numba" leaves them on torch); a search's ``kernels="auto"`` resolves
     to it. A search's explicit ``kernels=`` wins."""
-    if name not in BACKENDS:
-        raise InvalidArgument(f"kernel backend {name!r} is unknown; use one of {BACKENDS}")
+    if name not in KERNELS:
+        raise InvalidArgument(f"kernel backend {name!r} is unknown; use one of {KERNELS}")
     old = getattr(_state, "backend", "auto")
     _state.backend = name
     try:
@@ -43,15 +42,36 @@ def kernel_backend(name: str):
         _state.backend = old
 
 
+_triton_error: list = []  # why the Triton kernels did not import (filled once, by triton_available)
+
+
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
+    """Whether triton and every module of ``triton_kernels`` import (once per process; why not: ``_triton_error``)."""
     try:
         import triton  # noqa: F401
-
-        from .. import triton_kernels  # noqa: F401
-    except Exception:
+    except Exception as e:
+        _triton_error.append(f"triton is not installed or failed to import ({type(e).__name__}: "
+                             f"{str(e).strip()[:200]}); pip install 'colbert-retriever[triton]'")
+        return False
+    try:
+        from ..triton_kernels import centroid_scores, compress, decompress, maxsim  # noqa: F401
+    except Exception as e:  # e.g. a triton release the kernels no longer match, or no CUDA driver for it
+        _triton_error.append(f"the Triton kernels failed to import ({type(e).__name__}: {str(e).strip()[:200]})")
         return False
     return True
+
+
+def triton_import_failure() -> str:
+    """Why "auto" cannot pick the Triton kernels on CUDA ("" when it can); the first search to ask warns once."""
+    if triton_available():
+        return ""
+    msg = _triton_error[0] if _triton_error else "triton is not available"
+    if not getattr(triton_import_failure, "warned", False):
+        triton_import_failure.warned = True
+        warnings.warn(f"{msg}; GPU searches and the codec run the torch kernels (slower, same results up to float "
+                      f"rounding)", RuntimeWarning, stacklevel=4)
+    return msg
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -63,7 +83,9 @@ def use_triton(t: torch.Tensor) -> bool:
             raise InvalidArgument("kernel backend 'triton' was forced but triton is not installed "
                                   "(pip install 'colbert-retriever[triton]')")
         return True
-    return t.is_cuda and triton_available()
+    if not t.is_cuda:
+        return False
+    return not triton_import_failure()  # CUDA without the Triton kernels: says why, once
 
 
 
@@ -96,14 +118,26 @@ def resolve(kernels: str, device: torch.device) -> str:
         else:
             kernels = "numba" if numba_available() else "torch"
     if kernels == "triton" and not triton_available():
-        raise InvalidArgument("kernels='triton' was asked for but triton is not installed "
-                              "(pip install 'colbert-retriever[triton]')")
+        raise InvalidArgument(f"kernels='triton' was asked for but {(_triton_error or ['triton is unavailable'])[0]}")
     if kernels == "numba":
         if not numba_available():
             raise InvalidArgument("kernels='numba' was asked for but numba is not installed (pip install numba)")
         if device.type != "cpu":
             raise InvalidArgument(f"kernels='numba' runs on CPU; the index is on {device}")
     return kernels
+
+
+def auto_fallback(requested: str, resolved: str, device: torch.device) -> str:
+    """Why a search that asked for ``requested`` kernels ("auto") on ``device`` runs ``resolved`` = the torch ones:
+    numba failed to import (CPU) or the Triton kernels did (CUDA); "" when torch was asked for (by name or by
+    ``kernel_backend``) or nothing better exists there. The first search to get a reason warns once."""
+    if requested != "auto" or resolved != "torch" or getattr(_state, "backend", "auto") != "auto":
+        return ""
+    if device.type == "cpu":
+        return numba_import_failure()
+    if device.type == "cuda":
+        return triton_import_failure()
+    return ""
 
 
 def numba_import_failure() -> str:

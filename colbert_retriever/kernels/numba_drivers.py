@@ -23,10 +23,8 @@ from . import numba_kernels as nk
 def padded_width(q: int) -> int:
     """The padded query width: 32 for 17-32 query tokens, else the next multiple of 8. On AVX-512 LLVM vectorises
     the kernels' loops over query tokens 32 floats at a time and leaves any rest to a 4-wide loop, so 24 columns
-    cost more than 32. Exact stage over 128 scifact rows on one thread, by padded width 8 / 16 / 24 / 32 / 40 / 48
-    / 64, this Zen 4: 0.97 / 1.41 / 1.99 / 1.65 / 2.47 / 3.00 / 3.12 ms; the same code compiled for AVX2
-    (``NUMBA_CPU_NAME=haswell``): 1.11 / 1.34 / 1.96 / 2.08 / 2.81 / 3.08 / 3.91 (so 32 costs AVX2 machines ~6%
-    over 24, and widths above 32 stay at multiples of 8 on both)."""
+    cost more than 32; on AVX2 32 costs a little more than 24, and widths above 32 stay at multiples of 8 on both
+    (measured: benchmarks/NOTES.md, "Moved from docstrings")."""
     return 32 if 16 < q <= 32 else -(-q // 8) * 8
 
 

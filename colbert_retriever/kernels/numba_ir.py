@@ -156,9 +156,8 @@ def maxsim_ir(qp: int):
 SCORE_BLOCK = 16
 SCORE_QUERY_ROWS = 6
 """The score product computes ``SCORE_QUERY_ROWS`` query tokens against ``SCORE_BLOCK`` centroids (one 16-float
-vector) at a time: six independent chains of additions, which fit the registers of AVX2 (12 of 16) and AVX-512.
-One thread, 16k centroids x 22 tokens, by (rows, centroids): (4, 32) 1.53 / 2.79 ms (this Zen 4 / compiled for
-AVX2), (6, 16) 1.04 / 1.42, (12, 16) 0.95 / 1.87 (AVX2 spills), (4, 16) 1.22 / 1.37."""
+vector) at a time: six independent chains of additions, which fit the registers of AVX2 (12 of 16) and AVX-512
+(more rows spill on AVX2; the shapes tried: benchmarks/NOTES.md, "Moved from docstrings")."""
 
 
 def scores_ir():

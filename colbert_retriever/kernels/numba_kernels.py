@@ -50,8 +50,8 @@ class NoAlias(Compiler):
     """numba's compiler, with every array argument of the function declared not to share memory with another
     (LLVM ``noalias``, what numba itself declares for the bodies of parallel loops it proves alias-free). Without
     it LLVM must assume an output (a running maximum, an accumulator) may overlap a table it reads, so each
-    inner loop re-checks the overlap and keeps its values in memory: the exact stage over 128 scifact rows ran
-    2.2 ms on one thread, 1.55 ms with it. The rule it brings: **no kernel may be given two arrays that overlap
+    inner loop re-checks the overlap and keeps its values in memory (the exact stage measured markedly slower).
+    The rule it brings: **no kernel may be given two arrays that overlap
     where it writes** (each caller allocates its outputs and scratch fresh)."""
 
     def define_pipelines(self):

@@ -25,12 +25,12 @@ from numba import prange
 CHUNKS = 64
 """The parallel kernels split their rows into at most this many runs, each computed by the per-row function on one
 thread. Keeping the per-document loops out of the ``prange`` body matters: numba's parallel lowering of those
-loops measured 3x slower than the same loops compiled on their own."""
+loops measured several times slower than the same loops compiled on their own."""
 
 
 def ci_doc(S, qp, q, codes, a, b, best):
     """One document's centroid interaction: tokens a..b, four at a time (one pass over ``best`` for four tokens:
-    the running maximum is a chain through memory, 2.7x faster on one thread than a token at a time)."""
+    the running maximum is a chain through memory, so fewer passes are faster than a token at a time)."""
     if b <= a:
         return np.float32(0.0)
     for j in range(qp):
@@ -55,7 +55,7 @@ def ci_doc(S, qp, q, codes, a, b, best):
 
 def exact_doc(S, lut, qp, q, codes, packed, inv_norms, a, b, best, acc):
     """One document's exact MaxSim: per token, its centroid's scores plus one lookup-table row per residual byte,
-    four rows per pass over the accumulator (the sum is a chain through memory: four at a time measured ~1.3x
+    four rows per pass over the accumulator (the sum is a chain through memory: four at a time measured
     faster than one), times the inverse norm; the per-token max kept."""
     if b <= a:
         return np.float32(0.0)

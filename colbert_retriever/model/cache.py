@@ -13,7 +13,8 @@ from .encoder import ColBERT
 from .loading import DEFAULT_MODEL_NAME
 
 _CACHE: dict[tuple, ColBERT] = {}
-_CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}  # one per key asked for: held while that key's model loads
+_CACHE_LOCK = threading.Lock()  # guards the two dicts, never held while a model loads
 
 
 def _cache_key(name: Union[str, Path], device, dtype) -> tuple:
@@ -32,7 +33,8 @@ def load_model(model: Union["ColBERT", str, Path, None] = None, device=None, dty
     models are cached per process by (name, device, resolved documents dtype): naming the same model twice
     returns the same instance, which nobody may change in place (``with_config``/``with_precision`` give views;
     ``clear_model_cache()`` empties the cache; ``ColBERT.from_pretrained`` always loads a fresh copy, e.g. to
-    fine-tune it)."""
+    fine-tune it). Threads asking for one key at once wait for one load; loads of different keys run at the
+    same time."""
     if isinstance(model, ColBERT):
         return model
     if model is None:
@@ -43,14 +45,23 @@ def load_model(model: Union["ColBERT", str, Path, None] = None, device=None, dty
     if not str(model).strip():
         raise InvalidArgument("model is an empty string; give a hub id, a checkpoint folder or 'default'")
     key = _cache_key(model, device, dtype)
-    with _CACHE_LOCK:  # one load per name even when threads ask at once
-        if key not in _CACHE:
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:  # one load per key even when threads ask at once
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+        if hit is None:
             if key[0] == DEFAULT_MODEL_NAME:  # inference only: the light backbone (no transformers import)
-                _CACHE[key] = ColBERT.default(device=device, dtype=dtype, fast=True)
+                hit = ColBERT.default(device=device, dtype=dtype, fast=True)
             else:
-                _CACHE[key] = ColBERT.from_pretrained(model, device=device, dtype=dtype, fast=True)
-            _CACHE[key]._shared = True
-        return _CACHE[key]
+                hit = ColBERT.from_pretrained(model, device=device, dtype=dtype, fast=True)
+            hit._shared = True
+            with _CACHE_LOCK:
+                _CACHE[key] = hit
+        return hit
 
 
 def clear_model_cache() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -64,6 +65,8 @@ class ColBERT(nn.Module):
 
     A model shared through ``load_model`` is never changed in place: ``with_config`` and ``with_precision``
     return views that share its weights, and ``set_config`` or assigning ``fp16_query_weights`` on it is refused.
+    A view cannot be moved or cast (``to``, ``cuda``, ``cpu``, ``half``, ...: ``InvalidArgument``), since that
+    would move the model it shares its modules with: move the model, then take the view.
     """
 
     def __init__(self, backbone, tokenizer, config: EncoderConfig, linear: nn.Linear, *, name: str = "custom",
@@ -85,6 +88,7 @@ class ColBERT(nn.Module):
         self._precision = resolve_precision(self.device, dtype).replace(
             fp16_query_weights=bool(fp16_query_weights) and self.device.type == "cpu")
         self._shared = False  # set by load_model: the process-wide instance is never changed in place
+        self._view = False  # set on with_config/with_precision's views: they share this model's modules
         # on CPU the weights stay float32 (documents in a lower precision run under autocast); on CUDA they take
         # the documents' dtype
         self.to(device=self.device, dtype=self._precision.documents if self.device.type == "cuda" else torch.float32)
@@ -112,16 +116,37 @@ class ColBERT(nn.Module):
 
     def with_precision(self, **changes) -> "ColBERT":
         """This model with another precision policy (fields of ``Precision``, e.g. ``fp16_query_weights=False``
-        or ``documents=torch.float32``): a new ``ColBERT`` object sharing these weights (no copy)."""
+        or ``documents=torch.float32``): a new ``ColBERT`` object sharing these weights (no copy). The queries'
+        dtype is not a field: float32 on CPU, the weights' dtype on CUDA."""
+        known = {f.name for f in dataclasses.fields(Precision)}
+        if "queries" in changes:
+            raise InvalidArgument("with_precision(queries=...) is gone: queries run in float32 on CPU and in the "
+                                  "weights' dtype on CUDA (load the model with dtype= to change that)")
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown precision fields {unknown}; known: {sorted(known)}")
         if "documents" in changes:
             d = parse_dtype(changes["documents"]) or self._precision.documents
             if self.device.type == "cuda" and d != self._precision.documents:
                 raise InvalidArgument("on CUDA the documents' dtype is the weights' dtype; load the model with dtype=")
             changes["documents"] = d
-        other = copy.copy(self)
-        other._shared = False
+        other = self._new_view()
         other._precision = self._precision.replace(**changes)
         return other
+
+    def _new_view(self) -> "ColBERT":
+        other = copy.copy(self)  # shallow: the backbone and projection modules (and their dicts) are shared
+        other._shared, other._view = False, True
+        return other
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every ``to``/``cuda``/``cpu``/``half``/``float``/... goes through here: a view refuses, since moving or
+        casting its modules would move or cast the model it shares them with (and every other view of it)."""
+        if getattr(self, "_view", False):
+            raise InvalidArgument("this model is a view (with_config/with_precision) sharing another model's "
+                                  "weights; moving or casting it would change that model too: move the model, then "
+                                  "take the view")
+        return super()._apply(fn, *args, **kwargs)
 
     def _refuse_if_shared(self, what: str, instead: str) -> None:
         if self._shared:
@@ -173,9 +198,7 @@ class ColBERT(nn.Module):
         object that shares these weights (no copy), so a shared cached model is never changed."""
         if config.to_dict() == self.config.to_dict():
             return self
-        other = copy.copy(self)  # shallow: the backbone and projection modules are shared
-        other._shared = False
-        return other.set_config(config)
+        return self._new_view().set_config(config)
 
     def refresh_identity(self) -> str:
         """Recompute the weights hash after the weights changed (training does this)."""

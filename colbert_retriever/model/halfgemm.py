@@ -2,9 +2,8 @@
 builds: the weights are rounded to float16 and packed once; inputs, accumulation and outputs stay float32).
 
 Why: for a few rows (one query's tokens) a float32 product is bound by reading the weights; fp16 weights are half
-the bytes and fbgemm's packing is done once instead of per call. Measured on this project's 2-core AVX2 VM
-(BENCHMARKS.md "Query path"): MiniLM's 36 linears for a 22-token query 7.3 vs 11.0 ms; the query-centroid product
-(16k x 128 centroids) 0.70 vs 1.7 ms. Where the weights are already float16 values (an index's centroids, stored
+the bytes and fbgemm's packing is done once instead of per call (measured: BENCHMARKS.md "Query path"). Where the
+weights are already float16 values (an index's centroids, stored
 as float16) the result equals the float32 product up to summation order. Where fbgemm is missing (ARM, other
 builds) nothing here is used: ``available()`` is False and callers keep their float32 path.
 
@@ -90,9 +89,9 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def fused(layers: tuple, x: torch.Tensor) -> tuple:
     """``tuple(layer(x) for layer in layers)`` for layers fed the same input (an attention's query, key and
-    value); where ``applies``, one packed product of their stacked weights, split. Why: for one query's ~20 rows a
-    384 x 384 product runs at ~60 GFLOP/s on 2 cores and a 384 x 1152 one at ~140 (fbgemm splits the wider one
-    better): MiniLM's 3 x 112 us become 142 us per layer."""
+    value); where ``applies``, one packed product of their stacked weights, split. Why: for one query's ~20 rows
+    fbgemm splits one wide product across cores better than three narrow ones (benchmarks/NOTES.md, "Moved from
+    docstrings")."""
     if applies(layers[0], x):
         return _cached(_fused_cache, tuple(layers))(x).split([layer.out_features for layer in layers], -1)
     return tuple(layer(x) for layer in layers)
@@ -100,16 +99,17 @@ def fused(layers: tuple, x: torch.Tensor) -> tuple:
 
 def _cached(cache: weakref.WeakKeyDictionary, layers: tuple) -> PackedWeights:
     """The packed, stacked weights of ``layers``, cached on the first layer in ``cache`` (one cache for single
-    layers, one for stacks, so a layer used both ways does not evict itself), rebuilt when any weight changes."""
+    layers, one for stacks, so a layer used both ways does not evict itself), rebuilt when any weight changes.
+    Looked up and built under one lock: threads encoding with one model at once get the same packed weights."""
     key = tuple((w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
                 for w, b in ((layer.weight, layer.bias) for layer in layers))
-    hit = cache.get(layers[0])
-    if hit is None or hit[0] != key:
-        bias = None
-        if any(layer.bias is not None for layer in layers):
-            bias = torch.cat([layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
-                              for layer in layers])
-        hit = (key, PackedWeights(torch.cat([layer.weight for layer in layers]), bias))
-        with _cache_lock:
+    with _cache_lock:
+        hit = cache.get(layers[0])
+        if hit is None or hit[0] != key:
+            bias = None
+            if any(layer.bias is not None for layer in layers):
+                bias = torch.cat([layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+                                  for layer in layers])
+            hit = (key, PackedWeights(torch.cat([layer.weight for layer in layers]), bias))
             cache[layers[0]] = hit
-    return hit[1]
+        return hit[1]

@@ -5,6 +5,7 @@ build them in memory (``IndexArrays.single``)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,6 +22,9 @@ def _select(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.uint16:
         return t.view(torch.int16).index_select(0, idx).view(torch.uint16)
     return t.index_select(0, idx)
+
+
+_FULL_LOCK = threading.Lock()
 
 
 class Rows:
@@ -69,10 +73,12 @@ class Rows:
         return out.view(torch.uint16) if as_int16 else out
 
     def full(self) -> torch.Tensor:
-        """All rows as one tensor (a copy when there are several segments; used by the GPU kernels)."""
-        if self._full is None:
-            self._full = torch.cat(list(self.parts))
-        return self._full
+        """All rows as one tensor (a copy when there are several segments, made once, under a lock: a ``Rows`` is
+        shared by concurrent searches; used by the GPU kernels)."""
+        with _FULL_LOCK:
+            if self._full is None:
+                self._full = torch.cat(list(self.parts))
+            return self._full
 
 
 @dataclass

@@ -15,6 +15,7 @@ live in ``stages.py``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,8 +51,7 @@ class SearchPlan:
     ncells: int
     centroid_score_threshold: Optional[float]
     stage2_docs: int
-    stage3_docs: int  # = exact_docs
-    exact_docs: int
+    exact_docs: int  # kept by stage 3 (full centroid interaction) and scored exactly
     exhaustive: bool = False
     half_interaction: bool = True
     half_centroid_scores: bool = True
@@ -67,8 +67,8 @@ class SearchTrace:
     stage 2 and scored exactly, whether every allowed document was scored (``exhaustive``) and why, the kernels,
     threads and stage-3 score dtype used, and (documents stored as passages) how many rows of the documents
     returned the stages had not kept and were scored to complete them (``completed``). ``fallback``: why a search
-    that would have run the numba kernels ran the torch ones ("" when it did not: still compiling in the
-    background, failed to compile, failed to import)."""
+    that would have run the numba kernels (CPU) or the Triton kernels (CUDA) ran the torch ones ("" when it did
+    not: numba still compiling in the background, failed to compile, failed to import; Triton failed to import)."""
 
     stage2: Optional[str] = None
     candidates: int = 0
@@ -105,21 +105,18 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
     the candidates are scored from the cells probed for each query token (``stages.probed_scores``), which
     measured both faster and closer to exhaustive search (BENCHMARKS.md). Unset knobs start from colbert-ai's
     table (k<=10: 1, 0.5, 256; k<=100: 2, 0.45, 1024; else 4, 0.4, max(4k, 4096)), changed where measured
-    latency-vs-agreement curves said so:
+    latency-vs-agreement curves said so (the numbers: benchmarks/NOTES.md, "Moved from docstrings"):
 
     - probed scoring looks at 8 / 16 / 32 cells per query token (k <= 10 / <= 100 / more), with a threshold 2 / 4
       / 8; a short query probes more cells per token (at least ``PROBED_CELLS_PER_QUERY`` in all, with a
       threshold ``CELLS_PER_QUERY``);
-    - the full centroid-interaction stage stays: skipping it for k <= 10 (pruned interaction picking the exact
-      stage's documents directly) was ~1/3 faster and agreed 0.9915 with exhaustive top-10 on scifact with the
-      default model, but only 0.86-0.90 with a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
+    - the full centroid-interaction stage stays: skipping it for k <= 10 was faster but agreed markedly less with
+      exhaustive search on a [MASK]-augmented checkpoint (BENCHMARKS.md "Against colbert-ai");
     - the documents scored exactly fill a budget of document-token x query-token scores (the exact stage's cost),
-      never fewer than the table's: short documents and short queries (100k WordNet glosses, 1-3-word queries,
-      where centroid scores tie a lot) get many more documents scored exactly for the same work. The k <= 10
-      budget (2^18 scores, ~3,200 glosses of ~20 tokens for a 4-token query) was 3 x 2^17 until measured
-      (interleaved, 200 queries, p50 ms / agreement, old -> new): 100k glosses 13.2 / 0.9945 -> 10.3 / 0.9945,
-      30k 13.1 / 0.9985 -> 10.0 / 0.9945, 10k 9.0 / 0.9990 -> 8.3 / 0.9955; scifact-like queries and documents
-      stay at the table's 128 documents.
+      never fewer than the table's: short documents and short queries (WordNet glosses, 1-3-word queries, where
+      centroid scores tie a lot) get many more documents scored exactly for the same work (k <= 10: 2^18 scores,
+      ~3,200 glosses of ~20 tokens for a 4-token query); scifact-like queries and documents stay at the table's
+      128 documents.
     """
     nc, thr, nd, pairs, probe = _defaults(k)
     per_doc = max(1.0, avg_doclen * max(1, q_len))
@@ -135,9 +132,15 @@ def plan(config: SearchConfig, k: int, q_len: int = 32, avg_doclen: float = 64.0
                threads=config.threads)
     if config.ndocs is not None:
         exact = max(config.ndocs // 4, k)
-        return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, exact, config.exhaustive, **how)
+        return SearchPlan(ncells, threshold, max(config.ndocs, k), exact, config.exhaustive, **how)
     exact = max(nd // 4, k, budget_docs)
-    return SearchPlan(ncells, threshold, max(nd, exact), exact, exact, config.exhaustive, **how)
+    return SearchPlan(ncells, threshold, max(nd, exact), exact, config.exhaustive, **how)
+
+
+def group_rows(k: int, rows_per_group: float, n_allowed: int) -> int:
+    """Rows the stages keep to return ``k`` documents of ``rows_per_group`` rows on average: the rows of k average
+    documents, rounded up, plus k of slack; at most the allowed rows."""
+    return min(n_allowed, math.ceil(k * rows_per_group) + k)
 
 
 def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = SearchConfig(), *,
@@ -169,11 +172,10 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
                               precision=precision, kernels=dispatch.resolve(config.kernels, dev))
-    if p.kernels == "torch" and config.kernels == "auto" and dev.type == "cpu":
-        tr.fallback = dispatch.numba_import_failure()
-    rows = k if groups is None else min(n_allowed, -(-int(k * rows_per_group)) + k)
+    tr.fallback = dispatch.auto_fallback(config.kernels, p.kernels, dev)
+    rows = k if groups is None else group_rows(k, rows_per_group, n_allowed)
     if rows > p.exact_docs:
-        p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), stage3_docs=rows, exact_docs=rows)
+        p = dataclasses.replace(p, stage2_docs=max(p.stage2_docs, rows), exact_docs=rows)
     if groups is not None and not isinstance(groups, Groups):
         groups = Groups.of(groups)
     with parallel.search_threads(p.threads) as n:  # many small steps: see parallel
@@ -284,14 +286,14 @@ class _Run:
             pids = self._best(pids, approx, p.stage2_docs)
         tr.stage2_kept = int(pids.numel())
         pool = pids
-        if pids.numel() > p.stage3_docs:
+        if pids.numel() > p.exact_docs:
             # on CPU the ranking-only interaction may gather float16 scores: half the bytes moved
             half = p.half_interaction and p.kernels == "torch" and self.ScT.device.type == "cpu"
             Sci = None if self.tables is not None else self.Sc.to(torch.float16) if half else self.Sc
             tr.interaction_dtype = torch.float32 if Sci is None else Sci.dtype
             ci = stages.centroid_interaction(Sci, arrays, pids, kernels=p.kernels, threads=tr.threads,
                                              tables=self.tables)
-            pids = self._best(pids, ci, p.stage3_docs)
+            pids = self._best(pids, ci, p.exact_docs)
         exact = self.exact(pids)
         out = self.top(pids, exact)
         if self.groups is None or out[0].numel() >= self.k:

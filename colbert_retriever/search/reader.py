@@ -62,10 +62,6 @@ class Snapshot:
     groups: Optional[Groups] = None
 
     @property
-    def passages(self) -> bool:
-        return self.groups is not None
-
-    @property
     def rows_per_doc(self) -> float:
         return self.live_count / max(1, self.live_docs)
 

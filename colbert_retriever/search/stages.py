@@ -20,16 +20,14 @@ from .arrays import IndexArrays, ivf_lists
 
 IMPUTE = 0.8
 """Probed scoring: a query token none of a candidate's probed cells serves gets this fraction of the score of
-the last cell probed for it (an upper bound on any cell not probed). Measured top-10 agreement with exhaustive
-search: scifact (8 cells per token) 0.995 / 0.998 / 0.997 / 0.987 for 0 / 0.8 / 0.9 / 1.0; 100k WordNet glosses
-with 1-3-word queries 0.894 / 0.964 / 0.987 / 0.993 / 0.997 for 0 / 0.5 / 0.8 / 0.9 / 1.0 with 48 cells in all,
-0.994 / 0.998 for 0.8 / 0.9 with 96 (``plaid.PROBED_CELLS_PER_QUERY``)."""
+the last cell probed for it (an upper bound on any cell not probed): chosen by top-10 agreement with exhaustive
+search on scifact and WordNet glosses (benchmarks/NOTES.md, "Moved from docstrings")."""
 UNIQUE_TABLE_DOCS = 1 << 17
 UNIQUE_TABLE_RATIO = 4
 """Probed scoring finds its distinct candidates with a table indexed by document when the index holds at most
 ``UNIQUE_TABLE_DOCS`` documents or at most ``UNIQUE_TABLE_RATIO`` per inverted-list entry read, else by sorting
-the entries (``unique_inverse``). Measured on 2 cores (ms, sort vs table): 10k documents / 12k entries 0.86 vs
-0.23; 100k / 12k 0.78 vs 0.38; 100k / 3k 0.10 vs 0.21; 1M / 12k 0.63 vs 3.4; 1M / 200k 4.3 vs 3.8."""
+the entries (``unique_inverse``): the table's fill costs a pass over every document, sorting costs per entry
+(the crossover was measured: benchmarks/NOTES.md, "Moved from docstrings")."""
 DENSE_DOCS_MAX = 1 << 22
 """Up to this many documents, the pruned candidate stage keeps a table indexed by document (a fill of 4 bytes per
 document, cheaper than sorting the candidates); beyond it, it searches a sorted list."""
@@ -47,7 +45,7 @@ def centroid_interaction(Sc: torch.Tensor, arrays: IndexArrays, pids: torch.Tens
     """Approximate MaxSim of each pid from its tokens' centroid scores (no pruning). Sc: (num_centroids, q_len);
     pids: sorted unique int64. Returns (len(pids),) float32. The centroid scores are gathered straight into
     blocks of documents padded to a common length and reduced with ``amax`` (``scoring.padded_positions``, blocks
-    of at most ``max_rows`` rows): ~2x faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its
+    of at most ``max_rows`` rows): faster on CPU than the scatter-max of ``centroid_interaction_scatter``, its
     slow twin. Sc may be float16 (ranking only: see ``Precision.half_interaction``); the sums are float32.
     kernels "numba": ``numba_drivers.centroid_interaction`` (``threads`` threads; ``tables``: the query's operands
     as the numba kernels read them, when the caller keeps them, see ``numba_drivers.Tables``)."""

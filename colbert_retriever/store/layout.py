@@ -78,11 +78,6 @@ def is_own_file(name: str) -> bool:
     return tmp is None or tmp.group(1) == METADATA or bool(_OWN.fullmatch(tmp.group(1)))
 
 
-def is_temporary(name: str) -> bool:
-    """A file of ours that no committed generation can reference: a killed writer's leftover."""
-    return is_own_file(name) and name.startswith(".") and name != LOCK
-
-
 def new_segment_name() -> str:
     return f"seg-{uuid.uuid4().hex[:12]}"
 
@@ -231,14 +226,6 @@ class IndexMeta:
         if self.legacy_ivf:
             names |= set(self.legacy_ivf.values())
         return names
-
-    def checksum_of(self, name: str) -> Optional[str]:
-        if name in self.codec.checksums:
-            return self.codec.checksums[name]
-        for seg in self.segments:
-            if name in seg.checksums:
-                return seg.checksums[name]
-        return None
 
     # ---------------------------------------------------------------- json
     def to_dict(self) -> dict:

@@ -41,7 +41,7 @@ def stores(tmp_path_factory, _tiny_model):
 
 
 def _own(index, query, limit=50, where=None, ids=None):
-    snap = index._current()
+    snap = index.snapshot()
     n, gen = snap.meta.counts.documents, snap.meta.generation
     terms = lexical_stats.collect(snap.docstore, query, n)
     return terms, snap, n, gen
@@ -61,7 +61,7 @@ def test_own_statistics_reproduce_fts5(stores, query):
 @pytest.mark.parametrize("query", QUERIES)
 def test_summed_statistics_equal_one_store(stores, query):
     single, parts = stores
-    snap = single._current()
+    snap = single.snapshot()
     ref = single.search(query, k=40, mode="bm25")
     collected = [_own(p, query) for p in parts]
     rows = sum(t.rows for t, *_ in collected)
