@@ -37,11 +37,12 @@ ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCT
 	NUMBA_CPU_FEATURES= COLBERT_RETRIEVER_CPU_BF16=0
 ISA_DEFAULT := ATEN_CPU_CAPABILITY=default
 # the AVX2 pass runs the suite but what cannot depend on the instruction set or repeats the suite's calls: the
-# notebooks and README blocks, static checks, SIGKILL and lock tests (files and processes), Ray, and the metrics
-# checked against ranx (rank arithmetic; ranx's numba functions would recompile for haswell)
+# notebooks and README blocks, static checks, SIGKILL and lock tests (files and processes), Ray and Serve, the
+# metrics checked against ranx (rank arithmetic; ranx's numba functions would recompile for haswell), and the kernel
+# determinism and fallback tests (their children already compile for haswell and skylake-avx512 in the native pass)
 ISA_AVX2_SKIP := --ignore=tests/test_readme.py --ignore=tests/test_layering.py --ignore=tests/test_deprecations.py \
-	--ignore=tests/test_crash.py --ignore=tests/test_concurrency.py --ignore=tests/distributed \
-	--ignore=tests/test_evaluation.py
+	--ignore=tests/test_crash.py --ignore=tests/test_concurrency.py --ignore=tests/distributed --ignore=tests/serve \
+	--ignore=tests/test_evaluation.py --ignore=tests/test_kernels_determinism.py --ignore=tests/test_kernels_fallback.py
 # the scalar pass: the tests that compare two computations (encode paths, codecs, dtypes, kernels, PLAID and
 # exhaustive search), and the encoder's
 ISA_DEFAULT_TESTS := tests/test_isa.py tests/test_embedded.py tests/test_encoder.py tests/test_precision.py \
