@@ -524,7 +524,8 @@ def pooling_tables() -> list[str]:
            "keeps each document's best passage. nDCG@10 / Recall@100 with default search; build = the embeddings "
            "build (pooling, k-means, compression, writing; the encoding, the same for every factor, is listed once); "
            "p50 / p95: k=10 retrieval, query embeddings given. "
-           f"Rule: {d['rule']} (met: {d.get('rule_met')}).", "",
+           f"Rule: {d['rule']} (met on the sets measured: {d.get('rule_met')}; measured: "
+           f"{', '.join(d['sets']) or 'none'}; pooling stays off until every judged set is).", "",
            "| set | factor | tokens stored | index MB | nDCG@10 | delta | Recall@100 | build s | p50 / p95 ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in d["sets"].items():
