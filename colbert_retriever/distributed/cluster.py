@@ -4,6 +4,8 @@ caller's arguments found by a shard is raised as the shard raised it."""
 
 from __future__ import annotations
 
+import os
+
 from ..errors import ColbertRetrieverError, IndexLockedError, InvalidArgument, InvalidType
 
 
@@ -12,13 +14,15 @@ class ShardError(ColbertRetrieverError, RuntimeError):
 
 
 def ray_module():
-    """The ``ray`` module, connected to a cluster: the caller's (``ray.init`` before), else a local one."""
+    """The ``ray`` module, connected to a cluster: the caller's (``ray.init`` before), the one ``RAY_ADDRESS``
+    names, else a new local one (never a cluster some other process left running on this machine)."""
     try:
         import ray
     except ImportError:
         raise ImportError("sharded indexes need Ray: pip install 'colbert-retriever[distributed]'") from None
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False)
     return ray
 
 
