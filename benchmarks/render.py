@@ -534,8 +534,10 @@ def pooling_tables() -> list[str]:
                        f"{x.get('ndcg@10_delta', 0):+.4f} | {x['recall@100']} | {x['build_s']} | "
                        f"{x['latency_ms']['p50']} / {x['latency_ms']['p95']} |")
     enc = ", ".join(f"{n} {r['encode_s']} s ({r['passages']} passages)" for n, r in d["sets"].items())
-    out += ["", f"Encoding, once per set: {enc}. Latency and build times are from a shared, loaded machine: compare "
-                "them within a set only.", "", _machine_line(d["machine"]), ""]
+    runs = d.get("machine_runs")
+    when = ("; sets measured in separate runs: " + ", ".join(f"{n} {t}" for n, t in runs.items())) if runs else ""
+    out += ["", f"Encoding, once per set: {enc}. Latency and build times may come from a shared, loaded machine: "
+                f"compare them within a set only{when}.", "", _machine_line(d["machine"]), ""]
     return out
 
 
