@@ -525,7 +525,8 @@ def pooling_tables() -> list[str]:
            "build (pooling, k-means, compression, writing; the encoding, the same for every factor, is listed once); "
            "p50 / p95: k=10 retrieval, query embeddings given. "
            f"Rule: {d['rule']} (met on the sets measured: {d.get('rule_met')}; measured: "
-           f"{', '.join(d['sets']) or 'none'}; pooling stays off until every judged set is).", "",
+           f"{', '.join(d['sets']) or 'none'}). The library's default is still no pooling "
+           "(`indexing.pooling.DEFAULT_POOL_FACTOR`); see README \"Token pooling\".", "",
            "| set | factor | tokens stored | index MB | nDCG@10 | delta | Recall@100 | build s | p50 / p95 ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in d["sets"].items():
