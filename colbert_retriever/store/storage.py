@@ -56,17 +56,25 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A new temporary file beside ``path`` (never opened through a link), flushed, fsynced and renamed over
+    ``path`` when the block ends; removed if the block or the rename fails."""
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "xb") as f:  # a new file: never through a link
-            f.write(data)
+        with open(tmp, "xb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as f:
+        f.write(data)
     _fsync_dir(path.parent)
 
 
@@ -87,18 +95,9 @@ def crc_hex(crc: int) -> str:
 
 def save_array(folder: Path, name: str, array: np.ndarray) -> str:
     """Write ``array`` as ``folder/name`` (.npy) atomically (fsynced); returns its crc32 (hex)."""
-    path = Path(folder) / name
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            w = Crc32Writer(f)
-            np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    with _atomic_file(Path(folder) / name) as f:
+        w = Crc32Writer(f)
+        np.lib.format.write_array(w, np.ascontiguousarray(array), allow_pickle=False)
     return crc_hex(w.crc)
 
 
