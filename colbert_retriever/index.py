@@ -320,7 +320,7 @@ class Index:
         with parallel.search_threads(threads), self._reader.hold() as snap:
             Q = None
             if mode != "bm25":
-                Q = retrieval.query_rows(self.model.encode_queries(qs), self.model.config.dim, self.device)
+                Q = [q.to(self.device) for q in self.model._query_rows(qs)]  # real rows, float32
             for attempt in range(_STALE_RETRIES):
                 try:
                     results = retrieval.run(snap, req, qs, Q, self.model.precision, trace)

@@ -150,6 +150,22 @@ def test_queries_without_augmentation_run_on_their_own_length(default_model):
     assert int((got[0].abs().sum(-1) > 0).sum()) == int(b.keep[0].sum()) < 8  # zero rows past the real tokens
 
 
+def test_query_rows_are_the_real_rows_of_the_padded_queries(tiny_model, default_model):
+    """``encode_query_rows`` (what a search takes) holds each query's kept rows, once: the padded
+    ``encode_queries`` is those rows followed by zero rows, with query augmentation (tiny model: every row kept)
+    and without (default model: the query's tokens only)."""
+    queries = ["short one", "a somewhat longer query about protein folding and heat shock responses", "x"]
+    for m in (tiny_model, default_model):
+        rows, padded = m.encode_query_rows(queries), m.encode_queries(queries)
+        keep = m.tokenizer.queries(queries).keep
+        assert [r.shape for r in rows] == [(int(k.sum()), m.config.dim) for k in keep]
+        for r, p in zip(rows, padded):
+            assert r.dtype == torch.float32 and r.is_contiguous()
+            assert torch.equal(p[: r.shape[0]], r) and not p[r.shape[0]:].any()
+    assert tiny_model.config.mask_augmentation and all(r.shape[0] == 16 for r in tiny_model.encode_query_rows(queries))
+    assert default_model.encode_query_rows("x")[0].shape[0] < 8  # a str is one query
+
+
 def test_fp16_query_weights(default_model):
     """On CPU, queries run on the linear layers' weights rounded to float16 (fbgemm's packed GEMM): the packed
     path really runs (each linear's packed weights are cached beside it: one entry per layer, one per fused

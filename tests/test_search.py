@@ -62,6 +62,26 @@ def test_batch_queries_equal_single(large_index_path, tiny_model):
         assert_ranked_alike(hits, single, 1e-4)
 
 
+def test_text_search_takes_the_real_rows_once_and_resolves_kernels_once(large_index_path, tiny_model, monkeypatch):
+    """``search(texts)`` runs on the encoder's real rows (``encode_query_rows``: no padding to strip) and gives
+    the hits ``search_embeddings`` gives for the padded ``encode_queries``; the kernel family is resolved once per
+    call, not once per query."""
+    from colbert_retriever.kernels import dispatch
+
+    idx = Index.open(large_index_path, model=tiny_model)
+    qs = REAL_PATH_QUERIES[:4]
+    calls = []
+    resolve = dispatch.resolve
+    monkeypatch.setattr(dispatch, "resolve", lambda *a: calls.append(a) or resolve(*a))
+    trace = []
+    by_text = idx.search(qs, k=5, trace=trace)
+    assert len(calls) == 1 and len(trace) == 4
+    assert_real_path(trace, 3000)
+    by_embeddings = idx.search_embeddings(tiny_model.encode_queries(qs), k=5)
+    for a, b in zip(by_text, by_embeddings):
+        assert [(h.id, h.score) for h in a] == [(h.id, h.score) for h in b]  # same rows, same arithmetic
+
+
 def test_filters(built_index):
     hits = built_index.search("python", k=100, filter={"group": 1})
     assert len(hits) == 50 and all(h.metadata["group"] == 1 for h in hits)

@@ -99,7 +99,7 @@ def search_encoded(index: Index, queries: Sequence[str], Q: Optional[torch.Tenso
                    depth: Optional[int] = None, alpha: float = 0.5, kernels: str = "auto",
                    threads: Optional[int] = None, trace: Optional[list] = None) -> list[list[Hit]]:
     """``index.search(queries, ...)`` (same arguments, same hits) with the queries already encoded: Q is
-    ``index.model.encode_queries(queries)`` (None in BM25 mode)."""
+    ``index.model.encode_query_rows(queries)`` or ``encode_queries``'s padded tensor (None in BM25 mode)."""
     config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
     req = Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids, alpha=alpha)
     with parallel.search_threads(threads):

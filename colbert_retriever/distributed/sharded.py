@@ -226,9 +226,6 @@ class ShardedIndex:
         return f"ShardedIndex({str(self.path)!r}, shards={self._manifest.num_shards})"
 
     # ---------------------------------------------------------------- search
-    def _encode(self, queries: list[str]) -> list:
-        return query_rows(self.model.encode_queries(queries), self.model.config.dim, torch.device("cpu"))
-
     def search(self, queries: Union[str, Sequence[str]], k: int = 10, *, filter: Optional[dict] = None,
                ids: Optional[Sequence[str]] = None, ncells: Optional[int] = None,
                centroid_score_threshold: Optional[float] = None, ndocs: Optional[int] = None,
@@ -239,11 +236,11 @@ class ShardedIndex:
         receives each shard's ``SearchTrace`` per query (shard by shard)."""
         single = isinstance(queries, str)
         qs = _validate.texts_list(queries, "query" if single else "queries")
-        Q = None if mode == "bm25" else self.model.encode_queries(qs)
-        out = self.search_encoded(qs, Q, k, filter=filter, ids=ids, ncells=ncells, ndocs=ndocs,
-                                  centroid_score_threshold=centroid_score_threshold, exhaustive=exhaustive,
-                                  mode=mode, fusion=fusion, depth=depth, alpha=alpha, kernels=kernels,
-                                  threads=threads, trace=trace)
+        config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
+        req = Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
+                           alpha=alpha)
+        rows = None if mode == "bm25" else [q.cpu() for q in self.model._query_rows(qs)]
+        out = self._read(lambda call, names: modes.run(call, names, qs, rows, req, trace))
         return out[0] if single else out
 
     def search_encoded(self, queries: Sequence[str], Q, k: int = 10, *, filter: Optional[dict] = None,
@@ -252,7 +249,8 @@ class ShardedIndex:
                        exhaustive: bool = False, mode: str = "colbert", fusion: str = DEFAULT_FUSION,
                        depth: Optional[int] = None, alpha: float = 0.5, kernels: str = "auto",
                        threads: Optional[int] = None, trace: Optional[list] = None) -> list[list[Hit]]:
-        """``search`` with the queries already encoded (Q: ``model.encode_queries(queries)``; None in BM25 mode)."""
+        """``search`` with the queries already encoded (Q: ``model.encode_query_rows(queries)``, or
+        ``encode_queries``'s padded tensor; None in BM25 mode)."""
         config = SearchConfig(ncells, centroid_score_threshold, ndocs, exhaustive, kernels, threads)
         req = Request.make(k, mode=mode, fusion=fusion, depth=depth, config=config, filter=filter, ids=ids,
                            alpha=alpha)

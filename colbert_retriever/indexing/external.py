@@ -97,7 +97,7 @@ class EmbeddingsOnly:
                               "index.search_embeddings(Q) (Q: the query's (tokens, dim) embeddings), or open it with "
                               "Index.open(path, model=<the encoder that made them>)")
 
-    encode_documents_packed = encode_queries
+    encode_query_rows = _query_rows = encode_documents_packed = encode_queries
 
     def __repr__(self) -> str:
         return f"EmbeddingsOnly(dim={self.config.dim}, name={self.name!r})"

@@ -227,26 +227,37 @@ class ColBERT(nn.Module):
         """Encode queries.
 
         Returns Q: (n, query_maxlen, dim) float32 on the model's device. Rows are L2-normalised; without query
-        augmentation the rows past the query's real tokens are zero (they add nothing to MaxSim).
+        augmentation the rows past the query's real tokens are zero (they add nothing to MaxSim). A search needs
+        only the real rows: ``encode_query_rows``.
         """
-        queries = _validate.texts_list(queries, "queries")
-        _validate.positive_int(batch_size, "batch_size")
-        outs = []
+        rows = self.encode_query_rows(queries, batch_size)
+        Q = torch.zeros(len(rows), self.config.query_maxlen, self.config.dim, device=self.device)
+        for i, q in enumerate(rows):
+            Q[i, : q.shape[0]] = q
+        return Q
+
+    def encode_query_rows(self, queries: Union[str, Sequence[str]], batch_size: int = 64) -> list[torch.Tensor]:
+        """Encode queries into what a search takes: per query a (rows, dim) float32 tensor on the model's device,
+        L2-normalised, its real rows only (the query's tokens; all ``query_maxlen`` with query augmentation)."""
+        return self._query_rows(_validate.texts_list(queries, "queries"),
+                                _validate.positive_int(batch_size, "batch_size"))
+
+    def _query_rows(self, queries: list[str], batch_size: int = 64) -> list[torch.Tensor]:
+        """``encode_query_rows`` of texts already checked (``Index.search`` checks them once, for every mode)."""
+        out: list[torch.Tensor] = []
         with torch.inference_mode(), self._query_weights():
             for s in range(0, len(queries), batch_size):
                 b = self.tokenizer.queries(queries[s : s + batch_size])
                 ids, att, keep = b.input_ids, b.attention_mask, b.keep
-                width = ids.shape[1]
                 if not self.config.mask_augmentation:
                     # padding is masked out of attention: run the backbone on the batch's longest query only
-                    # (same embeddings; a 5-token query costs 5 positions, not query_maxlen) and pad with zeros
+                    # (same embeddings; a 5-token query costs 5 positions, not query_maxlen)
                     n = max(1, int(att.sum(1).max()))
                     ids, att, keep = ids[:, :n], att[:, :n], keep[:, :n]
-                q = self._embed(ids, att) * keep.to(self.device)[..., None]
-                if q.shape[1] < width:
-                    q = torch.nn.functional.pad(q, (0, 0, 0, width - q.shape[1]))
-                outs.append(q)
-        return torch.cat(outs)
+                q = self._embed(ids, att)
+                keep = keep.to(q.device)
+                out.extend(q[i][keep[i]] for i in range(q.shape[0]))
+        return out
 
     def _query_weights(self):
         """The context ``encode_queries`` runs in: float16 packed weights when ``fp16_query_weights`` applies."""
@@ -354,7 +365,7 @@ class ColBERT(nn.Module):
                 spans = self.passage_spans(t) if n > room else [(0, len(t))]
                 for j, (a, b) in enumerate(spans):
                     owner.append(i), pieces.append(t[a:b]), passage.append(j if len(spans) > 1 else None)
-        Q = self.encode_queries([query])[0]
+        Q = self.encode_query_rows([query])[0]
         embs, lengths = self.encode_documents_packed(pieces)
         offsets = torch.zeros(len(pieces) + 1, dtype=torch.long, device=embs.device)
         offsets[1:] = torch.cumsum(lengths.to(embs.device), 0)
@@ -364,7 +375,7 @@ class ColBERT(nn.Module):
         for p, (i, s) in enumerate(zip(owner, piece_scores.tolist())):
             if s > scores[i]:
                 scores[i], best[i] = s, p
-        n_q = max(1, int((Q.abs().sum(-1) > 0).sum()))
+        n_q = max(1, Q.shape[0])
         top = torch.topk(scores, k)
         return [Hit(id=ids[i], score=float(s), rank=r + 1, text=texts[i], metadata=dict(metas[i]),
                     passage=passage[best[i]], relevance=min(1.0, max(0.0, float(s) / n_q)))

@@ -147,7 +147,7 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
            allowed: Optional[torch.Tensor] = None, n_allowed: Optional[int] = None,
            groups: Optional[torch.Tensor | Groups] = None, rows_per_group: float = 1.0,
            precision: Optional[Precision] = None, plan_override: Optional[SearchPlan] = None,
-           trace: Optional[list] = None) -> tuple[torch.Tensor, torch.Tensor]:
+           trace: Optional[list] = None, kernels: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PLAID search for one query: the top-k (pids, exact MaxSim scores), best first.
 
     q: (q_len, dim) float32 query embeddings, real rows only, on the index's device. allowed: (n_rows,) bool of
@@ -158,7 +158,8 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
     stages kept it or not), and the stages are sized for k documents of ``rows_per_group`` rows on average.
     precision: the policy the stages follow (default: the CPU's); plan_override: a resolved plan to run instead
     of planning (benchmarks comparing two ways of running a stage); trace: a list to append this query's
-    ``SearchTrace`` to. Always returns min(k, allowed documents) results.
+    ``SearchTrace`` to; kernels: the family ``dispatch.resolve`` gave for ``config.kernels`` (a caller searching
+    many queries resolves once; None: resolved here). Always returns min(k, allowed documents) results.
     """
     assert q.dim() == 2 and q.dtype == torch.float32, (q.shape, q.dtype)
     dev = arrays.doc_offsets.device
@@ -171,7 +172,7 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         tr.reason = "nothing allowed"
         return torch.empty(0, dtype=torch.long, device=dev), torch.empty(0, device=dev)
     p = plan_override or plan(config, k, q.shape[0], int(arrays.doc_offsets[-1]) / max(1, arrays.num_docs),
-                              precision=precision, kernels=dispatch.resolve(config.kernels, dev))
+                              precision=precision, kernels=kernels or dispatch.resolve(config.kernels, dev))
     tr.fallback = dispatch.auto_fallback(config.kernels, p.kernels, dev)
     rows = k if groups is None else group_rows(k, rows_per_group, n_allowed)
     if rows > p.exact_docs:
@@ -182,13 +183,13 @@ def search(q: torch.Tensor, arrays: IndexArrays, k: int, config: SearchConfig = 
         tr.threads = n
         tables = None
         if p.kernels == "numba" and q.shape[0]:
-            code = arrays.codes.parts[0]
-            ks, tr.fallback = dispatch.numba_for_search(dispatch.numba_code_name(code), q.shape[0], n,
+            code = dispatch.numba_code_name(arrays.codes.parts[0])
+            ks, tr.fallback = dispatch.numba_for_search(code, q.shape[0], n,
                                                         "numba" if plan_override else config.kernels)
             if ks is None:  # the torch twins, with the float32 interaction the numba kernels compute
                 p = dataclasses.replace(p, kernels="torch", half_interaction=False)
             else:
-                tables = dispatch.numba_tables(ks, q, arrays.codec, dispatch.numba_code_name(code), n)
+                tables = dispatch.numba_tables(ks, q, arrays.codec, code, n)
         elif p.kernels == "numba":
             p = dataclasses.replace(p, kernels="torch")  # no query rows: nothing for the kernels to do
         tr.kernels = p.kernels

@@ -109,12 +109,13 @@ def colbert(snap: Snapshot, Q: list[torch.Tensor], k: int, req: Request, precisi
     """(rows, MaxSim scores) of the top-k documents of each query, by PLAID (a document stored as passages
     appears once, as its best passage)."""
     allowed, n_allowed = allowed_rows(snap, req)
+    kernels = dispatch.resolve(req.config.kernels, snap.arrays.doc_offsets.device)  # once for every query
     out = []
     with torch.inference_mode():
         for q in Q:
             pids, scores = plaid.search(q, snap.arrays, k, req.config, allowed=allowed, n_allowed=n_allowed,
                                         groups=snap.groups, rows_per_group=snap.rows_per_doc, precision=precision,
-                                        trace=trace)
+                                        trace=trace, kernels=kernels)
             out.append((pids.cpu().tolist(), scores.cpu().tolist()))
     return out
 

@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
 from .. import _validate
 from .._version import __version__
@@ -65,7 +64,7 @@ class Backend:
                 spans[i] = (len(texts), len(texts) + len(queries))
                 texts += queries
             groups.setdefault(key, []).append(i)
-        Q = self.index.model.encode_queries(texts) if texts else None  # one forward pass for the batch
+        Q = self.index.model.encode_query_rows(texts) if texts else None  # one pass for the batch: real rows
         if texts:
             with self._lock:
                 self.batches += 1
@@ -79,8 +78,8 @@ class Backend:
             if len(members) > 1:
                 try:
                     queries = [q for i in members for q in _validate.texts_list(requests[i][0], "queries")]
-                    hits = self._search(queries, None if members[0] not in spans else torch.cat(
-                        [rows(i) for i in members]), params)
+                    hits = self._search(queries, None if members[0] not in spans else
+                                        [q for i in members for q in rows(i)], params)
                     for i in members:
                         n = len(_validate.texts_list(requests[i][0], "queries"))
                         out[i], hits = hits[:n], hits[n:]
