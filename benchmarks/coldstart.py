@@ -49,8 +49,6 @@ QUERIES = [
 
 def child(path: str, kernels: str) -> None:
     t0 = time.perf_counter()
-    from numba.core import event
-
     from colbert_retriever import Index
     from colbert_retriever.kernels import dispatch
 
@@ -68,6 +66,8 @@ def child(path: str, kernels: str) -> None:
         assert len(hits) == 10
     dispatch.wait_for_kernels()
     ready = time.perf_counter() - t2
+    from numba.core import event  # (imported here: before Index.open it would move numba's import out of open_s)
+
     with event.install_recorder("numba:compile") as rec:
         later, later_kernels = [], []
         for q in QUERIES:
