@@ -1,5 +1,5 @@
 """``make bench-coldstart``: what a new process pays before its answers: import, ``Index.open`` (which loads the
-model and starts the numba kernels' compilation or cache load in a background thread), then the first five text
+model, imports numba and starts the kernels' compilation or cache load in a background thread), then the first five text
 searches (queries of 4 to 32+ tokens: every padded width the default model's queries take), each timed, with the
 kernels each ran (the torch twins until the numba kernels are ready); then the same five once the background
 thread is done (and whether any of them compiled: numba's compile events). Cases, each in fresh processes:
