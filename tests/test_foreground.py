@@ -11,18 +11,20 @@ import types
 
 import pytest
 
-from colbert_retriever.kernels import foreground as fgmod
-from colbert_retriever.kernels.foreground import Foreground
+from colbert_retriever.kernels.foreground import Foreground as _Foreground
 
 DEADLINE = 20.0  # seconds a step the design says must not wait may take here (it takes milliseconds)
 
 
 @pytest.fixture(autouse=True)
-def long_pauses(monkeypatch):
+def no_tracer():
     if threading.gettrace() is not None or sys.gettrace() is not None:
         pytest.skip("a tracer (coverage, a debugger) is installed: the background thread does not step aside then")
-    monkeypatch.setattr(fgmod, "PAUSE_FLOOR", 60.0)
-    monkeypatch.setattr(fgmod, "PAUSE_SHARE", 0.0)
+
+
+def Foreground() -> _Foreground:
+    """Pauses of up to a minute: a search blocked by a pausing thread stalls far past the tests' deadlines."""
+    return _Foreground(pause_floor=60.0, pause_share=0.0)
 
 
 def _busy(n: int = 200) -> None:

@@ -32,7 +32,8 @@ PAUSE_SHARE = 0.5
 class Foreground:
     """Counts of searches in flight and of foreground threads compiling, and the wait for them (thread-safe)."""
 
-    def __init__(self):
+    def __init__(self, pause_floor: float = PAUSE_FLOOR, pause_share: float = PAUSE_SHARE):
+        self.pause_floor, self.pause_share = pause_floor, pause_share
         self.searches = 0
         self.compiling = 0
         self._cond = threading.Condition(threading.Lock())
@@ -98,7 +99,7 @@ class Foreground:
 
         def step_aside(frame, event, arg):
             if self.searches and not self.compiling and self.may_pause(frame):
-                budget = max(PAUSE_FLOOR, PAUSE_SHARE * (time.monotonic() - started)) - paused[0]
+                budget = max(self.pause_floor, self.pause_share * (time.monotonic() - started)) - paused[0]
                 if budget > 0:
                     t = time.monotonic()
                     self.wait_for_quiet(budget)
