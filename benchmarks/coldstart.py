@@ -1,5 +1,5 @@
 """``make bench-coldstart``: what a new process pays before its answers: import, ``Index.open`` (which loads the
-model and starts the numba kernels' compilation or cache load in a background thread), then the first five text
+model, imports numba and starts the kernels' compilation or cache load in a background thread), then the first five text
 searches (queries of 4 to 32+ tokens: every padded width the default model's queries take), each timed, with the
 kernels each ran (the torch twins until the numba kernels are ready); then the same five once the background
 thread is done (and whether any of them compiled: numba's compile events). Cases, each in fresh processes:
@@ -49,8 +49,6 @@ QUERIES = [
 
 def child(path: str, kernels: str) -> None:
     t0 = time.perf_counter()
-    from numba.core import event
-
     from colbert_retriever import Index
     from colbert_retriever.kernels import dispatch
 
@@ -68,6 +66,8 @@ def child(path: str, kernels: str) -> None:
         assert len(hits) == 10
     dispatch.wait_for_kernels()
     ready = time.perf_counter() - t2
+    from numba.core import event  # (imported here: before Index.open it would move numba's import out of open_s)
+
     with event.install_recorder("numba:compile") as rec:
         later, later_kernels = [], []
         for q in QUERIES:

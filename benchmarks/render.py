@@ -609,15 +609,22 @@ def coldstart_tables() -> list[str]:
     if d is None:
         return []
     out = ["## Cold start (`make bench-coldstart`)", "",
-           f"A new process: import, `Index.open` (loads the model), first text search, second search; index "
-           f"`{d['index']}`; numba's cache folder empty (cold: the first search compiles the kernels) or filled by "
-           "the previous process (warm). Medians of fresh processes, seconds.", "",
-           "| case | import | open | first search | open + first search | second search | process wall |",
-           "|---|---|---|---|---|---|---|"]
+           f"A new process: import, `Index.open` (loads the model, imports numba and starts the kernels' compilation "
+           f"or cache load in a background thread), then five text searches of different lengths (the kernels each "
+           f"ran: torch twins until the numba kernels are ready), then the same five once the background thread is "
+           f"done; index `{d['index']}`; numba's cache folder empty (a new machine), or filled by the previous "
+           "process (warm). Medians of fresh processes.", "",
+           "| case | import s | open s | first five searches, ms (kernels) | warm-up done s | later five, ms | "
+           "compilations after |", "|---|---|---|---|---|---|---|"]
     for name, r in d["cases"].items():
-        out.append(f"| {name} | {r['import_s']} | {r['open_s']} | {r['first_search_s']} | "
-                   f"{r['open_plus_first_search_s']} | {r['second_search_s']} | {r['process_wall_s']} |")
-    out += ["", _machine_line(d["machine"]), ""]
+        if "first_five_ms" not in r:  # a result written by the previous version of the benchmark
+            continue
+        kinds = sorted(set(r["first_five_kernels"]), key=r["first_five_kernels"].index)
+        out.append(f"| {name} | {r['import_s']} | {r['open_s']} | {' / '.join(map(str, r['first_five_ms']))} "
+                   f"({', '.join(kinds)}) | {r['warm_up_done_s']} | {' / '.join(map(str, r['later_five_ms']))} | "
+                   f"{int(r['compilations_after_warm_up'])} |")
+    out += ["", f"Query tokens: {' / '.join(str(int(t)) for t in next(iter(d['cases'].values()))['query_tokens'])}.",
+            "", _machine_line(d["machine"]), ""]
     return out
 
 

@@ -74,9 +74,9 @@ class Index:
         self._warm_kernels()
 
     def _warm_kernels(self) -> None:
-        """Start loading (or compiling) the numba kernels this index's searches use, in a background thread
-        (``dispatch.warm_numba``; ``COLBERT_RETRIEVER_WARM_KERNELS=0`` opts out): until they are ready the
-        searches run the torch kernels, so no search waits for a compilation."""
+        """Import numba here and start loading (or compiling) the numba kernels this index's searches use, in a
+        background thread (``dispatch.warm_numba``; ``COLBERT_RETRIEVER_WARM_KERNELS=0`` opts out): until they are
+        ready the searches run the torch kernels, so no search waits for a compilation or an import."""
         if self.device.type == "cpu":
             codec = self._current().arrays.codec
             max_q = None if isinstance(self.model, EmbeddingsOnly) else self.model.config.query_maxlen

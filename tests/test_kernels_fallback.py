@@ -159,6 +159,7 @@ from colbert_retriever.kernels import dispatch
 model = ColBERT.from_pretrained({folder!r} + "/model")
 t1 = time.perf_counter()
 index = Index.open({folder!r} + "/idx", model=model)
+at_open = [m for m in ("numba", "colbert_retriever.kernels.numba_drivers") if m in sys.modules]
 words = "alpha beta gamma delta river mountain ocean forest python java rust compiler".split()
 queries = [" ".join(words[: 1 + i % 12]) * (1 + i % 3) for i in range(24)]
 tr, took = [], []
@@ -170,10 +171,13 @@ print("open+3", time.perf_counter() - t1, took, [(t.kernels, t.fallback) for t i
 """
 
 
-def _run_child(code: str, cache: Optional[Path]) -> tuple[str, float]:
-    """Run ``code`` with numba's cache in ``cache`` (None: where this process has it)."""
+def _run_child(code: str, cache: Optional[Path], warm: Optional[str] = None) -> tuple[str, float]:
+    """Run ``code`` with numba's cache in ``cache`` (None: where this process has it) and
+    ``COLBERT_RETRIEVER_WARM_KERNELS`` set to ``warm`` (None: unset, the default)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)} if cache else dict(os.environ)
     env.pop("COLBERT_RETRIEVER_WARM_KERNELS", None)
+    if warm is not None:
+        env["COLBERT_RETRIEVER_WARM_KERNELS"] = warm
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -188,6 +192,12 @@ def test_first_searches_run_torch_while_the_kernels_compile(saved, tmp_path):
     code = CHILD.format(root=str(ROOT), folder=str(saved)) + textwrap.dedent("""
         assert all(t.kernels == "torch" and "compiling" in t.fallback for t in tr), tr
         assert dispatch.numba_kernel_set().compiling()  # three searches answered and the compiler still runs
+        # numba and the kernel modules were imported by Index.open in this thread, never by the background one (a
+        # search would wait for an import's module lock); the background thread only compiles
+        assert at_open == ["numba", "colbert_retriever.kernels.numba_drivers"], at_open
+        import threading
+        names = sorted(t.name for t in threading.enumerate() if t.name.startswith("colbert-retriever"))
+        assert names == ["colbert-retriever-numba-warmup"], names
         """)
     out, wall = _run_child(code, tmp_path / "empty-cache")
     assert wall < 60, (wall, out)  # exiting did not wait for the compilation to finish
@@ -208,6 +218,18 @@ def test_once_the_kernels_are_ready_no_search_compiles(saved):
         assert rec.buffer == [], rec.buffer
         """)
     _run_child(code, None)
+
+
+def test_warm_up_off_starts_no_thread_and_searches_compile_what_they_need(saved):
+    """``COLBERT_RETRIEVER_WARM_KERNELS=0``: ``Index.open`` neither imports numba nor starts a thread; each search
+    loads (or compiles) the kernels of its width first and runs numba."""
+    code = CHILD.format(root=str(ROOT), folder=str(saved)) + textwrap.dedent("""
+        assert at_open == [], at_open
+        import threading
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("colbert-retriever")]
+        assert all(t.kernels == "numba" and not t.fallback for t in tr), [(t.kernels, t.fallback) for t in tr]
+        """)
+    _run_child(code, None, warm="0")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -184,31 +184,31 @@ def numba_groups(code: str, widths, parallel: bool) -> list:
 
 
 def warm_numba(code: str, max_query_len: Optional[int] = None, parallel: bool = True) -> None:
-    """Compile (or load from numba's cache) the kernels an index's searches will use, in a background thread that
-    also imports numba: the widths queries of up to ``max_query_len`` tokens pad to (None: every vector-register
-    width), for its code dtype (``code``: "uint8", "uint16" or "int32"), serial variants first, then
-    (``parallel``) the parallel ones. Searches meanwhile run the torch kernels. Nothing happens when
-    numba does not import or ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (``background_compilation``)."""
-    if not background_compilation():
+    """Start compiling (or loading from numba's cache) the kernels an index's searches will use, in the kernel
+    set's background thread: the widths queries of up to ``max_query_len`` tokens pad to (None: every
+    vector-register width), for its code dtype (``code``: "uint8", "uint16" or "int32"), serial variants first,
+    then (``parallel``) the parallel ones. Searches meanwhile run the torch kernels.
+
+    ``import numba`` and of the kernel modules happen here, in the calling thread (``Index.open``/``build``: ~0.3-0.5
+    s on a quiet machine), not in the background: an import holds its module's lock and long stretches of the GIL,
+    and a search that started meanwhile would wait for it. Nothing happens when numba does not import or
+    ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set (``background_compilation``)."""
+    if not background_compilation() or not numba_available():
         return
-    t = threading.Thread(target=FOREGROUND.run_stepping_aside, args=(_warm, code, max_query_len, parallel),
-                         name="colbert-retriever-numba-import", daemon=True)
-    with _warmers_lock:
-        _warmers[:] = [w for w in _warmers if w.is_alive()] + [t]
-        t.start()
+    from .numba_drivers import kernel_width, padded_width
+    from .numba_ir import SIMD_WIDTHS
 
-
-_warmers: list = []  # threads of warm_numba that may not have queued their groups yet
-_warmers_lock = threading.Lock()
+    if max_query_len is None:
+        widths = list(SIMD_WIDTHS)
+    else:
+        needed = {kernel_width(padded_width(q)) for q in range(1, max_query_len + 1)}
+        widths = [w for w in (*SIMD_WIDTHS, None) if w in needed]
+    numba_kernel_set().start(numba_groups(code, widths, parallel))
 
 
 def wait_for_kernels(timeout: Optional[float] = None) -> bool:
     """Wait until the background work ``warm_numba`` started is done (benchmarks and tests that want every search
     on the numba kernels); True when it is."""
-    with _warmers_lock:
-        pending = list(_warmers)
-    for t in pending:
-        t.join(timeout)
     return not numba_available() or numba_kernel_set().wait(timeout)
 
 
@@ -222,20 +222,6 @@ def background_compilation() -> bool:
     """False when ``COLBERT_RETRIEVER_WARM_KERNELS=0`` is set: no background thread; a search compiles the numba
     kernels it needs when it first needs them (and waits)."""
     return os.environ.get("COLBERT_RETRIEVER_WARM_KERNELS", "1") != "0"
-
-
-def _warm(code: str, max_query_len: Optional[int], parallel: bool) -> None:
-    if not numba_available():
-        return
-    from .numba_drivers import kernel_width, padded_width
-    from .numba_ir import SIMD_WIDTHS
-
-    if max_query_len is None:
-        widths = list(SIMD_WIDTHS)
-    else:
-        needed = {kernel_width(padded_width(q)) for q in range(1, max_query_len + 1)}
-        widths = [w for w in (*SIMD_WIDTHS, None) if w in needed]
-    numba_kernel_set().start(numba_groups(code, widths, parallel))
 
 
 _CODE_NAMES = {torch.uint8: "uint8", torch.uint16: "uint16", torch.int32: "int32"}

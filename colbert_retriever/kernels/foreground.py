@@ -10,6 +10,10 @@ at each Python call, waits while a search is running (``searching``), unless a f
 (``compiling_here``: it needs the background thread to release numba's compiler lock). The waits add up to at
 most ``PAUSE_FLOOR`` seconds or ``PAUSE_SHARE`` of the time since the thread started, whichever is more, so
 back-to-back searches cannot starve the compilation.
+
+It never waits while it holds something a search may need: inside an import (the module's import lock: a search
+that imports the same module would wait for the whole pause) or inside ``holding`` (the kernel set's lock). A
+pause there once cost the first searches ~2 s each (the pause budget), the search blocked on the paused thread.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ PAUSE_SHARE = 0.5
 class Foreground:
     """Counts of searches in flight and of foreground threads compiling, and the wait for them (thread-safe)."""
 
-    def __init__(self):
+    def __init__(self, pause_floor: float = PAUSE_FLOOR, pause_share: float = PAUSE_SHARE):
+        self.pause_floor, self.pause_share = pause_floor, pause_share
         self.searches = 0
         self.compiling = 0
         self._cond = threading.Condition(threading.Lock())
+        self._held = threading.local()
 
     @contextlib.contextmanager
     def searching(self):
@@ -60,6 +66,25 @@ class Foreground:
             with self._cond:
                 self.compiling = max(0, self.compiling - 1)
 
+    @contextlib.contextmanager
+    def holding(self):
+        """A block of this thread that must not pause (it holds a lock a search may take)."""
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._held.depth -= 1
+
+    def may_pause(self, frame) -> bool:
+        """Whether this thread may pause at ``frame``: not inside ``holding`` nor inside an import."""
+        if getattr(self._held, "depth", 0):
+            return False
+        while frame is not None:
+            if frame.f_code.co_filename.startswith("<frozen importlib"):
+                return False
+            frame = frame.f_back
+        return True
+
     def wait_for_quiet(self, timeout: float) -> None:
         with self._cond:
             self._cond.wait_for(lambda: not self.searches or self.compiling, timeout=timeout)
@@ -73,8 +98,8 @@ class Foreground:
         started, paused = time.monotonic(), [0.0]
 
         def step_aside(frame, event, arg):
-            if self.searches and not self.compiling:
-                budget = max(PAUSE_FLOOR, PAUSE_SHARE * (time.monotonic() - started)) - paused[0]
+            if self.searches and not self.compiling and self.may_pause(frame):
+                budget = max(self.pause_floor, self.pause_share * (time.monotonic() - started)) - paused[0]
                 if budget > 0:
                     t = time.monotonic()
                     self.wait_for_quiet(budget)

@@ -143,7 +143,10 @@ class KernelSet:
     # ------------------------------------------------------------ dispatchers
     def _dispatcher(self, name: str, width: Optional[int], parallel: bool):
         key = (name, width, parallel)
-        with self._lock:
+        d = self._disp.get(key)  # made once: a search never takes the lock for a kernel that exists
+        if d is not None:
+            return d
+        with self._fg.holding(), self._lock:  # (the background thread does not pause holding the lock)
             d = self._disp.get(key)
             if d is None:
                 if name in _SHARED_SIGS:
@@ -202,7 +205,7 @@ class KernelSet:
 
     def start(self, groups) -> None:
         """Queue ``groups`` for the background thread (started if it is not running)."""
-        with self._lock:
+        with self._fg.holding(), self._lock:
             if self.no_compile:
                 return
             new = [g for g in groups if g not in self._state]
