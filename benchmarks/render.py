@@ -525,8 +525,11 @@ def pooling_tables() -> list[str]:
            "build (pooling, k-means, compression, writing; the encoding, the same for every factor, is listed once); "
            "p50 / p95: k=10 retrieval, query embeddings given. "
            f"Rule: {d['rule']} (met on the sets measured: {d.get('rule_met')}; measured: "
-           f"{', '.join(d['sets']) or 'none'}). The library's default is still no pooling "
-           "(`indexing.pooling.DEFAULT_POOL_FACTOR`); see README \"Token pooling\".", "",
+           f"{', '.join(d['sets']) or 'none'}). "
+           + ("So a new index pools by 2 unless `pool_factor` says otherwise" if d.get("rule_met") else
+              "So pooling stays off unless `pool_factor` asks for it")
+           + " (`indexing.pooling.DEFAULT_POOL_FACTOR`; `pool_factor=1`: none; an existing index keeps the factor it "
+           "records); see README \"Token pooling\".", "",
            "| set | factor | tokens stored | index MB | nDCG@10 | delta | Recall@100 | build s | p50 / p95 ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in d["sets"].items():
