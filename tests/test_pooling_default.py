@@ -135,3 +135,39 @@ def test_cli_default_follows_the_library(tmp_path, capsys):
     assert meta["pooling"] == {"pool_factor": DEFAULT_POOL_FACTOR, "method": "ward"}
     assert main(["index", str(data), str(tmp_path / "j"), "--quiet", "--pool-factor", "1"]) == 0
     assert json.loads((tmp_path / "j" / layout.METADATA).read_text())["pooling"] == {"pool_factor": 1}
+
+
+def test_default_pooled_index_on_the_real_path(tmp_path):
+    """A default (pooled) index at the scale where PLAID's stages run: 3,000 documents of 40 token embeddings
+    around 300 topics (clustered like real ColBERT tokens: cosine ~0.83 to their topic), built without
+    ``pool_factor``; queries are noisy copies of half a document's tokens. Default search runs the stages on a
+    subset, finds the planted document as often as exhaustive search and agrees with exhaustive top-10."""
+    import torch
+
+    from colbert_retriever import SearchConfig
+
+    from .conftest import assert_real_path
+
+    g = torch.Generator().manual_seed(0)
+    dim, n_docs, doclen, topics = 64, 3000, 40, 300
+    centers = torch.nn.functional.normalize(torch.randn(topics, dim, generator=g), dim=-1)
+    pick = torch.randint(0, topics, (n_docs, 3), generator=g).gather(1, torch.randint(0, 3, (n_docs, doclen),
+                                                                                        generator=g))
+    embs = torch.nn.functional.normalize(centers[pick] + 0.06 * torch.randn(n_docs, doclen, dim, generator=g), dim=-1)
+    idx = Index.build_from_embeddings(tmp_path / "i", list(embs), name="clustered", show_progress=False)
+    assert idx.metadata["pooling"]["pool_factor"] == 2 and idx.metadata["counts"]["embeddings"] == n_docs * 20
+    planted = torch.randperm(n_docs, generator=g)[:40].tolist()
+    Q = [torch.nn.functional.normalize(embs[d, torch.randperm(doclen, generator=g)[:20]]
+                                       + 0.03 * torch.randn(20, dim, generator=g), dim=-1) for d in planted]
+    trace = []
+    got = idx.search_embeddings(Q, 10, trace=trace)
+    ref = idx.search_embeddings(Q, 10, config=SearchConfig(exhaustive=True))
+    assert_real_path(trace, n_docs)
+    for hits in got:
+        assert_hits(hits, 10, n_docs)
+    found = sum(h[0].id == str(d) for h, d in zip(got, planted))
+    found_exh = sum(h[0].id == str(d) for h, d in zip(ref, planted))
+    agree = sum(len({h.id for h in a} & {h.id for h in b}) for a, b in zip(got, ref)) / (10 * len(planted))
+    print(f"planted first: {found} (exhaustive {found_exh}) of {len(planted)}; agreement@10 {agree:.3f}")
+    assert found >= found_exh - 1 and found_exh >= 36
+    assert agree >= 0.9
