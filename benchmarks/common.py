@@ -32,6 +32,7 @@ def machine_info() -> dict:
     import torch
 
     import colbert_retriever
+    from colbert_retriever.indexing.pooling import DEFAULT_POOL_FACTOR
 
     cpu = "unknown"
     try:
@@ -45,7 +46,7 @@ def machine_info() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "colbert_retriever": colbert_retriever.__version__,
+            "colbert_retriever": colbert_retriever.__version__, "pool_factor_default": DEFAULT_POOL_FACTOR,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
 

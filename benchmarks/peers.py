@@ -55,6 +55,7 @@ PROBED = {(1, 0.5, 256): (4, None, 256), (2, 0.45, 1024): (8, None, 1024), (4, 0
 """Our default stage 2 (probed scoring: no threshold) at comparable work, timed in the same interleaved loop as
 each of colbert-ai's knob tuples (library "ours_probed")."""
 NBITS, DOC_MAXLEN = 2, 180
+POOL_FACTOR = 1  # colbert-ai stores every token: ours unpooled too, like with like
 
 
 def corpus():
@@ -88,7 +89,8 @@ def build_ours():
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # texts past doc_maxlen are truncated, as colbert-ai does
-        Index.build(OURS, texts, ids=ids, model=model, nbits=NBITS, truncate="warn", show_progress=False)
+        Index.build(OURS, texts, ids=ids, model=model, nbits=NBITS, truncate="warn", show_progress=False,
+                    pool_factor=POOL_FACTOR)
     print(json.dumps({"build_s": round(time.perf_counter() - t, 2)}))
 
 
@@ -308,7 +310,7 @@ def main(argv=None):
         (PEERS / "builds.json").write_text(json.dumps(builds))
     elif (PEERS / "builds.json").exists():
         builds = json.loads((PEERS / "builds.json").read_text())
-    out = {"machine": info, "builds": builds, **measure(args)}
+    out = {"machine": info, "pool_factor": POOL_FACTOR, "builds": builds, **measure(args)}
     write_json("peers.json", out)
     plot(out)
     print(json.dumps(out["ratios_k10"], indent=1))

@@ -106,9 +106,12 @@ class Index:
         training one (shards of one collection share it). show_progress: None (default) shows a bar only for
         more than 256 texts (passages). report: a dict that receives what the call did (see ``add``).
         pool_factor: merge each document's (each passage's) token embeddings into ceil(n / pool_factor) by
-        hierarchical clustering before compression (``indexing.pooling``; 1: none; default
-        ``pooling.DEFAULT_POOL_FACTOR``, see BENCHMARKS.md "Token pooling"), recorded in the index: later adds pool
-        alike; queries are not pooled.
+        hierarchical clustering before compression (``indexing.pooling``; queries are not pooled). None (the
+        default): a new index (also one written with ``if_exists="overwrite"``) pools by
+        ``pooling.DEFAULT_POOL_FACTOR`` = 2 (ceil(n / 2) vectors stored per passage of n tokens; its nDCG@10 is
+        measured in BENCHMARKS.md "Token pooling"); an existing index this call upserts into keeps the factor it
+        records (1 for one written before pooling existed). 1 turns pooling off. The factor is recorded in the
+        index: later adds, upserts and compactions pool alike, and another factor is refused.
 
         if_exists — what a folder that already holds an index of ours means (the same rule in the CLI and both
         adapters' ``from_documents``): "upsert" (the default: the documents are added, those whose id is already
@@ -187,7 +190,8 @@ class Index:
         ``ColBERT`` that made the embeddings, if one did (then ``search("text")`` works and the index records it);
         otherwise ``name`` labels the embeddings' origin and queries are embeddings (``search_embeddings``). Each
         document is checked as it is read (shape, dtype, finite values): a bad one stops the build, naming it,
-        and nothing is committed. pool_factor: as in ``build`` (each document's rows pooled)."""
+        and nothing is committed. pool_factor: as in ``build`` (each document's rows pooled; None: 2 for a new
+        index, an existing one keeps its own; 1: none)."""
         return embedded.build_from_embeddings(cls, path, embeddings, ids, metadatas, texts, model=model, name=name,
                                               nbits=nbits, codec_config=codec_config, if_exists=if_exists,
                                               show_progress=show_progress, device=device, lock_timeout=lock_timeout,
@@ -356,7 +360,8 @@ class Index:
         keeps the metadata it had). truncate: as in ``build`` ("chunk" by default). merge: False keeps the new
         segment as it is (tests and benchmarks of many-segment indexes; ``compact`` merges everything). report: a
         dict that receives the ids this call "added", "replaced" and left "unchanged" (each a list, in order).
-        pool_factor: None (pooled as the index records) or the index's factor; another is refused."""
+        pool_factor: None (pooled as the index records, whatever the library's default) or the index's factor;
+        another is refused."""
         texts = _validate.texts_list(texts, "texts")
         ids = _validate.ids_list(ids, len(texts)) if ids is not None else [uuid.uuid4().hex for _ in texts]
         keep_metadata = metadatas is None

@@ -66,7 +66,7 @@ class ColBERTVectorStore(VectorStore):
     (``search_kwargs={"mode": "hybrid"}`` in a retriever). device: "cpu" (default), "cuda" or "auto". Scores are
     the mode's (MaxSim for ColBERT, higher is better); relevance scores are ``Hit.relevance``, in [0, 1] in every
     mode (ColBERT: MaxSim / query tokens). pool_factor: token pooling when the store creates its index
-    (``Index.build``'s; later adds pool as the index records).
+    (``Index.build``'s: None pools a new index by 2, 1 turns pooling off; later adds pool as the index records).
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None, *, nbits: int = 2,

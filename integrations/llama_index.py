@@ -67,7 +67,8 @@ class ColBERTIndex(BaseManagedIndex):
     "default"; device: "cpu" (default), "cuda" or "auto". Every write is committed to the folder, the hashes
     ``refresh_ref_docs`` compares included: reopen it in any process with ``ColBERTIndex(index_path)`` or
     ``ColBERTIndex.load_from_disk(index_path)``. pool_factor: token pooling when it creates its index
-    (``Index.build``'s; later inserts pool as the index records).
+    (``Index.build``'s: None pools a new index by 2, 1 turns pooling off; later inserts pool as the index
+    records).
     """
 
     def __init__(self, index_path: Union[str, Path], model: Union[ColBERT, str, None] = None,

@@ -200,8 +200,10 @@ def _built_index(tmp_path_factory, _tiny_model, corpus_200):
 
     path = tmp_path_factory.mktemp("idx") / "base"
     metas = [{"group": i % 4, "even": i % 2 == 0, "name": f"doc{i}"} for i in range(len(corpus_200))]
+    # unpooled (pool_factor=1), as large_index_path: tests compare its scores with MaxSim over the unpooled rows
     Index.build(path, corpus_200, ids=[f"d{i}" for i in range(len(corpus_200))], metadatas=metas,
-                model=_tiny_model, codec_config=CodecConfig(nbits=2, num_centroids=64), show_progress=False)
+                model=_tiny_model, codec_config=CodecConfig(nbits=2, num_centroids=64), show_progress=False,
+                pool_factor=1)
     return path
 
 
@@ -218,12 +220,17 @@ def built_index(_built_index, tmp_path, _tiny_model):
 @pytest.fixture(scope="session")
 def large_index_path(tmp_path_factory, _tiny_model):
     """3,000 documents of ~20 tokens (tiny model): far above the exact-stage budget of long queries, so searches
-    with default knobs run PLAID's stages (``REAL_PATH_QUERIES``), not the small-collection path. Read-only use."""
+    with default knobs run PLAID's stages (``REAL_PATH_QUERIES``), not the small-collection path. Read-only use.
+    Unpooled (pool_factor=1): its tests check PLAID against exhaustive search and exact MaxSim, and the random tiny
+    model's token vectors have no similar neighbours, so pooling by 2 would average unrelated vectors (default
+    PLAID's top-10 agreement fell to 0.73); the pooled default path at this scale is tested on clustered
+    embeddings (tests/test_pooling_default.py)."""
     from colbert_retriever import Index
 
     path = tmp_path_factory.mktemp("large") / "index"
     Index.build(path, make_corpus(3000, seed=21, min_words=18, max_words=24), model=_tiny_model,
-                show_progress=False, truncate="warn")  # one row per document (a few lose their last tokens)
+                show_progress=False, truncate="warn",  # one row per document (a few lose their last tokens)
+                pool_factor=1)
     return path
 
 

@@ -284,4 +284,5 @@ def test_demo_runs_and_passes_no_deprecated_argument(tmp_path, capsys):
     demo.main(["--data", str(tmp_path / "docs.jsonl"), "--index", str(tmp_path / "idx"), "-k", "2"])
     out = capsys.readouterr().out
     assert f"{len(sample)} docs" in out and out.count("\nQ: ") == len(demo.QUERIES) + 1
+    assert "(pool_factor 2)" in out  # the demo runs the default: pooled
     assert "gzip." in out.split("filter=")[1]

@@ -106,7 +106,8 @@ def test_chunked_documents(tmp_path, tiny_model, corpus_200):
     long_b = " ".join(corpus_200[12:30]) + "\n\nzebra quartz violin ends it."
     texts = [long_a, "short text here.", long_b]
     idx = Index.build(tmp_path / "i", texts, ids=["A", "s", "B"], metadatas=[{"n": 1}, {"n": 2}, {"n": 3}],
-                      model=tiny_model, truncate="chunk", show_progress=False)
+                      model=tiny_model, truncate="chunk", show_progress=False,
+                      pool_factor=1)  # its best passage's score is checked against unpooled MaxSim (rerank)
     rows = idx.metadata["counts"]["live"]
     assert rows > 10 and len(idx) == 3 and idx.ids() == ["A", "s", "B"]
     # get() gives back each original text exactly

@@ -12,7 +12,8 @@ import torch
 
 from colbert_retriever import CodecConfig, Index, IndexFormatError, InvalidArgument, InvalidType
 from colbert_retriever.indexing.ingest import prepare_rows
-from colbert_retriever.indexing.pooling import PooledEncoder, cluster_labels, pool, pool_packed, pooled
+from colbert_retriever.indexing.pooling import (DEFAULT_POOL_FACTOR, PooledEncoder, cluster_labels, pool, pool_packed,
+                                                pooled)
 from colbert_retriever.store import layout
 
 from .conftest import make_corpus
@@ -111,7 +112,7 @@ def test_embeddings_index_pooled(tmp_path):
     assert doclens(idx)[-4:] == [math.ceil(d.shape[0] / 2) for d in new]
     with pytest.raises(InvalidArgument, match="pool_factor=2"):
         idx.add_embeddings(new, ids=[f"m{i}" for i in range(4)], pool_factor=1)
-    flat = Index.build_from_embeddings(tmp_path / "flat", docs, ids, name="flat", show_progress=False)
+    flat = Index.build_from_embeddings(tmp_path / "flat", docs, ids, name="flat", show_progress=False, pool_factor=1)
     assert flat.metadata["pooling"] == {"pool_factor": 1} and doclens(flat) == [d.shape[0] for d in docs]
 
 
@@ -161,12 +162,13 @@ def test_text_index_round_trip(tmp_path, tiny_model):
     assert reopened.metadata["pooling"]["pool_factor"] == 2 and reopened.search(new[2], k=1)[0].id == "n2"
 
 
-def test_factor_one_builds_what_no_factor_builds(tmp_path, tiny_model):
+def test_no_factor_builds_what_the_default_factor_builds(tmp_path, tiny_model):
     texts = make_corpus(60, seed=5)
     cfg = CodecConfig(nbits=2, num_centroids=16)
     a = Index.build(tmp_path / "a", texts, model=tiny_model, codec_config=cfg, show_progress=False)
-    b = Index.build(tmp_path / "b", texts, model=tiny_model, codec_config=cfg, show_progress=False, pool_factor=1)
-    assert a.metadata["pooling"] == b.metadata["pooling"] == {"pool_factor": 1}
+    b = Index.build(tmp_path / "b", texts, model=tiny_model, codec_config=cfg, show_progress=False,
+                    pool_factor=DEFAULT_POOL_FACTOR)
+    assert a.metadata["pooling"] == b.metadata["pooling"] == {"pool_factor": 2, "method": "ward"}
     sa, sb = a.snapshot().arrays, b.snapshot().arrays
     assert torch.equal(sa.doc_offsets, sb.doc_offsets)
     assert torch.equal(sa.codes.full(), sb.codes.full()) and torch.equal(sa.residuals.full(), sb.residuals.full())

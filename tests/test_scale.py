@@ -101,7 +101,8 @@ def test_compact_never_reencodes_documents_given_as_embeddings(tmp_path, tiny_mo
 
     docs = clustered(200, dim=32, seed=1)
     idx = Index.build_from_embeddings(tmp_path / "e", docs, [f"p{i}" for i in range(200)], name="given",
-                                      show_progress=False, codec_config=CodecConfig(nbits=2, num_centroids=32))
+                                      show_progress=False, codec_config=CodecConfig(nbits=2, num_centroids=32),
+                                      pool_factor=1)  # stored rows are compared with the given ones
     more = clustered(200, dim=32, seed=2)
     idx.add_embeddings(more, ids=[f"m{i}" for i in range(200)])
     assert idx.needs_recluster
@@ -116,7 +117,7 @@ def test_compact_never_reencodes_documents_given_as_embeddings(tmp_path, tiny_mo
 
     texts = make_corpus(40, seed=4)
     t = Index.build(tmp_path / "t", texts, model=tiny_model, show_progress=False,
-                    codec_config=CodecConfig(nbits=2, num_centroids=16))
+                    codec_config=CodecConfig(nbits=2, num_centroids=16), pool_factor=1)  # rows counted below
     given = [_unit(n, 32, n) for n in (5, 9, 30)]
     t.add_embeddings(given, ids=["g0", "g1", "g2"], texts=["x", "y", "z"])  # texts that do not encode to them
     with pytest.raises(InvalidArgument, match="given as embeddings"):

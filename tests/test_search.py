@@ -441,7 +441,9 @@ def test_passages_ranked_as_documents_on_the_real_path(tmp_path, tiny_model):
     over the stages, on the real path, agreeing with exhaustive search; a document's score is its best
     passage's exact MaxSim."""
     texts = make_corpus(600, seed=31, min_words=30, max_words=60)
-    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False)  # default: chunk
+    # default truncate (chunk); unpooled as conftest's large_index_path (the random tiny model's pooled rows are
+    # means of unrelated vectors: PLAID's agreement with exhaustive search is tested on pooled clustered embeddings)
+    idx = Index.build(tmp_path / "i", texts, model=tiny_model, show_progress=False, pool_factor=1)
     rows = idx.metadata["counts"]["live"]
     assert rows > 1.5 * len(texts) and len(idx) == len(texts)
     trace, agree = [], 0

@@ -38,7 +38,8 @@ def main(argv=None):
     t2 = time.perf_counter()
     meta = index.metadata
     print(f"built {args.index} in {t2 - t1:.1f}s: {meta['counts']['documents']} docs, "
-          f"{meta['counts']['embeddings']} token embeddings, {meta['codec']['num_centroids']} centroids, nbits=2")
+          f"{meta['counts']['embeddings']} token embeddings (pool_factor {meta['pooling']['pool_factor']}), "
+          f"{meta['codec']['num_centroids']} centroids, nbits=2")
     index = Index.open(args.index)
     for q in QUERIES:
         t = time.perf_counter()

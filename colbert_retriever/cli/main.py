@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(s)
     s.add_argument("--pool-factor", type=positive_int, default=None,
                    help="merge each document's token embeddings into 1/N as many (hierarchical clustering; 1: none; "
-                        "recorded in the index, later adds pool alike)")
+                        "default: 2 for a new index, an existing one keeps the factor it records; later adds pool "
+                        "alike)")
     s.set_defaults(func=c._cmd_index)
 
     s = sub.add_parser("search", help="search an index", description="Search an index; prints rank, score, id, "

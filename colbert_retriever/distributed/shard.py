@@ -185,7 +185,8 @@ class ShardServer:
             self._index = Index.build(self.path, texts, ids=ids, metadatas=metadatas, model=self._encoder,
                                       codec=codec, codec_config=config, if_exists="error",
                                       truncate=truncate, lexical=self.lexical, batch_size=batch_size,
-                                      show_progress=False, lock_timeout=self.lock_timeout)
+                                      show_progress=False, lock_timeout=self.lock_timeout,
+                                      pool_factor=1)  # sharded indexes are not pooled (as _write_rows' shards)
         else:
             index.add(texts, ids, metadatas, on_conflict="replace", truncate=truncate, batch_size=batch_size,
                       merge=merge)

@@ -100,4 +100,5 @@ def single_twin(root: Path, path: Path, model, jsonl: Path):
     m = mf.read(root)
     ids, texts, metas = load_corpus(jsonl)
     return Index.build(path, texts, ids=ids, metadatas=metas, model=model, codec=mf.load_codec(root, m.codec),
-                       codec_config=mf.codec_config(m.codec), lexical=True, show_progress=False)
+                       codec_config=mf.codec_config(m.codec), lexical=True, show_progress=False,
+                       pool_factor=1)  # a sharded index is not pooled: the twin must store the same rows

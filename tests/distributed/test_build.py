@@ -37,6 +37,7 @@ def test_manifest_and_sources(built, jsonl, collection, _tiny_model):
         meta = json.loads((built[2] / s["name"] / "metadata.json").read_text())
         assert meta["generation"] == s["generation"] and meta["provenance"]["precision"] == m["model"]["precision"]
         assert meta["codec"]["num_centroids"] == m["codec"]["num_centroids"]
+        assert meta["pooling"] == {"pool_factor": 1}  # sharded indexes are not pooled (README "Token pooling")
     # the JSONL and the Ray Dataset gave the same documents, as `colbert-retriever index` reads them
     ids, texts, metas = load_corpus(jsonl)
     with ShardedIndex.open(built[2], model=_tiny_model) as two, ShardedIndex.open(built[4], model=_tiny_model) as four:

@@ -36,7 +36,7 @@ def served(tmp_path_factory, colbert_ai_ckpt):
     texts = make_corpus(N, seed=12)
     Index.build(path, texts, ids=[f"d{i}" for i in range(N)], metadatas=[{"g": i % 4} for i in range(N)],
                 model=str(colbert_ai_ckpt), codec_config=CodecConfig(num_centroids=32), lexical=True,
-                show_progress=False).close()
+                show_progress=False, pool_factor=1).close()  # self-retrieval with the random tiny model: unpooled
     owned = not ray.is_initialized()
     if owned:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
