@@ -76,12 +76,20 @@ def test_a_kernel_that_fails_to_compile_falls_back_to_torch_with_one_warning(arr
         assert "compiling" in traces[0].fallback
 
 
-def test_numba_that_fails_to_import_leaves_searches_on_torch_with_one_warning(tmp_path):
-    """A child where ``import numba`` raises (as numba does for a numpy it does not support): "auto" runs the
-    torch kernels, one warning, the trace says why; asking for numba by name is a clear error."""
+@pytest.mark.parametrize("broken", ["numba", "kernels"])
+def test_numba_that_fails_to_import_leaves_searches_on_torch_with_one_warning(tmp_path, broken):
+    """A child where ``import numba`` raises (as numba does for a numpy it does not support), or where numba
+    imports but our kernel modules on it do not (a numba outside the tested range): "auto" runs the torch kernels,
+    one warning, the trace says why; starting the background warm-up (what ``Index.open`` does) does not raise;
+    asking for numba by name is a clear error."""
     fake = tmp_path / "numba"
     fake.mkdir()
-    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.9.")\n')
+    if broken == "numba":
+        (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.9.")\n')
+        why = "numba failed to import (ImportError: Numba needs NumPy"
+    else:
+        (fake / "__init__.py").write_text('__version__ = "0.99.0"\n')  # imports; has none of what the kernels use
+        why = "the numba kernels failed to import with numba 0.99.0"
     code = textwrap.dedent(f"""
         import sys, warnings
         sys.path.insert(0, {str(tmp_path)!r}); sys.path.insert(1, {str(ROOT)!r})
@@ -97,13 +105,18 @@ def test_numba_that_fails_to_import_leaves_searches_on_torch_with_one_warning(tm
         a = IndexArrays.single(c, codes, packed, torch.tensor([0, 10, 40]), torch.zeros(1, dtype=torch.int32),
                                torch.zeros(9, dtype=torch.long))
         q = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+        import os
+        os.environ["COLBERT_RETRIEVER_WARM_KERNELS"] = "1"
+        from colbert_retriever.kernels import dispatch
+        assert dispatch.background_compilation()
+        dispatch.warm_numba("uint8")  # what Index.open does: returns, starts nothing
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             tr = []
             for _ in range(3):
                 plaid.search(q, a, 2, SearchConfig(), trace=tr)
         assert [t.kernels for t in tr] == ["torch"] * 3, tr
-        assert all("numba failed to import (ImportError: Numba needs NumPy" in t.fallback for t in tr), tr
+        assert all({why!r} in t.fallback for t in tr), tr
         assert len([w for w in caught if "numba" in str(w.message)]) == 1, [str(w.message) for w in caught]
         try:
             plaid.search(q, a, 2, SearchConfig(kernels="numba"))

@@ -95,10 +95,18 @@ _numba_error: list = []  # why numba did not import (filled once, by numba_avail
 
 @functools.lru_cache(maxsize=1)
 def numba_available() -> bool:
+    """numba imports, and so do the kernel modules built on it (a numba or llvmlite outside the tested range may
+    import but break them): otherwise searches run the torch kernels, and ``Index.open`` still works."""
     try:
         import numba  # noqa: F401
     except Exception as e:  # not installed, or refuses this numpy: searches run the torch kernels
         _numba_error.append(f"numba failed to import ({type(e).__name__}: {str(e).strip()[:200]})")
+        return False
+    try:
+        from . import numba_drivers, numba_ir, numba_kernels  # noqa: F401
+    except Exception as e:
+        _numba_error.append(f"the numba kernels failed to import with numba {numba.__version__} "
+                            f"({type(e).__name__}: {str(e).strip()[:200]})")
         return False
     return True
 
@@ -121,7 +129,9 @@ def resolve(kernels: str, device: torch.device) -> str:
         raise InvalidArgument(f"kernels='triton' was asked for but {(_triton_error or ['triton is unavailable'])[0]}")
     if kernels == "numba":
         if not numba_available():
-            raise InvalidArgument("kernels='numba' was asked for but numba is not installed (pip install numba)")
+            why = f": {_numba_error[0]}" if _numba_error else ""
+            raise InvalidArgument(f"kernels='numba' was asked for but numba is not installed or does not work "
+                                  f"here{why} (pip install 'numba>=0.64,<0.69')")
         if device.type != "cpu":
             raise InvalidArgument(f"kernels='numba' runs on CPU; the index is on {device}")
     return kernels

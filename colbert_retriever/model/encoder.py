@@ -231,7 +231,7 @@ class ColBERT(nn.Module):
         only the real rows: ``encode_query_rows``.
         """
         rows = self.encode_query_rows(queries, batch_size)
-        Q = torch.zeros(len(rows), self.config.query_maxlen, self.config.dim, device=self.device)
+        Q = torch.zeros(len(rows), self.config.query_maxlen, self.config.dim, dtype=torch.float32, device=self.device)
         for i, q in enumerate(rows):
             Q[i, : q.shape[0]] = q
         return Q
