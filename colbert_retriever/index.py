@@ -180,7 +180,8 @@ class Index:
                               codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
                               show_progress: Optional[bool] = None, device=None,
                               lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                              lexical: bool = False, pool_factor: Optional[int] = None) -> "Index":
+                              lexical: bool = False, pool_factor: Optional[int] = None,
+                              codec: Optional[ResidualCodec] = None) -> "Index":
         """An index of precomputed multi-vector embeddings: ``embeddings[i]`` is document i's (tokens, dim)
         tensor or numpy array (any float dtype, any dim with dim x nbits a multiple of 8), from any encoder (a
         PyLate model, ColPali page embeddings, fast-plaid's inputs). ``embeddings`` may be any sequence with
@@ -191,11 +192,12 @@ class Index:
         otherwise ``name`` labels the embeddings' origin and queries are embeddings (``search_embeddings``). Each
         document is checked as it is read (shape, dtype, finite values): a bad one stops the build, naming it,
         and nothing is committed. pool_factor: as in ``build`` (each document's rows pooled; None: 2 for a new
-        index, an existing one keeps its own; 1: none)."""
+        index, an existing one keeps its own; 1: none). codec: as in ``build`` (an already trained codec, e.g.
+        a sharded index's, instead of training one; a new index only)."""
         return embedded.build_from_embeddings(cls, path, embeddings, ids, metadatas, texts, model=model, name=name,
                                               nbits=nbits, codec_config=codec_config, if_exists=if_exists,
                                               show_progress=show_progress, device=device, lock_timeout=lock_timeout,
-                                              lexical=lexical, pool_factor=pool_factor)
+                                              lexical=lexical, pool_factor=pool_factor, codec=codec)
 
     def add_embeddings(self, embeddings: Sequence, ids: Optional[Sequence[str]] = None,
                        metadatas: Optional[Sequence[dict]] = None, texts: Optional[Sequence[str]] = None, *,

@@ -162,3 +162,24 @@ def test_rows_are_normalised_and_a_text_encoder_can_be_added_at_open(tmp_path, t
     with pytest.raises(IncompatibleModelError, match="64-dimensional.*32-dimensional"):
         Index.open(Index.build_from_embeddings(tmp_path / "d64", clustered(30, dim=64), show_progress=False).path,
                    model=tiny_model)
+
+
+def test_a_codec_given_is_the_one_used(tmp_path):
+    """``codec=``: the index stores each document as that codec compresses it (a sharded index's shards and a
+    single index of the same embeddings store the same rows); an existing index keeps its own codec."""
+    from colbert_retriever import CodecConfig
+    from colbert_retriever.codec.residual import ResidualCodec
+
+    docs = clustered(80, dim=32, seed=3)
+    config = CodecConfig(nbits=2, num_centroids=16)
+    codec = ResidualCodec.fit(torch.cat(docs[40:]), config, 2000)  # trained on other documents than indexed
+    idx = Index.build_from_embeddings(tmp_path / "i", docs[:40], name="given", codec=codec, codec_config=config,
+                                      show_progress=False, pool_factor=1)
+    Q = planted_query(docs[7], 1)
+    hits = idx.search_embeddings(Q[None], k=40, config=SearchConfig(exhaustive=True))[0]
+    codec = ResidualCodec.from_arrays(codec.arrays(), 2)  # centroids as stored: float16
+    for h in hits[:10]:
+        stored = codec.decompress(*codec.compress(docs[int(h.id)]))
+        assert h.score == pytest.approx(float((Q @ stored.T).max(1).values.sum()), rel=1e-5, abs=1e-5)
+    with pytest.raises(InvalidArgument, match="its own codec"):
+        Index.build_from_embeddings(tmp_path / "i", docs[40:], codec=codec, codec_config=config, show_progress=False)

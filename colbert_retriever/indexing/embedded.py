@@ -47,7 +47,7 @@ def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids
                           codec_config: Optional[CodecConfig] = None, if_exists: str = "upsert",
                           show_progress: bool = True, device=None, lock_timeout: float = 60.0,
                           lexical: bool = False, chunk_docs: int = 1024, provenance: Optional[dict] = None,
-                          pool_factor: Optional[int] = None):
+                          pool_factor: Optional[int] = None, codec=None):
     """See ``Index.build_from_embeddings``."""
     path = _validate.path_arg(path)
     if_exists = if_exists_mode(if_exists)
@@ -69,6 +69,9 @@ def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids
         check_factor(pool_factor)
     model = _model_for(model, name, dim, device)
     if if_exists == "upsert" and storage.holds_our_index(path):
+        if codec is not None:
+            raise InvalidArgument(f"the index at {path} already exists with its own codec; pass "
+                                  f"if_exists='overwrite' to rebuild it with the codec given")
         index = cls.open(path, model=model if not isinstance(model, EmbeddingsOnly) else None, device=device,
                          lock_timeout=lock_timeout)
         index.add_embeddings(embeddings, ids, metadatas, texts, on_conflict="replace", show_progress=show_progress,
@@ -76,7 +79,7 @@ def build_from_embeddings(cls, path: Union[str, Path], embeddings: Sequence, ids
         return index
     writer.build(path, Rows(ids, stored, metadatas), model, codec_config, batch_size=256, chunk_docs=chunk_docs,
                  show_progress=show_progress, overwrite=if_exists == "overwrite",
-                 provenance={"source": "embeddings", **(provenance or {})}, codec=None, lock_timeout=lock_timeout,
+                 provenance={"source": "embeddings", **(provenance or {})}, codec=codec, lock_timeout=lock_timeout,
                  lexical=lexical, encoder=GivenEmbeddings(embeddings, dim), sources=range(n),
                  pool_factor=check_factor(pool_factor))
     return cls(path, model, device, lock_timeout=lock_timeout)

@@ -1,5 +1,6 @@
 """One local multi-node Ray cluster for the distributed tests (3 nodes, small object stores), two sharded indexes
-built on it from one collection (2 shards from a JSONL file, 4 shards from a Ray Dataset), and the collection."""
+built on it from one collection's token embeddings (2 shards from a JSONL file, 4 shards from a Ray Dataset), the
+collection, and a single index that stores the same rows as a sharded one."""
 
 import json
 import random
@@ -53,8 +54,8 @@ def disarm(folder: Path, *kinds: str) -> list:
 
 @pytest.fixture(scope="package")
 def collection():
-    """ids, texts (titles joined as `colbert-retriever index` joins them), metadata; some texts are longer than
-    the tiny model's documents (indexed as passages)."""
+    """Rows of the JSONL file: ``_id``, ``text``, ``title`` (3 in 10), metadata fields ``g`` and ``name``; some
+    texts are longer than the tiny model's documents."""
     rng = random.Random(5)
     texts = make_corpus(N_DOCS, seed=41, min_words=3, max_words=40)
     rows = []
@@ -74,31 +75,52 @@ def jsonl(tmp_path_factory, collection):
 
 
 @pytest.fixture(scope="package")
-def built(ray_cluster, tmp_path_factory, jsonl, collection, colbert_ai_ckpt):
-    """{2: folder, 4: folder}: the collection as 2 shards (from the JSONL file) and 4 shards (from a Ray
-    Dataset with the same fields), lexical side included."""
+def embedded(jsonl, _tiny_model):
+    """The collection as ``load_corpus`` reads the JSONL file (ids, texts with titles joined, metadatas) and its
+    token embeddings: one (tokens, dim) float32 array per document, encoded once here (texts past the tiny
+    model's length truncated)."""
+    from colbert_retriever.evaluation import load_corpus
+
+    ids, texts, metas = load_corpus(jsonl)
+    return ids, texts, metas, [e.numpy() for e in _tiny_model.encode_documents(texts)]
+
+
+@pytest.fixture(scope="package")
+def built(ray_cluster, tmp_path_factory, collection, embedded, colbert_ai_ckpt):
+    """{2: folder, 4: folder}: the collection as 2 shards (from a JSONL file) and 4 shards (from a Ray Dataset
+    with the same fields), lexical side included, each document with its ``embedded`` embeddings (an
+    ``embedding`` field) and the tiny model recorded, so text searches and writes encode with it. Built from
+    embeddings so that a single index of the same embeddings stores the same rows (``twin``): encoded in the
+    shards' batches and again in one index's, the texts would give embeddings that differ in last bits (batch
+    shapes and thread counts change float sums), and a last bit can move a residual across a bucket cutoff,
+    which failed the exact-merge tests about one run in three. The text path of ``build_sharded`` is
+    test_build's."""
     import ray.data
 
     from colbert_retriever import CodecConfig
     from colbert_retriever.distributed import build_sharded
 
     root = tmp_path_factory.mktemp("sharded")
+    rows = [{"_id": r["_id"], "embedding": e.tolist(), **{k: v for k, v in r.items() if k != "_id"}}
+            for r, e in zip(collection, embedded[3])]
+    path = root / "with-embeddings.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = dict(model=str(colbert_ai_ckpt), dtype="float32", codec_config=CodecConfig(num_centroids=32),
-                  lexical=True, num_workers=1, show_progress=False, chunk_docs=64, batch_size=64, sample_documents=64)
-    two = build_sharded(root / "two", jsonl, num_shards=2, **common)
-    ds = ray.data.from_items([{"id": r["_id"], **{k: v for k, v in r.items() if k != "_id"}} for r in collection])
+                  lexical=True, num_workers=1, show_progress=False, chunk_docs=64, sample_documents=64,
+                  embeddings_column="embedding")
+    two = build_sharded(root / "two", path, num_shards=2, **common)
+    ds = ray.data.from_items([{"id": r.pop("_id"), **r} for r in rows])
     four = build_sharded(root / "four", ds, num_shards=4, **common)
     return {2: two, 4: four}
 
 
-def single_twin(root: Path, path: Path, model, jsonl: Path):
-    """One index over the whole collection, built with the sharded index's codec."""
+def twin(root: Path, path: Path, model, embedded):
+    """One index of the sharded index's embeddings with its codec: the rows the shards store."""
     from colbert_retriever import Index
     from colbert_retriever.distributed import manifest as mf
-    from colbert_retriever.evaluation import load_corpus
 
+    ids, texts, metas, embs = embedded
     m = mf.read(root)
-    ids, texts, metas = load_corpus(jsonl)
-    return Index.build(path, texts, ids=ids, metadatas=metas, model=model, codec=mf.load_codec(root, m.codec),
-                       codec_config=mf.codec_config(m.codec), lexical=True, show_progress=False,
-                       pool_factor=1)  # a sharded index is not pooled: the twin must store the same rows
+    return Index.build_from_embeddings(path, embs, ids, metas, texts, model=model, codec=mf.load_codec(root, m.codec),
+                                       codec_config=mf.codec_config(m.codec), lexical=True, show_progress=False,
+                                       pool_factor=1)  # a sharded index is not pooled

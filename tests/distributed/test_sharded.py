@@ -13,22 +13,23 @@ from colbert_retriever.distributed.routing import shard_name, shard_of
 
 from ..conftest import make_corpus
 from ._ranking import assert_same_ranking
-from .conftest import N_DOCS, single_twin
+from .conftest import N_DOCS, twin
 
 QUERIES = make_corpus(56, seed=99, min_words=2, max_words=7)
 MODES = ("colbert", "bm25", "hybrid", "bm25_rerank")
 
 
 @pytest.fixture(scope="module")
-def pairs(built, jsonl, _tiny_model, tmp_path_factory):
-    """{shards: (ShardedIndex, its single-index twin)}."""
+def pairs(built, embedded, _tiny_model, tmp_path_factory):
+    """{shards: (ShardedIndex, a single index of the same embeddings with its codec)}."""
     out = {}
     for n, root in built.items():
-        twin = single_twin(root, tmp_path_factory.mktemp("twin") / "single", _tiny_model, jsonl)
-        out[n] = (ShardedIndex.open(root, model=_tiny_model), twin)
+        single = twin(root, tmp_path_factory.mktemp("twin") / "single", _tiny_model, embedded)
+        out[n] = (ShardedIndex.open(root, model=_tiny_model), single)
     yield out
-    for sh, _ in out.values():
+    for sh, single in out.values():
         sh.close()
+        single.close()
 
 
 def _compare(a, b, what, tol=1e-5):
