@@ -112,7 +112,10 @@ def main(argv=None):
     for i in range(10):  # warm (caches, pools)
         index.search(queries[i], k=10)
     cores = parallel.cpu_count()
+    meta = index.metadata
     out = {"machine": machine_info(), "dataset": args.data, "queries": len(queries), "results": {},
+           "index": {"folder": Path(index.path).name, "entries": len(index), "embeddings": meta["counts"]["embeddings"],
+                     "pool_factor": meta.get("pooling", {}).get("pool_factor", 1)},
            "busy_processes_per_core": SITUATIONS, "runnable_at_start": {}}
     for situation in args.situations.split(","):
         per_core = SITUATIONS[situation]

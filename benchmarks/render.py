@@ -283,21 +283,30 @@ def contention_tables() -> list[str]:
         return []
     per_core = d.get("busy_processes_per_core", {})
     out = ["## Contention (`make bench-contention`)", "",
-           f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs. Retrieval excludes encoding; "
+           f"{d['dataset']}, {d['queries']} queries, k=10, default model and knobs"
+           + (f" (index `{d['index']['folder']}`: {d['index']['entries']} entries, {d['index']['embeddings']} "
+              f"embeddings, pool_factor {d['index']['pool_factor']})" if "index" in d else "")
+           + ". Retrieval excludes encoding; "
            "end-to-end is `Index.search` (encode + retrieve + fetch texts). *busy*: "
            f"{per_core.get('busy', 1)} CPU-bound process per core alongside; *oversubscribed*: "
            f"{per_core.get('oversubscribed', 4)} per core; *concurrent*: 4 threads searching through one shared "
            "`Index`. Threads: *default* (`threads=None`: the caller's count while one search runs on free cores, 1 "
            "while other searches of the process run, fewer when other processes' threads are runnable), always 1, "
            "always torch's count.", "",
-           "| situation | threads | retrieval p50 / p95 ms | end-to-end p50 / p95 ms |", "|---|---|---|---|"]
+           "| situation | threads | retrieval p50 / p95 / p99 ms | end-to-end p50 / p95 / p99 ms |", "|---|---|---|---|"]
     names = {"default": "default", "1_thread": "1", "torch_threads": "torch's count",
              "stages_auto": "auto (old)", "stages_1_thread": "1 (old)"}
     for situation, rows in d["results"].items():
         for label, r in rows.items():
             out.append(f"| {situation} | {names.get(label, label)} | "
-                       f"{r['retrieval_ms']['p50']} / {r['retrieval_ms']['p95']} | "
-                       f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p95']} |")
+                       f"{r['retrieval_ms']['p50']} / {r['retrieval_ms']['p95']} / {r['retrieval_ms'].get('p99', '')} | "
+                       f"{r['end_to_end_ms']['p50']} / {r['end_to_end_ms']['p95']} / "
+                       f"{r['end_to_end_ms'].get('p99', '')} |")
+    t = d.get("target")
+    if t:
+        out += ["", f"Target (issue #37: loaded retrieval p95 and p99, default threads, within 3x of the quiet p95 "
+                    f"{t['quiet_p95_ms']} ms): p95 {t['loaded_p95_x']}x, p99 {t['loaded_p99_x']}x: "
+                    f"{'met' if t['met'] else 'not met'}."]
     out += ["", _machine_line(d["machine"]), ""]
     return out
 
@@ -568,8 +577,14 @@ def encode_tables() -> list[str]:
     q = d.get("quality")
     if q:
         out += ["", "Quality (documents encoded with the fused path vs eager, float32, queries the same; nDCG@10 with "
-                    "default search): " + "; ".join(f"{n} {v['eager']} -> {v['fused']} ({v['delta']:+.4f})"
-                                                     for n, v in q.items()) + "."]
+                    "default search; each index trains its own codec, and *same codec*: the fused embeddings "
+                    "compressed with the eager index's codec, so the difference is the encoder's alone): "
+                    + "; ".join(f"{n} {v['eager']} -> {v['fused']} ({v['delta']:+.4f})"
+                                + (f", same codec {v['fused_same_codec']} ({v['delta_same_codec']:+.4f})"
+                                   if "fused_same_codec" in v else "")
+                                for n, v in q.items()) + "."]
+    if d.get("measured_at"):
+        out += ["", f"Throughput measured {d['measured_at']}; quality in the run of the machine line below."]
     out += ["", _machine_line(d["machine"]), ""]
     return out
 
