@@ -108,17 +108,6 @@ def measure(n_docs: int, rounds: int) -> dict:
                       for k in ("eager", "fused (default)")}}
 
 
-def _codec_of(index):
-    """The index's codec as stored (its metadata names the files)."""
-    import numpy as np
-
-    from colbert_retriever.codec.residual import ResidualCodec
-
-    c = index.metadata["codec"]
-    arrays = {part: np.load(Path(index.path) / name) for part, name in c["files"].items()}
-    return ResidualCodec.from_arrays(arrays, c["config"]["nbits"], c["avg_residual"])
-
-
 def quality(reuse: bool = False) -> dict:
     """nDCG@10 of each set indexed from its text with the plain layers ("eager") and the default fused path, each
     index training its own codec; and the fused embeddings compressed with the eager index's codec ("fused, same
@@ -142,7 +131,7 @@ def quality(reuse: bool = False) -> dict:
             if reuse and (folder / "metadata.json").exists():
                 index = Index.open(folder, model=model)
             else:
-                codec = _codec_of(built[codec_from]) if codec_from else None
+                codec = built[codec_from].snapshot().arrays.codec if codec_from else None
                 with cpugemm.onednn_documents(on):
                     index = Index.build(folder, texts, ids=ids, metadatas=metas, model=model, codec=codec,
                                         if_exists="overwrite", show_progress=False)

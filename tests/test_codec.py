@@ -190,3 +190,14 @@ def test_flat_kmeans_option_runs_one_kmeans_over_all_centroids():
     assert CodecConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "kmeans"}).kmeans == "two-level"
     with pytest.raises(InvalidArgument, match="kmeans='fast'"):
         CodecConfig(kmeans="fast")
+
+
+def test_as_stored_is_what_the_arrays_read_back():
+    x = clustered()
+    codec = ResidualCodec.fit(x, CodecConfig(nbits=2, num_centroids=32), x.shape[0])
+    stored = codec.as_stored()
+    assert torch.equal(stored.centroids, codec.centroids.half().float())
+    assert torch.equal(stored.bucket_cutoffs, codec.bucket_cutoffs)
+    assert torch.equal(stored.bucket_weights, codec.bucket_weights)
+    assert (stored.nbits, stored.avg_residual) == (codec.nbits, codec.avg_residual)
+    assert torch.equal(stored.as_stored().centroids, stored.centroids)  # idempotent

@@ -242,6 +242,12 @@ class ResidualCodec:
             yield s, e, E
 
     # -------------------------------------------------------------- persistence helpers
+    def as_stored(self, device: torch.device | str | None = None) -> "ResidualCodec":
+        """This codec as an index stores and reads it back (float16 centroids, ``arrays``), on ``device`` (default:
+        its own). Compress with this one: the rows written then match what searches decompress."""
+        return ResidualCodec.from_arrays(self.arrays(), self.nbits, self.avg_residual,
+                                         device=self.centroids.device if device is None else device)
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {
             "centroids": self.centroids.cpu().numpy().astype(np.float16),

@@ -117,10 +117,8 @@ def _train(root: Path, ds, n: int, sample_documents: int, config: CodecConfig, *
     frac = min(1.0, sample_documents / max(1, n))
     drawn = ds if frac >= 1.0 else ds.random_sample(frac, seed=config.seed)
     sample, per_doc, batches = _sample(drawn, config=config, **how)
-    codec = ResidualCodec.fit(sample, config, int(per_doc * n))
+    codec = ResidualCodec.fit(sample, config, int(per_doc * n)).as_stored()  # as a single index compresses
     del sample
-    # compress against exactly what is stored (fp16 centroids), as a single index does
-    codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual)
     return mf.save_codec(root, codec, config), batches
 
 

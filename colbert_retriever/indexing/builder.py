@@ -201,9 +201,8 @@ def train_codec(model, texts: Sequence[str], config: CodecConfig, batch_size: in
     bar.refresh()
     t0 = time.perf_counter()
     est = int(sample.shape[0] / max(1, len(cache)) * len(texts))
-    codec = ResidualCodec.fit(sample, config, est)
     # compress against exactly what is stored (fp16 centroids), so stored inverse norms match search time
-    codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual, device=codec.centroids.device)
+    codec = ResidualCodec.fit(sample, config, est).as_stored()
     times.kmeans_s += time.perf_counter() - t0
     if own:
         bar.close()

@@ -68,9 +68,7 @@ def compact(writer: Writer, recluster: Optional[bool], reencode: Optional[bool],
                 sample = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(0))]
                 sample = sample[: config.kmeans_sample_tokens].sort().values
                 embs = codec.decompress(arrays.codes.take(sample), arrays.residuals.take(sample))
-                codec = ResidualCodec.fit(embs, config, int(idx.numel()))
-                codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual,
-                                                  device=writer.reader.device)
+                codec = ResidualCodec.fit(embs, config, int(idx.numel())).as_stored(writer.reader.device)
 
             def chunks():
                 for s in range(0, live.numel(), 8192):

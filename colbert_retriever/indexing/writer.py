@@ -140,9 +140,7 @@ def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_
             if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
                 raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
                                       f"nbits={codec_config.nbits}, dim={model.config.dim}")
-            # as stored (float16 centroids), as a trained codec is: rows compressed with the centroids search uses
-            codec = ResidualCodec.from_arrays(codec.arrays(), codec.nbits, codec.avg_residual,
-                                              device=codec.centroids.device)
+            codec = codec.as_stored()  # as a trained codec is: rows compressed with the centroids search uses
             cache, est = {}, 0
         with SegmentWriter(path, codec) as writer:
             encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs, show_progress,

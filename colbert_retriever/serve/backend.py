@@ -9,7 +9,6 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-
 from .. import _validate
 from .._version import __version__
 from ..index import Index
@@ -52,10 +51,10 @@ class Backend:
         request are encoded in one forward pass; requests with the same arguments are searched in one call (one
         snapshot; for a sharded index, one fan-out), each alone again if that call fails."""
         out: list[Any] = [None] * len(requests)
-        texts, spans, groups = [], {}, {}
+        texts, spans, groups, checked = [], {}, {}, {}
         for i, (queries, params) in enumerate(requests):
             try:
-                queries = _validate.texts_list(queries, "queries")
+                queries = checked[i] = _validate.texts_list(queries, "queries")
                 key = json.dumps(params, sort_keys=True)
             except Exception as e:
                 out[i] = e
@@ -64,7 +63,7 @@ class Backend:
                 spans[i] = (len(texts), len(texts) + len(queries))
                 texts += queries
             groups.setdefault(key, []).append(i)
-        Q = self.index.model.encode_query_rows(texts) if texts else None  # one pass for the batch: real rows
+        Q = self.index.model._query_rows(texts) if texts else None  # one pass for the batch (texts checked above)
         if texts:
             with self._lock:
                 self.batches += 1
@@ -77,18 +76,18 @@ class Backend:
             params = {**requests[members[0]][1], "threads": self.threads}
             if len(members) > 1:
                 try:
-                    queries = [q for i in members for q in _validate.texts_list(requests[i][0], "queries")]
+                    queries = [q for i in members for q in checked[i]]
                     hits = self._search(queries, None if members[0] not in spans else
                                         [q for i in members for q in rows(i)], params)
                     for i in members:
-                        n = len(_validate.texts_list(requests[i][0], "queries"))
+                        n = len(checked[i])
                         out[i], hits = hits[:n], hits[n:]
                     continue
                 except Exception:  # noqa: BLE001 - each request again, alone: the error is its own
                     pass
             for i in members:
                 try:
-                    out[i] = self._search(_validate.texts_list(requests[i][0], "queries"), rows(i), params)
+                    out[i] = self._search(checked[i], rows(i), params)
                 except Exception as e:  # this request's mistake (or failure) is its own
                     out[i] = e
         return out
