@@ -183,3 +183,8 @@ def test_a_codec_given_is_the_one_used(tmp_path):
         assert h.score == pytest.approx(float((Q @ stored.T).max(1).values.sum()), rel=1e-5, abs=1e-5)
     with pytest.raises(InvalidArgument, match="its own codec"):
         Index.build_from_embeddings(tmp_path / "i", docs[40:], codec=codec, codec_config=config, show_progress=False)
+    with pytest.raises(InvalidType, match="codec must be a ResidualCodec"):
+        Index.build_from_embeddings(tmp_path / "j", docs[:5], codec="codec.npy", show_progress=False)
+    with pytest.raises(InvalidArgument, match="the codec given has nbits=2, dim=32; expected nbits=4"):
+        Index.build_from_embeddings(tmp_path / "j", docs[:5], codec=codec, nbits=4, show_progress=False)
+    assert not (tmp_path / "j").exists()  # refused before anything is written

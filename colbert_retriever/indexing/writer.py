@@ -26,7 +26,7 @@ import torch
 from .._version import __version__
 from ..codec.residual import ResidualCodec
 from ..config import CodecConfig
-from ..errors import IndexFormatError, InvalidArgument
+from ..errors import IndexFormatError, InvalidArgument, InvalidType
 from ..search.reader import Reader, Segment, check_model_matches
 from ..store import layout, storage
 from ..store.docstore import DocStore
@@ -86,6 +86,14 @@ def build(path: Path, rows: Rows, model, codec_config: CodecConfig, *, batch_siz
     texts; ``external.GivenEmbeddings`` over document numbers for precomputed embeddings). show_progress: None
     shows a bar only for more than ``builder.PROGRESS_MIN_ROWS`` rows. pool_factor: each row's token embeddings
     pooled by this factor (``pooling``; 1: none), recorded in the metadata so that later writes pool alike."""
+    if codec is not None:
+        if not isinstance(codec, ResidualCodec):
+            raise InvalidType(f"codec must be a ResidualCodec (an index's, or ResidualCodec.fit's), got "
+                              f"{type(codec).__name__}")
+        if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
+            raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
+                                  f"nbits={codec_config.nbits}, dim={model.config.dim}")
+        codec = codec.as_stored()  # as a trained codec is: rows compressed with the centroids search uses
     encoder = pooled(model if encoder is None else encoder, pool_factor)
     sources = rows.texts if sources is None else sources
     if provenance is not None and len(json.dumps(provenance, default=str)) > layout.METADATA_MAX_BYTES // 2:
@@ -137,10 +145,6 @@ def _build_locked(path, rows, model, codec_config, batch_size, chunk_docs, show_
         if codec is None:
             codec, cache, est = train_codec(encoder, sources, codec_config, batch_size, show_progress, times, bar)
         else:
-            if codec.nbits != codec_config.nbits or codec.dim != model.config.dim:
-                raise InvalidArgument(f"the codec given has nbits={codec.nbits}, dim={codec.dim}; expected "
-                                      f"nbits={codec_config.nbits}, dim={model.config.dim}")
-            codec = codec.as_stored()  # as a trained codec is: rows compressed with the centroids search uses
             cache, est = {}, 0
         with SegmentWriter(path, codec) as writer:
             encode_and_compress(encoder, codec, sources, writer, cache, batch_size, chunk_docs, show_progress,
